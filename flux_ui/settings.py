@@ -1,0 +1,142 @@
+"""Start-up settings: one typed object, built once from the command line and the environment.
+
+Every setting has a command-line flag and an environment variable `FLUX_UI_<NAME>`; the flag wins.
+Hub conventions (HF_TOKEN, HF_ENDPOINT, HF_HUB_OFFLINE, HF_HOME) are read by huggingface_hub itself.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
+
+# Where shared text encoders and the VAE come from: [schnell]'s repo is Apache-2.0 and not gated, and
+# its T5, CLIP and VAE weights are the ones every FLUX.1 variant uses.
+DEFAULT_SHARED_REPO = "black-forest-labs/FLUX.1-schnell"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything decided at start-up; passed down, never read from globals."""
+
+    device: str = "cpu"  # torch device for inference: "cuda", "mps" or "cpu"
+    dtype: torch.dtype = torch.float32  # weight and compute dtype of every model
+    tiny: bool = False  # serve tiny random-weight models instead of real weights
+    tiny_dir: Path = Path("models/tiny")  # where tiny models are written once, in hub layout
+    model_root: Path | None = None  # folder of local models as <org>/<repo>, tried before the hub
+    model_paths: dict[str, str] = field(default_factory=dict)  # variant name (or "shared") -> repo id or folder
+    shared_repo: str = DEFAULT_SHARED_REPO  # source of the T5/CLIP encoders and the VAE
+    outputs_dir: Path = Path("outputs")  # generated PNGs land in dated subfolders here
+    max_megapixels: float = 2.0  # largest width*height accepted, in millions of pixels
+    max_steps: int = 100  # most denoising steps accepted per image
+    max_images: int = 4  # most images per request
+    max_prompt_chars: int = 4000  # longest prompt accepted, in characters
+    transformer_cache: int = 2  # transformers kept loaded (LRU); the rest are dropped
+    preview_every: int = 4  # decode a live preview every N steps; 0 turns previews off
+    queue_size: int = 16  # requests waiting in the queue before new ones are refused
+    host: str = "127.0.0.1"  # address the server binds to
+    port: int = 7860  # port the server listens on
+    share: bool = False  # open a public share link
+
+    @property
+    def max_pixels(self) -> int:
+        return int(self.max_megapixels * 1_000_000)
+
+
+def resolve_device(name: str) -> str:
+    """Turn "auto" into the best available device; pass explicit names through."""
+    if name != "auto":
+        return name
+    if torch.cuda.is_available():
+        return "cuda"
+    if torch.backends.mps.is_available():
+        return "mps"
+    return "cpu"
+
+
+def resolve_dtype(name: str, device: str) -> torch.dtype:
+    """bf16 on accelerators, fp32 on the CPU (bf16 matmuls are slow there) unless asked otherwise."""
+    if name == "auto":
+        return torch.float32 if device == "cpu" else torch.bfloat16
+    if name not in DTYPES:
+        raise ValueError(f"dtype: unknown dtype {name!r}; choose one of: auto, {', '.join(DTYPES)}")
+    return DTYPES[name]
+
+
+def _env(name: str, default: str) -> str:
+    return os.environ.get(f"FLUX_UI_{name.upper()}", default)
+
+
+def _env_flag(name: str) -> bool:
+    return _env(name, "0").lower() in {"1", "true", "yes", "on"}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line; each default comes from FLUX_UI_<NAME> when that is set."""
+    p = argparse.ArgumentParser(description="FLUX UI: a web UI for the FLUX.1 image models.")
+    p.add_argument("--tiny", action="store_true", default=_env_flag("tiny"), help="tiny random-weight models")
+    p.add_argument("--tiny-dir", default=_env("tiny_dir", "models/tiny"), help="where tiny models are written")
+    p.add_argument("--host", default=_env("host", "127.0.0.1"), help="address to bind")
+    p.add_argument("--port", type=int, default=int(_env("port", "7860")), help="port to listen on")
+    p.add_argument("--share", action="store_true", default=_env_flag("share"), help="open a share link")
+    p.add_argument("--device", default=_env("device", "auto"), help="auto, cuda, mps or cpu")
+    p.add_argument("--dtype", default=_env("dtype", "auto"), help="auto, bfloat16, float16 or float32")
+    p.add_argument("--model-root", default=_env("model_root", ""), help="folder of local models as <org>/<repo>")
+    p.add_argument(
+        "--model",
+        action="append",
+        default=[s for s in _env("models", "").split(",") if s],
+        metavar="NAME=SOURCE",
+        help="repo id or local folder for a variant (or 'shared' for the encoders and VAE); repeatable",
+    )
+    p.add_argument("--shared-repo", default=_env("shared_repo", DEFAULT_SHARED_REPO), help="encoders+VAE repo")
+    p.add_argument("--outputs-dir", default=_env("outputs_dir", "outputs"), help="where images are saved")
+    p.add_argument("--max-megapixels", type=float, default=float(_env("max_megapixels", "2.0")))
+    p.add_argument("--max-steps", type=int, default=int(_env("max_steps", "100")))
+    p.add_argument("--max-images", type=int, default=int(_env("max_images", "4")))
+    p.add_argument("--transformer-cache", type=int, default=int(_env("transformer_cache", "2")))
+    p.add_argument("--preview-every", type=int, default=int(_env("preview_every", "4")))
+    p.add_argument("--queue-size", type=int, default=int(_env("queue_size", "16")))
+    return p
+
+
+def parse_model_paths(items: list[str]) -> dict[str, str]:
+    """["dev=/models/flux-dev", ...] -> {"dev": "/models/flux-dev"}."""
+    out = {}
+    for item in items:
+        name, sep, source = item.partition("=")
+        if not sep or not name or not source:
+            raise ValueError(f"--model: expected NAME=SOURCE, got {item!r}")
+        out[name.strip()] = source.strip()
+    return out
+
+
+def settings_from_args(argv: list[str] | None = None) -> Settings:
+    """Parse the command line (and environment) into Settings, resolving device and dtype once."""
+    a = build_parser().parse_args(argv)
+    device = resolve_device(a.device)
+    return Settings(
+        device=device,
+        dtype=resolve_dtype(a.dtype, device),
+        tiny=a.tiny,
+        tiny_dir=Path(a.tiny_dir),
+        # Tiny models live in their own folder in hub layout and are loaded like any local model.
+        model_root=Path(a.tiny_dir) if a.tiny else (Path(a.model_root) if a.model_root else None),
+        model_paths=parse_model_paths(a.model),
+        shared_repo=a.shared_repo,
+        outputs_dir=Path(a.outputs_dir),
+        max_megapixels=a.max_megapixels,
+        max_steps=a.max_steps,
+        max_images=a.max_images,
+        transformer_cache=a.transformer_cache,
+        preview_every=a.preview_every,
+        queue_size=a.queue_size,
+        host=a.host,
+        port=a.port,
+        share=a.share,
+    )

@@ -1,0 +1,197 @@
+"""Tiny random-weight models of the real FLUX.1 architectures, written once in hub layout.
+
+`ensure_tiny_models(root)` writes `<root>/black-forest-labs/FLUX.1-dev/...` (and the other text-to-image
+repos) exactly as the real repos are laid out: model_index.json, transformer/, text_encoder/ (CLIP-L),
+text_encoder_2/ (T5), tokenizer/, tokenizer_2/, vae/, scheduler/. The app then loads them with the same
+`from_pretrained` calls it uses for real weights. Their outputs are noise: they exist to exercise code.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import string
+from pathlib import Path
+
+import torch
+
+from flux_ui.variants import VARIANTS
+
+log = logging.getLogger(__name__)
+
+# Bump when the tiny architectures change, so stale folders are rewritten.
+TINY_FORMAT = "1"
+MARKER = "flux_ui_tiny.txt"
+
+# Scheduler configs as published in the real repos: [dev]-style models shift the schedule by resolution;
+# [schnell] uses a plain schedule.
+SCHEDULER_DEV = dict(
+    base_image_seq_len=256, base_shift=0.5, max_image_seq_len=4096, max_shift=1.15, shift=3.0, use_dynamic_shifting=True
+)
+SCHEDULER_SCHNELL = dict(shift=1.0, use_dynamic_shifting=False)
+
+TEXT_DIM = 32  # T5 d_model in the tiny models (4096 in FLUX.1)
+CLIP_DIM = 32  # CLIP hidden size in the tiny models (768 in FLUX.1)
+LATENT_CHANNELS = 16  # as in FLUX.1: 16 latent channels, packed 2x2 into 64 transformer channels
+WORDS = (
+    "a an the of on in with and at to photo portrait painting cat dog fox bird red blue green "
+    "chair table tree city night sky sitting standing cinematic light style"
+).split()
+
+
+def _t5_tokenizer():
+    """A SentencePiece-style unigram tokenizer with T5's special tokens, built from a word list."""
+    from transformers import T5TokenizerFast
+
+    vocab = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("\u2581", -2.0)]
+    vocab += [("\u2581" + w, -3.0 - 0.01 * len(w)) for w in WORDS]
+    vocab += [(c, -8.0) for c in string.ascii_letters + string.digits + string.punctuation]
+    tok = T5TokenizerFast(vocab=vocab, extra_ids=0)
+    tok.model_max_length = 512
+    return tok
+
+
+def _bytes_to_unicode() -> list[str]:
+    """The 256 printable stand-ins for bytes that byte-level BPE tokenizers (CLIP's included) use."""
+    keep = [*range(ord("!"), ord("~") + 1), *range(ord("\xa1"), ord("\xac") + 1), *range(ord("\xae"), 256)]
+    extra = [b for b in range(256) if b not in keep]
+    return [chr(b) for b in keep] + [chr(256 + i) for i in range(len(extra))]
+
+
+def _clip_tokenizer():
+    """A byte-level BPE tokenizer with CLIP's special tokens and end-of-word suffix."""
+    from transformers import CLIPTokenizer
+
+    chars = _bytes_to_unicode()
+    vocab = {c: i for i, c in enumerate(chars)}
+    vocab.update({c + "</w>": len(chars) + i for i, c in enumerate(chars)})
+    merges = []
+    for w in WORDS:  # one merge chain per word so common words become single tokens
+        cur = w[0]
+        for ch in w[1:-1]:
+            merges.append((cur, ch))
+            cur += ch
+            vocab.setdefault(cur, len(vocab))
+        if len(w) > 1:
+            merges.append((cur, w[-1] + "</w>"))
+            vocab.setdefault(w + "</w>", len(vocab))
+    merges = list(dict.fromkeys(merges))
+    vocab["<|startoftext|>"] = len(vocab)
+    vocab["<|endoftext|>"] = len(vocab)
+    tok = CLIPTokenizer(vocab=vocab, merges=merges)
+    tok.model_max_length = 77
+    return tok
+
+
+def _text_encoders():
+    from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
+
+    t5_tok, clip_tok = _t5_tokenizer(), _clip_tokenizer()
+    clip = CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=len(clip_tok),
+            hidden_size=CLIP_DIM,
+            intermediate_size=37,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            max_position_embeddings=77,
+            projection_dim=CLIP_DIM,
+            bos_token_id=clip_tok.bos_token_id,
+            eos_token_id=clip_tok.eos_token_id,
+            pad_token_id=clip_tok.pad_token_id,
+        )
+    )
+    t5 = T5EncoderModel(
+        T5Config(
+            vocab_size=len(t5_tok),
+            d_model=TEXT_DIM,
+            d_kv=8,
+            d_ff=37,
+            num_layers=2,
+            num_heads=4,
+            relative_attention_num_buckets=8,
+            feed_forward_proj="gated-gelu",  # T5 v1.1, as in FLUX's T5-XXL
+            pad_token_id=0,
+            eos_token_id=1,
+        )
+    )
+    return clip, clip_tok, t5, t5_tok
+
+
+def _vae():
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        block_out_channels=(8, 8, 16, 16),  # four blocks: 8x downsampling, as in FLUX.1's VAE
+        layers_per_block=1,
+        latent_channels=LATENT_CHANNELS,
+        norm_num_groups=4,
+        sample_size=64,
+        scaling_factor=0.3611,  # FLUX.1 VAE's published latent scale and shift
+        shift_factor=0.1159,
+        use_quant_conv=False,
+        use_post_quant_conv=False,
+    )
+
+
+def tiny_transformer(guidance_embeds: bool, in_channels: int = LATENT_CHANNELS * 4, out_channels: int | None = None):
+    """A two-block FluxTransformer2DModel; in_channels differs for Fill/Canny/Depth variants."""
+    from diffusers import FluxTransformer2DModel
+
+    return FluxTransformer2DModel(
+        patch_size=1,
+        in_channels=in_channels,
+        out_channels=out_channels or LATENT_CHANNELS * 4,
+        num_layers=1,
+        num_single_layers=1,
+        attention_head_dim=16,
+        num_attention_heads=2,
+        joint_attention_dim=TEXT_DIM,
+        pooled_projection_dim=CLIP_DIM,
+        guidance_embeds=guidance_embeds,
+        axes_dims_rope=(4, 6, 6),  # sums to attention_head_dim, like (16, 56, 56) sums to 128
+    )
+
+
+def _write_text_to_image_repo(folder: Path, guidance: bool, seed: int) -> None:
+    from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline
+
+    torch.manual_seed(seed)
+    clip, clip_tok, t5, t5_tok = _text_encoders()
+    pipe = FluxPipeline(
+        scheduler=FlowMatchEulerDiscreteScheduler(**(SCHEDULER_DEV if guidance else SCHEDULER_SCHNELL)),
+        vae=_vae(),
+        text_encoder=clip,
+        tokenizer=clip_tok,
+        text_encoder_2=t5,
+        tokenizer_2=t5_tok,
+        transformer=tiny_transformer(guidance_embeds=guidance),
+    )
+    pipe.save_pretrained(folder, safe_serialization=True)
+
+
+def ensure_tiny_models(root: Path) -> Path:
+    """Write the tiny text-to-image repos under `root` unless they are already there; return `root`.
+
+    Each repo gets its own seed, so variants differ as real ones do. Writing takes a few seconds on a
+    CPU and happens once per folder.
+    """
+    for i, variant in enumerate(v for v in VARIANTS.values() if v.task == "text_to_image"):
+        folder = root / variant.repo_id
+        marker = folder / MARKER
+        if marker.is_file() and marker.read_text() == TINY_FORMAT:
+            continue
+        log.info("writing tiny random-weight %s to %s", variant.label, folder)
+        # Written beside the target and renamed, so a reader never sees a half-written repo.
+        tmp = folder.with_name(f"{folder.name}.tmp-{os.getpid()}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        _write_text_to_image_repo(tmp, guidance=variant.uses_guidance, seed=1000 + i)
+        (tmp / MARKER).write_text(TINY_FORMAT)
+        shutil.rmtree(folder, ignore_errors=True)
+        tmp.rename(folder)
+    return root

@@ -1,0 +1,188 @@
+"""The FLUX.1 family as data: one frozen record per variant, with the defaults its authors publish."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+DEV_LICENSE = "flux-1-dev-non-commercial-license"
+SCHNELL_LICENSE = "apache-2.0"
+
+# (width, height) pairs near one megapixel, all multiples of 16, for text-to-image.
+SQUARE_AND_WIDE = (
+    (1024, 1024),
+    (1152, 896),
+    (896, 1152),
+    (1216, 832),
+    (832, 1216),
+    (1344, 768),
+    (768, 1344),
+    (1536, 640),
+    (640, 1536),
+)
+
+# The resolutions Kontext [dev] was trained on (listed by its authors); the output size is picked
+# from these by the input's aspect ratio.
+KONTEXT_RESOLUTIONS = (
+    (672, 1568),
+    (688, 1504),
+    (720, 1456),
+    (752, 1392),
+    (800, 1328),
+    (832, 1248),
+    (880, 1184),
+    (944, 1104),
+    (1024, 1024),
+    (1104, 944),
+    (1184, 880),
+    (1248, 832),
+    (1328, 800),
+    (1392, 752),
+    (1456, 720),
+    (1504, 688),
+    (1568, 672),
+)
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One FLUX.1 model and how to run it."""
+
+    name: str  # short key used in the UI, the API and the metadata
+    label: str  # human name shown in the UI
+    repo_id: str  # Hugging Face repo in diffusers layout
+    pipeline_class: str  # diffusers pipeline class name
+    task: str  # which tab uses it: text_to_image, kontext, fill, control, redux
+    default_steps: int  # denoising steps the authors recommend
+    default_guidance: float | None  # distilled guidance; None for guidance-free models
+    max_sequence_length: int  # T5 tokens the model was trained with
+    resolutions: tuple[tuple[int, int], ...]  # preferred (width, height) pairs
+    license: str  # SPDX-like license id of the weights
+    has_transformer: bool = True  # False for Redux, which reuses [dev]'s transformer
+    base: str | None = None  # variant whose transformer this one runs on (Redux)
+
+    @property
+    def uses_guidance(self) -> bool:
+        return self.default_guidance is not None
+
+    @property
+    def commercial_use(self) -> bool:
+        return self.license == SCHNELL_LICENSE
+
+
+VARIANTS: dict[str, Variant] = {
+    v.name: v
+    for v in (
+        Variant(
+            name="dev",
+            label="FLUX.1 [dev]",
+            repo_id="black-forest-labs/FLUX.1-dev",
+            pipeline_class="FluxPipeline",
+            task="text_to_image",
+            default_steps=28,
+            default_guidance=3.5,
+            max_sequence_length=512,
+            resolutions=SQUARE_AND_WIDE,
+            license=DEV_LICENSE,
+        ),
+        Variant(
+            name="schnell",
+            label="FLUX.1 [schnell]",
+            repo_id="black-forest-labs/FLUX.1-schnell",
+            pipeline_class="FluxPipeline",
+            task="text_to_image",
+            default_steps=4,
+            default_guidance=None,
+            max_sequence_length=256,
+            resolutions=SQUARE_AND_WIDE,
+            license=SCHNELL_LICENSE,
+        ),
+        Variant(
+            name="krea-dev",
+            label="FLUX.1 Krea [dev]",
+            repo_id="black-forest-labs/FLUX.1-Krea-dev",
+            pipeline_class="FluxPipeline",
+            task="text_to_image",
+            default_steps=28,
+            default_guidance=4.5,
+            max_sequence_length=512,
+            resolutions=SQUARE_AND_WIDE,
+            license=DEV_LICENSE,
+        ),
+        Variant(
+            name="kontext-dev",
+            label="FLUX.1 Kontext [dev]",
+            repo_id="black-forest-labs/FLUX.1-Kontext-dev",
+            pipeline_class="FluxKontextPipeline",
+            task="kontext",
+            default_steps=28,
+            default_guidance=2.5,
+            max_sequence_length=512,
+            resolutions=KONTEXT_RESOLUTIONS,
+            license=DEV_LICENSE,
+        ),
+        Variant(
+            name="fill-dev",
+            label="FLUX.1 Fill [dev]",
+            repo_id="black-forest-labs/FLUX.1-Fill-dev",
+            pipeline_class="FluxFillPipeline",
+            task="fill",
+            default_steps=50,
+            default_guidance=30.0,
+            max_sequence_length=512,
+            resolutions=SQUARE_AND_WIDE,
+            license=DEV_LICENSE,
+        ),
+        Variant(
+            name="canny-dev",
+            label="FLUX.1 Canny [dev]",
+            repo_id="black-forest-labs/FLUX.1-Canny-dev",
+            pipeline_class="FluxControlPipeline",
+            task="control",
+            default_steps=50,
+            default_guidance=30.0,
+            max_sequence_length=512,
+            resolutions=SQUARE_AND_WIDE,
+            license=DEV_LICENSE,
+        ),
+        Variant(
+            name="depth-dev",
+            label="FLUX.1 Depth [dev]",
+            repo_id="black-forest-labs/FLUX.1-Depth-dev",
+            pipeline_class="FluxControlPipeline",
+            task="control",
+            default_steps=50,
+            default_guidance=10.0,
+            max_sequence_length=512,
+            resolutions=SQUARE_AND_WIDE,
+            license=DEV_LICENSE,
+        ),
+        Variant(
+            name="redux-dev",
+            label="FLUX.1 Redux [dev]",
+            repo_id="black-forest-labs/FLUX.1-Redux-dev",
+            pipeline_class="FluxPriorReduxPipeline",
+            task="redux",
+            default_steps=28,
+            default_guidance=2.5,
+            max_sequence_length=512,
+            resolutions=SQUARE_AND_WIDE,
+            license=DEV_LICENSE,
+            has_transformer=False,
+            base="dev",
+        ),
+    )
+}
+
+
+def get_variant(name: str) -> Variant:
+    """Return the variant called `name`; raise a ValueError that lists the valid names otherwise."""
+    try:
+        return VARIANTS[name]
+    except KeyError:
+        valid = ", ".join(VARIANTS)
+        raise ValueError(f"variant: unknown variant {name!r}; choose one of: {valid}") from None
+
+
+def variants_for(task: str) -> list[Variant]:
+    """The variants a tab offers, in table order."""
+    return [v for v in VARIANTS.values() if v.task == task]
