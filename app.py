@@ -1,0 +1,39 @@
+"""FLUX UI: parse settings, build the registry and the web UI, launch. See README.md for the options."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+from flux_ui.settings import settings_from_args
+
+log = logging.getLogger("flux_ui")
+
+
+def main(argv: list[str] | None = None) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    settings = settings_from_args(argv)
+
+    from flux_ui.registry import Registry
+    from flux_ui.ui import build_ui
+
+    if settings.tiny:
+        from flux_ui.tiny import ensure_tiny_models
+
+        ensure_tiny_models(settings.tiny_dir)
+        log.info("tiny mode: random-weight models from %s", settings.tiny_dir)
+    log.info("device %s, dtype %s", settings.device, settings.dtype)
+    registry = Registry(settings)
+    demo = build_ui(registry)
+    demo.queue(max_size=settings.queue_size, default_concurrency_limit=4)
+    demo.launch(
+        server_name=settings.host,
+        server_port=settings.port,
+        share=settings.share,
+        allowed_paths=[str(settings.outputs_dir.resolve())],
+        footer_links=["api", "settings"],
+    )
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,57 @@
+"""Running a task on a worker thread while its caller streams progress, with cancellation.
+
+The UI (and later the REST API) needs step events while the pipeline runs, and a way to stop it. The
+task runs on a thread; its step events cross a queue to the caller's generator. When the caller stops
+listening (a cancelled Gradio event closes the generator), the task is told to stop after its current
+step and the caller waits for it, so the GPU is free before the next job starts.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from collections.abc import Callable, Iterator
+from typing import Generic, TypeVar
+
+from flux_ui.tasks import StepEvent
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+_DONE = object()
+
+
+class Job(Generic[T]):
+    """One task run: iterate it for StepEvents; `result` holds the outcome once iteration ends."""
+
+    def __init__(self, task: Callable[[Callable[[StepEvent], None], Callable[[], bool]], T]):
+        self._task = task
+        self._events: queue.Queue = queue.Queue()
+        self.cancel_event = threading.Event()
+        self.result: T | None = None
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="flux-ui-job", daemon=True)
+
+    def _run(self) -> None:
+        try:
+            self.result = self._task(self._events.put, self.cancel_event.is_set)
+        except BaseException as err:  # handed to the caller's thread and re-raised there
+            self._error = err
+        finally:
+            self._events.put(_DONE)
+
+    def cancel(self) -> None:
+        self.cancel_event.set()
+
+    def __iter__(self) -> Iterator[StepEvent]:
+        self._thread.start()
+        try:
+            while (event := self._events.get()) is not _DONE:
+                yield event
+        finally:
+            if self._thread.is_alive():
+                log.info("job abandoned by its caller: stopping after the current step")
+                self.cancel()
+                self._thread.join()
+        if self._error is not None:
+            raise self._error
