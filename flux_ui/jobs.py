@@ -35,7 +35,7 @@ class Job(Generic[T]):
     def _run(self) -> None:
         try:
             self.result = self._task(self._events.put, self.cancel_event.is_set)
-        except BaseException as err:  # handed to the caller's thread and re-raised there
+        except BaseException as err:  # noqa: BLE001 - handed to the caller's thread and re-raised there
             self._error = err
         finally:
             self._events.put(_DONE)

@@ -38,7 +38,11 @@ class SharedParts:
     vae: torch.nn.Module  # AutoencoderKL with 16 latent channels
 
     def modules(self) -> dict[str, torch.nn.Module]:
-        return {"text_encoder": self.text_encoder, "text_encoder_2": self.text_encoder_2, "vae": self.vae}
+        return {
+            "text_encoder": self.text_encoder,
+            "text_encoder_2": self.text_encoder_2,
+            "vae": self.vae,
+        }
 
 
 class Registry:
@@ -71,7 +75,12 @@ class Registry:
 
     def _load_shared(self) -> SharedParts:
         from diffusers import AutoencoderKL
-        from transformers import CLIPTextModel, CLIPTokenizer, T5EncoderModel, T5TokenizerFast
+        from transformers import (
+            CLIPTextModel,
+            CLIPTokenizer,
+            T5EncoderModel,
+            T5TokenizerFast,
+        )
 
         src = self._source("shared", self.settings.shared_repo)
         dtype = self.settings.dtype
@@ -82,15 +91,26 @@ class Registry:
             return sources.load(f"{what} (shared)", src, setting, fn)
 
         parts = SharedParts(
-            tokenizer=get("tokenizer", lambda: CLIPTokenizer.from_pretrained(src, subfolder="tokenizer")),
-            tokenizer_2=get("tokenizer_2", lambda: T5TokenizerFast.from_pretrained(src, subfolder="tokenizer_2")),
+            tokenizer=get(
+                "tokenizer",
+                lambda: CLIPTokenizer.from_pretrained(src, subfolder="tokenizer"),
+            ),
+            tokenizer_2=get(
+                "tokenizer_2",
+                lambda: T5TokenizerFast.from_pretrained(src, subfolder="tokenizer_2"),
+            ),
             text_encoder=get(
-                "text_encoder", lambda: CLIPTextModel.from_pretrained(src, subfolder="text_encoder", dtype=dtype)
+                "text_encoder",
+                lambda: CLIPTextModel.from_pretrained(src, subfolder="text_encoder", dtype=dtype),
             ),
             text_encoder_2=get(
-                "text_encoder_2", lambda: T5EncoderModel.from_pretrained(src, subfolder="text_encoder_2", dtype=dtype)
+                "text_encoder_2",
+                lambda: T5EncoderModel.from_pretrained(src, subfolder="text_encoder_2", dtype=dtype),
             ),
-            vae=get("vae", lambda: AutoencoderKL.from_pretrained(src, subfolder="vae", torch_dtype=dtype)),
+            vae=get(
+                "vae",
+                lambda: AutoencoderKL.from_pretrained(src, subfolder="vae", torch_dtype=dtype),
+            ),
         )
         for module in parts.modules().values():
             module.eval().requires_grad_(False)
@@ -105,7 +125,9 @@ class Registry:
             f"{variant.label} transformer",
             src,
             f"--model {variant.name}=FOLDER",
-            lambda: FluxTransformer2DModel.from_pretrained(src, subfolder="transformer", torch_dtype=self.settings.dtype),
+            lambda: FluxTransformer2DModel.from_pretrained(
+                src, subfolder="transformer", torch_dtype=self.settings.dtype
+            ),
         )
         return model.eval().requires_grad_(False)
 
@@ -140,7 +162,13 @@ class Registry:
             return
         start = time.perf_counter()
         module.to(device)
-        log.info("moved %s %s -> %s in %.2f s", name, current, device, time.perf_counter() - start)
+        log.info(
+            "moved %s %s -> %s in %.2f s",
+            name,
+            current,
+            device,
+            time.perf_counter() - start,
+        )
         self.moves.append((name, device))
 
     def transformer(self, name: str) -> torch.nn.Module:
@@ -160,7 +188,11 @@ class Registry:
                 self._transformers[name] = model
                 self._evict_beyond(self.settings.transformer_cache)
             if self._active not in (None, name) and self._active in self._transformers:
-                self._move(f"transformer:{self._active}", self._transformers[self._active], "cpu")
+                self._move(
+                    f"transformer:{self._active}",
+                    self._transformers[self._active],
+                    "cpu",
+                )
             self._active = name
             model = self._transformers[name]
             self._move(f"transformer:{name}", model, self.settings.device)

@@ -13,7 +13,11 @@ from pathlib import Path
 
 import torch
 
-DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
+DTYPES = {
+    "bfloat16": torch.bfloat16,
+    "float16": torch.float16,
+    "float32": torch.float32,
+}
 
 # Where shared text encoders and the VAE come from: [schnell]'s repo is Apache-2.0 and not gated, and
 # its T5, CLIP and VAE weights are the ones every FLUX.1 variant uses.
@@ -79,14 +83,36 @@ def _env_flag(name: str) -> bool:
 def build_parser() -> argparse.ArgumentParser:
     """The command line; each default comes from FLUX_UI_<NAME> when that is set."""
     p = argparse.ArgumentParser(description="FLUX UI: a web UI for the FLUX.1 image models.")
-    p.add_argument("--tiny", action="store_true", default=_env_flag("tiny"), help="tiny random-weight models")
-    p.add_argument("--tiny-dir", default=_env("tiny_dir", "models/tiny"), help="where tiny models are written")
+    p.add_argument(
+        "--tiny",
+        action="store_true",
+        default=_env_flag("tiny"),
+        help="tiny random-weight models",
+    )
+    p.add_argument(
+        "--tiny-dir",
+        default=_env("tiny_dir", "models/tiny"),
+        help="where tiny models are written",
+    )
     p.add_argument("--host", default=_env("host", "127.0.0.1"), help="address to bind")
     p.add_argument("--port", type=int, default=int(_env("port", "7860")), help="port to listen on")
-    p.add_argument("--share", action="store_true", default=_env_flag("share"), help="open a share link")
+    p.add_argument(
+        "--share",
+        action="store_true",
+        default=_env_flag("share"),
+        help="open a share link",
+    )
     p.add_argument("--device", default=_env("device", "auto"), help="auto, cuda, mps or cpu")
-    p.add_argument("--dtype", default=_env("dtype", "auto"), help="auto, bfloat16, float16 or float32")
-    p.add_argument("--model-root", default=_env("model_root", ""), help="folder of local models as <org>/<repo>")
+    p.add_argument(
+        "--dtype",
+        default=_env("dtype", "auto"),
+        help="auto, bfloat16, float16 or float32",
+    )
+    p.add_argument(
+        "--model-root",
+        default=_env("model_root", ""),
+        help="folder of local models as <org>/<repo>",
+    )
     p.add_argument(
         "--model",
         action="append",
@@ -94,8 +120,16 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="NAME=SOURCE",
         help="repo id or local folder for a variant (or 'shared' for the encoders and VAE); repeatable",
     )
-    p.add_argument("--shared-repo", default=_env("shared_repo", DEFAULT_SHARED_REPO), help="encoders+VAE repo")
-    p.add_argument("--outputs-dir", default=_env("outputs_dir", "outputs"), help="where images are saved")
+    p.add_argument(
+        "--shared-repo",
+        default=_env("shared_repo", DEFAULT_SHARED_REPO),
+        help="encoders+VAE repo",
+    )
+    p.add_argument(
+        "--outputs-dir",
+        default=_env("outputs_dir", "outputs"),
+        help="where images are saved",
+    )
     p.add_argument("--max-megapixels", type=float, default=float(_env("max_megapixels", "2.0")))
     p.add_argument("--max-steps", type=int, default=int(_env("max_steps", "100")))
     p.add_argument("--max-images", type=int, default=int(_env("max_images", "4")))

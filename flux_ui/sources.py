@@ -89,11 +89,17 @@ def _explain(err: BaseException, what: str, source: str, setting: str) -> ModelU
         )
     if any(isinstance(e, HfHubHTTPError | ConnectionError | TimeoutError) for e in chain):
         return ModelUnavailableError(
-            what, source, f"the hub could not be reached ({err})", f"Check the network and HF_ENDPOINT, {local_fix}."
+            what,
+            source,
+            f"the hub could not be reached ({err})",
+            f"Check the network and HF_ENDPOINT, {local_fix}.",
         )
     if _is_local(source):
         return ModelUnavailableError(
-            what, source, f"the folder is not a valid model ({err})", f"Check the folder's layout, {local_fix}."
+            what,
+            source,
+            f"the folder is not a valid model ({err})",
+            f"Check the folder's layout, {local_fix}.",
         )
     return ModelUnavailableError(what, source, str(err), f"Check the repo id and HF_TOKEN, {local_fix}.")
 

@@ -26,18 +26,22 @@ MARKER = "flux_ui_tiny.txt"
 
 # Scheduler configs as published in the real repos: [dev]-style models shift the schedule by resolution;
 # [schnell] uses a plain schedule.
-SCHEDULER_DEV = dict(
-    base_image_seq_len=256, base_shift=0.5, max_image_seq_len=4096, max_shift=1.15, shift=3.0, use_dynamic_shifting=True
-)
-SCHEDULER_SCHNELL = dict(shift=1.0, use_dynamic_shifting=False)
+SCHEDULER_DEV = {
+    "base_image_seq_len": 256,
+    "base_shift": 0.5,
+    "max_image_seq_len": 4096,
+    "max_shift": 1.15,
+    "shift": 3.0,
+    "use_dynamic_shifting": True,
+}
+SCHEDULER_SCHNELL = {"shift": 1.0, "use_dynamic_shifting": False}
 
 TEXT_DIM = 32  # T5 d_model in the tiny models (4096 in FLUX.1)
 CLIP_DIM = 32  # CLIP hidden size in the tiny models (768 in FLUX.1)
 LATENT_CHANNELS = 16  # as in FLUX.1: 16 latent channels, packed 2x2 into 64 transformer channels
-WORDS = (
-    "a an the of on in with and at to photo portrait painting cat dog fox bird red blue green "
-    "chair table tree city night sky sitting standing cinematic light style"
-).split()
+# Tokens the tiny tokenizers know as whole words; anything else falls back to characters.
+_WORD_TEXT = "a an the of on in with and at to photo portrait painting cat dog fox bird red blue green chair table tree"
+WORDS = [*_WORD_TEXT.split(), "city", "night", "sky", "sitting", "standing", "cinematic", "light", "style"]
 
 
 def _t5_tokenizer():

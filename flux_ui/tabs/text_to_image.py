@@ -1,0 +1,173 @@
+"""The text-to-image tab: FLUX.1 [dev], [schnell] and Krea [dev]."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import gradio as gr
+from PIL import Image
+
+from flux_ui.metadata import meta_from_parameters, read_parameters
+from flux_ui.params import SEED_MAX, InvalidInput
+from flux_ui.tasks.text_to_image import TextToImageParams, text_to_image, validate_text_to_image
+from flux_ui.ui import GPU, UiContext, invalid, summary
+from flux_ui.variants import SQUARE_AND_WIDE, get_variant, variants_for
+
+ASPECTS = ("1:1", "4:3", "3:4", "3:2", "2:3", "16:9", "9:16", "21:9", "9:21")  # of SQUARE_AND_WIDE, in order
+PRESETS = {f"{a}  ·  {w}×{h}": (w, h) for a, (w, h) in zip(ASPECTS, SQUARE_AND_WIDE, strict=True)}
+CUSTOM = "Custom"
+MAX_SLIDER_SIDE = 2048  # the megapixel limit is checked separately
+
+
+@dataclass
+class TextToImageTab:
+    """Components other tabs hand images and prompts to."""
+
+    prompt: gr.Textbox
+    gallery: gr.Gallery
+
+
+def variant_note(name: str) -> str:
+    v = get_variant(name)
+    use = "commercial use allowed" if v.commercial_use else "non-commercial license"
+    return f"`{v.repo_id}` · {v.default_steps} steps by default · {use} (`{v.license}`)"
+
+
+def build(ctx: UiContext) -> TextToImageTab:
+    settings = ctx.settings
+
+    def generate(
+        prompt: str,
+        variant: str = "dev",
+        width: int = 1024,
+        height: int = 1024,
+        steps: int = 28,
+        guidance: float = 3.5,
+        seed: int = -1,
+        num_images: int = 1,
+        request: gr.Request = None,
+        progress: gr.Progress = gr.Progress(),
+    ):
+        """Generate images from a prompt with FLUX.1 [dev], [schnell] or Krea [dev].
+
+        Args:
+            prompt: what the image should show.
+            variant: dev, schnell or krea-dev.
+            width: pixels, a multiple of 16.
+            height: pixels, a multiple of 16.
+            steps: denoising steps (dev 28, schnell 4).
+            guidance: distilled guidance (dev 3.5, Krea 4.5); ignored by schnell.
+            seed: -1 for a random seed; image i of a batch uses seed + i.
+            num_images: how many images to generate.
+        """
+        raw = TextToImageParams(prompt, variant, width, height, steps, guidance, seed, num_images)
+        try:
+            params = validate_text_to_image(raw, settings)
+        except InvalidInput as err:
+            raise invalid(err) from None
+
+        def show(ev):  # the gallery shows the live preview until the images arrive
+            if ev.preview is None:
+                return None
+            return (
+                [(ev.preview, f"preview · image {ev.image_index + 1}, step {ev.step}/{ev.steps}")],
+                gr.skip(),
+                gr.skip(),
+            )
+
+        result = yield from ctx.follow(
+            lambda on_step, stop: text_to_image(ctx.registry, params, on_step, stop), request, progress, show
+        )
+        gallery, notes = ctx.save(result)
+        yield gallery, result.seed, summary(result, notes)
+
+    def on_variant(name: str):
+        v = get_variant(name)
+        guidance = gr.update(value=v.default_guidance, visible=True) if v.uses_guidance else gr.update(visible=False)
+        return gr.update(value=v.default_steps), guidance, variant_note(name)
+
+    def on_preset(label: str):
+        return PRESETS.get(label, (gr.skip(), gr.skip()))
+
+    def load_parameters(file: str | None):
+        """Read the generation parameters embedded in a PNG and return them as form values."""
+        if not file:
+            raise invalid(ValueError("image: upload a PNG made by FLUX UI or another SD UI"))
+        try:
+            with Image.open(file) as img:
+                text = read_parameters(img)
+        except (OSError, Image.DecompressionBombError) as err:
+            raise invalid(ValueError(f"image: not a readable image ({err})")) from None
+        if not text:
+            raise invalid(ValueError("image: it carries no generation parameters"))
+        try:
+            meta = meta_from_parameters(text)
+            variant = get_variant(meta.variant)
+        except ValueError as err:
+            raise invalid(err) from None
+        guidance = meta.guidance if meta.guidance is not None else (variant.default_guidance or 0.0)
+        return (
+            meta.prompt,
+            variant.name,
+            meta.width,
+            meta.height,
+            meta.steps,
+            guidance,
+            meta.seed,
+            CUSTOM,
+            variant_note(variant.name),
+        )
+
+    with gr.Tab("Text to image", id="t2i"), gr.Row():
+        with gr.Column(scale=1):
+            prompt = gr.Textbox(label="Prompt", lines=3, placeholder="A red fox in fresh snow…", elem_id="prompt")
+            with gr.Row():
+                choices = [(v.label, v.name) for v in variants_for("text_to_image")]
+                variant = gr.Dropdown(choices, value="dev", label="Model", elem_id="variant")
+                preset = gr.Dropdown([*PRESETS, CUSTOM], value=next(iter(PRESETS)), label="Aspect ratio")
+            note = gr.Markdown(variant_note("dev"))
+            with gr.Row():
+                width = gr.Slider(64, MAX_SLIDER_SIDE, value=1024, step=16, label="Width", elem_id="width")
+                height = gr.Slider(64, MAX_SLIDER_SIDE, value=1024, step=16, label="Height", elem_id="height")
+            with gr.Row():
+                steps = gr.Slider(1, settings.max_steps, value=28, step=1, label="Steps", elem_id="steps")
+                guidance = gr.Slider(0.0, 30.0, value=3.5, step=0.1, label="Guidance", elem_id="guidance")
+            with gr.Row():
+                # No minimum/maximum here: the validator's message names the field and the fix.
+                seed = gr.Number(value=-1, label=f"Seed (-1 = random, up to {SEED_MAX})", elem_id="seed")
+                random_btn = gr.Button("🎲", scale=0, min_width=48)
+                reuse_btn = gr.Button("♻️", scale=0, min_width=48)
+                num_images = gr.Slider(1, settings.max_images, value=1, step=1, label="Images")
+            with gr.Row():
+                generate_btn = gr.Button("Generate", variant="primary", elem_id="generate")
+                cancel_btn = gr.Button("Cancel", variant="stop", elem_id="cancel")
+            with gr.Accordion("Load parameters from image", open=False):
+                params_file = gr.File(label="PNG with parameters", file_types=[".png"], elem_id="params-file")
+        with gr.Column(scale=1):
+            gallery = gr.Gallery(label="Images", columns=2, format="png", elem_id="gallery")
+            last_seed = gr.Number(label="Seed used", interactive=False, precision=0)
+            info = gr.Markdown(label="info", elem_id="info")
+
+    # .input, not .change: loading parameters from an image must not reset steps and guidance.
+    variant.input(on_variant, variant, [steps, guidance, note], api_visibility="private")
+    preset.input(on_preset, preset, [width, height], api_visibility="private")
+    random_btn.click(lambda: -1, None, seed, api_visibility="private")
+    reuse_btn.click(lambda s: -1 if s is None else s, last_seed, seed, api_visibility="private")
+    inputs = [prompt, variant, width, height, steps, guidance, seed, num_images]
+    event = gr.on(
+        [generate_btn.click, prompt.submit],
+        generate,
+        inputs,
+        [gallery, last_seed, info],
+        api_name="text_to_image",
+        # Raw values go straight to the validator, whose messages name the field (Gradio's range and
+        # choice checks do not).
+        preprocess=False,
+        concurrency_id=GPU,
+        concurrency_limit=1,
+    )
+    cancel_btn.click(ctx.cancel, None, None, cancels=[event], queue=False, api_visibility="private")
+    params_file.upload(load_parameters, params_file, [*inputs[:-1], preset, note], api_name="load_parameters").success(
+        lambda v: gr.update(visible=get_variant(v).uses_guidance), variant, guidance, api_visibility="private"
+    )
+    return TextToImageTab(prompt=prompt, gallery=gallery)

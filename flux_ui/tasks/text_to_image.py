@@ -1,0 +1,160 @@
+"""Text to image with FLUX.1 [dev], [schnell] and Krea [dev]."""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+
+import torch
+
+from flux_ui.metadata import ImageMeta
+from flux_ui.params import (
+    MAX_GUIDANCE,
+    InvalidInput,
+    check_int,
+    check_prompt,
+    check_range,
+    check_seed,
+    check_size,
+)
+from flux_ui.registry import Registry
+from flux_ui.settings import Settings
+from flux_ui.tasks import (
+    GeneratedImage,
+    StepCallback,
+    TaskResult,
+    resolve_seed,
+    step_callback,
+)
+from flux_ui.variants import get_variant
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TextToImageParams:
+    """One text-to-image request. Defaults of None take the variant's published defaults."""
+
+    prompt: str
+    variant: str = "dev"  # a text-to-image variant name: dev, schnell, krea-dev
+    width: int = 1024  # pixels, a multiple of 16
+    height: int = 1024  # pixels, a multiple of 16
+    steps: int | None = None  # denoising steps; None: the variant's default
+    guidance: float | None = None  # distilled guidance; None: the variant's default; unused by [schnell]
+    seed: int = -1  # -1 picks a random seed; image i of a batch uses seed + i
+    num_images: int = 1  # images generated one after another
+
+
+def validate_text_to_image(p: TextToImageParams, settings: Settings) -> TextToImageParams:
+    """Return `p` checked and with defaults filled in; raise InvalidInput on the first bad field."""
+    prompt = check_prompt(p.prompt, settings)
+    try:
+        variant = get_variant(p.variant)
+    except ValueError as err:
+        raise InvalidInput("variant", str(err).removeprefix("variant: ")) from None
+    if variant.task != "text_to_image":
+        raise InvalidInput(
+            "variant",
+            f"{variant.label} is not a text-to-image model; use dev, schnell or krea-dev",
+        )
+    width, height = check_size(p.width, p.height, settings)
+    steps = variant.default_steps if p.steps is None else check_int("steps", p.steps)
+    check_range("steps", steps, 1, settings.max_steps)
+    guidance = None
+    if variant.uses_guidance:
+        guidance = variant.default_guidance if p.guidance is None else p.guidance
+        if isinstance(guidance, bool) or not isinstance(guidance, int | float) or not math.isfinite(guidance):
+            raise InvalidInput("guidance", f"expected a number, got {guidance!r}")
+        check_range("guidance", float(guidance), 0.0, MAX_GUIDANCE)
+        guidance = float(guidance)
+    num_images = check_int("num_images", p.num_images)
+    check_range("num_images", num_images, 1, settings.max_images)
+    return replace(
+        p,
+        prompt=prompt,
+        width=width,
+        height=height,
+        steps=steps,
+        guidance=guidance,
+        seed=check_seed(p.seed),
+        num_images=num_images,
+    )
+
+
+def text_to_image(
+    registry: Registry,
+    params: TextToImageParams,
+    on_step: StepCallback | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> TaskResult:
+    """Generate `params.num_images` images; `params` must have passed `validate_text_to_image`.
+
+    The prompt is encoded once; image i is denoised from the noise of seed + i (drawn on the CPU, so a
+    seed gives the same image on any device).
+    """
+    variant = get_variant(params.variant)
+    seed = resolve_seed(params.seed)
+    timings: dict[str, float] = {}
+    start = time.perf_counter()
+    images: list[GeneratedImage] = []
+    with registry.pipeline(variant.name) as pipe:
+        timings["load"] = time.perf_counter() - start
+        t = time.perf_counter()
+        with torch.inference_mode():
+            prompt_embeds, pooled, _ = pipe.encode_prompt(
+                prompt=params.prompt,
+                prompt_2=None,
+                device=registry.settings.device,
+                max_sequence_length=variant.max_sequence_length,
+            )
+        timings["encode"] = time.perf_counter() - t
+        t = time.perf_counter()
+        total = params.steps * params.num_images
+        for i in range(params.num_images):
+            callback = step_callback(
+                registry,
+                on_step,
+                should_stop,
+                i,
+                params.steps,
+                total,
+                (params.width, params.height),
+            )
+            kwargs = {} if params.guidance is None else {"guidance_scale": params.guidance}
+            with torch.inference_mode():
+                out = pipe(
+                    prompt_embeds=prompt_embeds,
+                    pooled_prompt_embeds=pooled,
+                    width=params.width,
+                    height=params.height,
+                    num_inference_steps=params.steps,
+                    generator=torch.Generator("cpu").manual_seed(seed + i),
+                    max_sequence_length=variant.max_sequence_length,
+                    callback_on_step_end=callback,
+                    **kwargs,
+                )
+            meta = ImageMeta(
+                prompt=params.prompt,
+                variant=variant.name,
+                seed=seed + i,
+                steps=params.steps,
+                guidance=params.guidance,
+                width=params.width,
+                height=params.height,
+            )
+            images.append(GeneratedImage(out.images[0], meta))
+        timings["generate"] = time.perf_counter() - t
+    timings["total"] = time.perf_counter() - start
+    log.info(
+        "text_to_image %s %dx%d x%d, %d steps: %.2f s",
+        variant.name,
+        params.width,
+        params.height,
+        params.num_images,
+        params.steps,
+        timings["total"],
+    )
+    return TaskResult(images=images, seed=seed, timings=timings)

@@ -1,0 +1,89 @@
+"""Shared fixtures: tiny random-weight models written once per test session, a registry over them, and a
+running `app.py --tiny` server for end-to-end and browser tests."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from flux_ui.registry import Registry
+from flux_ui.settings import Settings
+from flux_ui.tiny import ensure_tiny_models
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(tmp_path_factory) -> Path:
+    """Tiny models in hub layout; FLUX_UI_TEST_TINY_DIR reuses a folder across runs."""
+    folder = Path(os.environ.get("FLUX_UI_TEST_TINY_DIR") or tmp_path_factory.mktemp("tiny"))
+    return ensure_tiny_models(folder)
+
+
+@pytest.fixture
+def settings(tiny_dir, tmp_path) -> Settings:
+    return Settings(
+        tiny=True, tiny_dir=tiny_dir, model_root=tiny_dir, outputs_dir=tmp_path / "outputs", preview_every=1
+    )
+
+
+@pytest.fixture
+def registry(settings) -> Registry:
+    return Registry(settings)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for_server(url: str, proc: subprocess.Popen, log: Path, timeout: float = 120.0) -> None:
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"app exited with {proc.returncode}:\n{log.read_text()[-4000:]}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.5)
+    raise RuntimeError(f"app did not answer at {url} within {timeout} s:\n{log.read_text()[-4000:]}")
+
+
+@pytest.fixture(scope="session")
+def app_server(tiny_dir, tmp_path_factory):
+    """`python app.py --tiny` on a free port, as a user would start it; yields (url, outputs_dir)."""
+    port = free_port()
+    work = tmp_path_factory.mktemp("app")
+    outputs = work / "outputs"
+    log = work / "app.log"
+    env = {**os.environ, "FLUX_UI_TINY_DIR": str(tiny_dir), "FLUX_UI_OUTPUTS_DIR": str(outputs)}
+    env.pop("FLUX_UI_TINY", None)
+    with open(log, "w") as fh:
+        proc = subprocess.Popen(
+            [sys.executable, str(ROOT / "app.py"), "--tiny", "--port", str(port), "--preview-every", "1"],
+            cwd=work,
+            env=env,
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+        )
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        wait_for_server(url, proc, log)
+        yield url, outputs
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()

@@ -1,0 +1,66 @@
+"""A real browser (Debian's Chromium, driven by Playwright) generating an image through the UI."""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import pytest
+
+CHROMIUM = os.environ.get("FLUX_UI_CHROMIUM", "/usr/bin/chromium")
+pytestmark = pytest.mark.skipif(not shutil.which(CHROMIUM), reason=f"no Chromium at {CHROMIUM}")
+
+
+@pytest.fixture(scope="module")
+def page(app_server):
+    from playwright.sync_api import sync_playwright
+
+    url, _ = app_server
+    with sync_playwright() as p:
+        browser = p.chromium.launch(
+            executable_path=CHROMIUM,
+            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update"],
+        )
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.goto(url)
+        page.wait_for_selector("#prompt textarea", timeout=60_000)
+        yield page
+        browser.close()
+
+
+def set_number(page, elem_id: str, value: int) -> None:
+    box = page.locator(f"#{elem_id} input[type=number]")
+    box.fill(str(value))
+    box.press("Enter")
+
+
+def test_tiny_mode_is_announced(page):
+    assert "random weights" in page.locator("#tiny-banner").inner_text()
+
+
+def test_type_a_prompt_click_generate_and_see_the_image(page, app_server):
+    page.locator("#prompt textarea").fill("a red fox in the snow")
+    set_number(page, "width", 256)
+    set_number(page, "height", 256)
+    set_number(page, "steps", 2)
+    page.locator("#seed input").fill("4321")
+    page.locator("#generate").click()
+    image = page.locator("#gallery img").first
+    image.wait_for(state="visible", timeout=120_000)
+    page.wait_for_function(
+        "() => document.querySelector('#info') && document.querySelector('#info').innerText.includes('Seed 4321')",
+        timeout=120_000,
+    )
+    assert page.locator("#gallery img").count() >= 1
+    _, outputs = app_server
+    assert list(outputs.rglob("*-4321.png"))
+
+
+def test_bad_size_shows_an_error_and_the_page_keeps_working(page):
+    page.locator("#prompt textarea").fill("")
+    page.locator("#generate").click()
+    page.get_by_text("prompt: is empty").first.wait_for(timeout=30_000)
+    page.locator("#prompt textarea").fill("a cat")
+    page.locator("#seed input").fill("55")
+    page.locator("#generate").click()
+    page.wait_for_function("() => document.querySelector('#info').innerText.includes('Seed 55')", timeout=120_000)

@@ -1,0 +1,71 @@
+from pathlib import Path
+
+import httpx
+import pytest
+from huggingface_hub.errors import GatedRepoError
+
+from flux_ui import sources
+from flux_ui.settings import Settings, parse_model_paths, settings_from_args
+from flux_ui.sources import ModelUnavailableError, resolve_source
+
+
+def test_resolution_order(tmp_path):
+    (tmp_path / "black-forest-labs" / "FLUX.1-dev").mkdir(parents=True)
+    s = Settings(model_root=tmp_path, model_paths={"schnell": "/models/schnell"})
+    assert resolve_source(s, "schnell", "black-forest-labs/FLUX.1-schnell") == "/models/schnell"
+    assert resolve_source(s, "dev", "black-forest-labs/FLUX.1-dev") == str(tmp_path / "black-forest-labs/FLUX.1-dev")
+    assert resolve_source(s, "krea-dev", "black-forest-labs/FLUX.1-Krea-dev") == "black-forest-labs/FLUX.1-Krea-dev"
+
+
+def failing(err):
+    def loader():
+        raise err
+
+    return loader
+
+
+def test_gated_repo_says_accept_the_license_and_set_hf_token():
+    url = "https://huggingface.co/black-forest-labs/FLUX.1-dev/resolve/main/transformer/config.json"
+    response = httpx.Response(403, request=httpx.Request("GET", url))
+    err = GatedRepoError("403 Client Error: cannot access gated repo", response=response)
+    with pytest.raises(ModelUnavailableError) as exc:
+        sources.load("FLUX.1 [dev] transformer", "black-forest-labs/FLUX.1-dev", "--model dev=FOLDER", failing(err))
+    msg = str(exc.value)
+    assert "gated" in msg and "HF_TOKEN" in msg and "huggingface.co/black-forest-labs/FLUX.1-dev" in msg
+    assert "--model dev=FOLDER" in msg
+
+
+def test_offline_and_not_cached_is_explained(monkeypatch, tmp_path):
+    """A real diffusers load with the hub switched off and an empty cache."""
+    from diffusers import FluxTransformer2DModel
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
+    repo = "black-forest-labs/FLUX.1-Krea-dev"
+    with pytest.raises(ModelUnavailableError) as exc:
+        sources.load(
+            "FLUX.1 Krea [dev] transformer",
+            repo,
+            "--model krea-dev=FOLDER",
+            lambda: FluxTransformer2DModel.from_pretrained(repo, subfolder="transformer", cache_dir=tmp_path),
+        )
+    assert "HF_HUB_OFFLINE" in str(exc.value) and repo in str(exc.value)
+
+
+def test_missing_local_folder():
+    with pytest.raises(ModelUnavailableError, match="folder does not exist"):
+        sources.load("VAE", "/no/such/folder", "--model shared=FOLDER", failing(OSError("nope")))
+
+
+def test_cli_and_environment(monkeypatch):
+    monkeypatch.setenv("FLUX_UI_PORT", "9000")
+    monkeypatch.setenv("FLUX_UI_MAX_STEPS", "60")
+    s = settings_from_args(["--tiny", "--tiny-dir", "/tmp/t", "--model", "dev=/m/dev", "--device", "cpu"])
+    assert s.port == 9000 and s.max_steps == 60 and s.tiny and s.model_root == Path("/tmp/t")
+    assert s.model_paths == {"dev": "/m/dev"} and s.host == "127.0.0.1" and s.device == "cpu"
+    assert settings_from_args(["--port", "7000"]).port == 7000
+
+
+def test_bad_model_flag():
+    with pytest.raises(ValueError, match="NAME=SOURCE"):
+        parse_model_paths(["dev"])
