@@ -13,7 +13,7 @@ import logging
 import threading
 import time
 from collections import Counter, OrderedDict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -56,6 +56,7 @@ class Registry:
         self._scheduler_configs: dict[str, dict] = {}
         self._active: str | None = None  # variant whose transformer is on the device
         self._previewer: LatentPreviewer | None = None
+        self._aux: OrderedDict[str, object] = OrderedDict()  # other models, least recent first
         self.load_counts: Counter[str] = Counter()  # component -> loads from disk or hub
         self.moves: list[tuple[str, str]] = []  # (component, device) for every move, in order
 
@@ -207,14 +208,52 @@ class Registry:
             del model
             self._release_memory()
 
+    def aux(self, key: str, what: str, source: str, setting: str, loader: Callable[[], object]) -> object:
+        """A model other than FLUX's own (the Redux image encoder, the VQA model, a depth estimator...),
+        loaded once through `sources.load` and kept; torch modules are placed on the device.
+
+        `key` identifies the entry ("vqa", "redux-encoder"), `what`, `source` and `setting` go into the
+        error message if loading fails. Under memory pressure these go first: see `evict_aux`.
+        """
+        with self._lock:
+            if key in self._aux:
+                self._aux.move_to_end(key)
+            else:
+                self.load_counts[key] += 1
+                self._aux[key] = sources.load(what, source, setting, loader)
+            model = self._aux[key]
+            if isinstance(model, torch.nn.Module):
+                self._move(key, model, self.settings.device)
+            return model
+
+    def evict_aux(self, keep: tuple[str, ...] = ()) -> list[str]:
+        """Free accelerator memory held by auxiliary models, first in line before any FLUX part.
+
+        Entries not in `keep` move to CPU memory if they are on an accelerator, else they are dropped.
+        Returns the keys dropped.
+        """
+        dropped = []
+        with self._lock:
+            for key, model in list(self._aux.items()):
+                if key in keep:
+                    continue
+                if isinstance(model, torch.nn.Module) and next(model.parameters()).device.type != "cpu":
+                    self._move(key, model, "cpu")
+                else:
+                    del self._aux[key]
+                    dropped.append(key)
+            self._release_memory()
+        return dropped
+
     def _release_memory(self) -> None:
         gc.collect()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
 
     def free_memory(self) -> None:
-        """Drop every cached transformer; the shared parts stay."""
+        """Drop every cached transformer and auxiliary model; the shared parts stay."""
         with self._lock:
+            self._aux.clear()
             self._transformers.clear()
             self._active = None
             self._release_memory()
@@ -263,5 +302,6 @@ class Registry:
                     {"variant": n, "device": where(m), "active": n == self._active}
                     for n, m in self._transformers.items()
                 ],
+                "aux": {k: where(m) if isinstance(m, torch.nn.Module) else "cpu" for k, m in self._aux.items()},
                 "load_counts": dict(self.load_counts),
             }

@@ -37,6 +37,7 @@ class UiContext:
 
     registry: Registry
     running: dict[str, Job] = field(default_factory=dict)  # session hash -> its running job
+    tabs: dict[str, object] = field(default_factory=dict)  # tab id -> the handles its build() returned
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     @property
@@ -142,6 +143,6 @@ def build_ui(registry: Registry) -> gr.Blocks:
                 elem_id="tiny-banner",
             )
         with gr.Tabs():
-            text_to_image.build(ctx)
+            ctx.tabs["t2i"] = text_to_image.build(ctx)
             _models_tab(ctx)
     return demo

@@ -3,6 +3,7 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
+import torch
 
 from flux_ui.registry import Registry
 from flux_ui.sources import ModelUnavailableError
@@ -121,3 +122,31 @@ def test_concurrent_requests_for_different_variants_get_what_they_asked_for(sett
     assert not errors
     for (variant, _), image in results.items():
         np.testing.assert_array_equal(image, expected[variant])
+
+
+def test_aux_models_load_once_and_are_evicted_before_flux_parts(registry):
+    loads = []
+
+    def loader():
+        loads.append(1)
+        return torch.nn.Linear(2, 2)
+
+    a = registry.aux("probe", "probe model", "tiny", "--probe", loader)
+    assert registry.aux("probe", "probe model", "tiny", "--probe", loader) is a and len(loads) == 1
+    with registry.pipeline("dev") as pipe:
+        vae = pipe.vae
+    assert registry.status()["aux"] == {"probe": "cpu"}
+    assert registry.evict_aux() == ["probe"]  # on the CPU already: dropped
+    assert registry.status()["aux"] == {}
+    with registry.pipeline("dev") as pipe:
+        assert pipe.vae is vae  # the shared parts stayed
+    assert registry.load_counts["transformer:dev"] == 1
+
+
+def test_aux_loading_failure_is_explained(registry):
+    def loader():
+        raise OSError("no file named config.json")
+
+    with pytest.raises(ModelUnavailableError, match="probe model"):
+        registry.aux("probe", "probe model", "/no/such/dir", "--probe", loader)
+    assert registry.status()["aux"] == {}
