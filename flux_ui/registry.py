@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
-from flux_ui import sources
+from flux_ui import sources, speed
 from flux_ui.preview import LatentPreviewer
 from flux_ui.settings import Settings
 from flux_ui.variants import Variant, get_variant
@@ -69,9 +69,11 @@ class Registry:
         """The shared encoders, tokenizers and VAE, loaded on first use and kept."""
         with self._lock:
             if self._shared is None:
-                self._shared = self._load_shared()
-                for name, module in self._shared.modules().items():
+                shared = self._load_shared()
+                for name, module in shared.modules().items():
                     self._move(name, module, self.settings.device)
+                speed.optimize_vae(shared.vae, self.settings.speed)
+                self._shared = shared
             return self._shared
 
     def _load_shared(self) -> SharedParts:
@@ -157,43 +159,54 @@ class Registry:
     # -- placement ---------------------------------------------------------------------------------
 
     def _move(self, name: str, module: torch.nn.Module, device: str) -> None:
-        """The one path for moving a model between devices; every move is logged and recorded."""
+        """The one path for moving a model between devices; every move is logged and recorded.
+
+        With a CUDA device, a model's first trip to the GPU leaves a page-locked (pinned) copy of its
+        weights in CPU RAM (the warm tier). Weights never change during inference, so moving the model
+        back to the CPU just points its parameters at that copy (no transfer), and the next trip to the
+        GPU is one full-speed copy from pinned memory. torch and accelerate offer moves and pinning, but
+        not a pinned copy that outlives the move, which is what makes a variant switch cost one copy.
+        """
         current = next(module.parameters()).device
         if current == torch.device(device) or (current.type == device and device != "cpu"):
             return
         start = time.perf_counter()
-        module.to(device)
-        log.info(
-            "moved %s %s -> %s in %.2f s",
-            name,
-            current,
-            device,
-            time.perf_counter() - start,
-        )
+        pinned = _valid_pinned(module)
+        to_gpu = device.startswith("cuda")
+        if device == "cpu" and pinned is not None:
+            for key, tensor in _tensors(module):
+                tensor.data = pinned[key]
+        elif (device == "cpu" or (to_gpu and current.type == "cpu")) and torch.cuda.is_available():
+            module._flux_ui_pinned = pinned = _pin(module)  # to pinned CPU memory, from wherever it is
+        if device != "cpu":
+            module.to(device, non_blocking=pinned is not None)
+            if to_gpu:
+                torch.cuda.synchronize()  # so the logged time is the copy's, and the weights are there
+        elif pinned is None:
+            module.to("cpu")
+        log.info("moved %s %s -> %s in %.2f s", name, current, device, time.perf_counter() - start)
         self.moves.append((name, device))
 
     def transformer(self, name: str) -> torch.nn.Module:
         """The transformer of variant `name`, loaded if needed, made active on the device.
 
-        The previously active transformer goes back to CPU memory; beyond `transformer_cache` entries
-        the least recently used one is dropped.
+        The previously active transformer goes first to the warm tier (CPU RAM), so two never share the
+        GPU; beyond `transformer_cache` entries the least recently used one is dropped.
         """
         variant = get_variant(name)
         if not variant.has_transformer:
             raise ValueError(f"variant: {variant.label} has no transformer of its own; use {variant.base!r}")
         with self._lock:
+            if self._active not in (None, name) and self._active in self._transformers:
+                self._move(f"transformer:{self._active}", self._transformers[self._active], "cpu")
             if name in self._transformers:
                 self._transformers.move_to_end(name)
             else:
                 model = self._load_transformer(variant)  # raises before the cache changes on failure
+                self._move(f"transformer:{name}", model, self.settings.device)
+                speed.optimize_transformer(model, self.settings.speed)
                 self._transformers[name] = model
                 self._evict_beyond(self.settings.transformer_cache)
-            if self._active not in (None, name) and self._active in self._transformers:
-                self._move(
-                    f"transformer:{self._active}",
-                    self._transformers[self._active],
-                    "cpu",
-                )
             self._active = name
             model = self._transformers[name]
             self._move(f"transformer:{name}", model, self.settings.device)
@@ -305,3 +318,37 @@ class Registry:
                 "aux": {k: where(m) if isinstance(m, torch.nn.Module) else "cpu" for k, m in self._aux.items()},
                 "load_counts": dict(self.load_counts),
             }
+
+
+def _tensors(module: torch.nn.Module) -> list[tuple[str, torch.Tensor]]:
+    return [*module.named_parameters(), *module.named_buffers()]
+
+
+def _pin(module: torch.nn.Module) -> dict[str, torch.Tensor] | None:
+    """Point a module's tensors at page-locked CPU copies (made from wherever they are) and return those
+    copies; None, with the module moved to the CPU, where a tensor cannot be pinned (quantised tensor
+    subclasses, say): its moves are then plain copies."""
+    tensors = _tensors(module)
+    if any(type(t.data) is not torch.Tensor for _, t in tensors):
+        log.info("weights of %s cannot be pinned; its moves will be plain copies", type(module).__name__)
+        module.to("cpu")
+        return None
+    pinned = {}
+    for key, tensor in tensors:
+        pinned[key] = torch.empty(tensor.shape, dtype=tensor.dtype, device="cpu", pin_memory=True)
+        pinned[key].copy_(tensor.data)
+        tensor.data = pinned[key]
+    return pinned
+
+
+def _valid_pinned(module: torch.nn.Module) -> dict[str, torch.Tensor] | None:
+    """The module's pinned copy if it still matches its tensors (fusing or quantising replaces them)."""
+    pinned = getattr(module, "_flux_ui_pinned", None)
+    if pinned is None:
+        return None
+    tensors = _tensors(module)
+    if len(tensors) != len(pinned) or any(
+        key not in pinned or type(t.data) is not torch.Tensor or pinned[key].shape != t.shape for key, t in tensors
+    ):
+        return None
+    return pinned

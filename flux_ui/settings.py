@@ -30,6 +30,7 @@ class Settings:
 
     device: str = "cpu"  # torch device for inference: "cuda", "mps" or "cpu"
     dtype: torch.dtype = torch.float32  # weight and compute dtype of every model
+    speed: str = "off"  # speed profile applied to loaded models: off, compile or fp8 (see flux_ui.speed)
     tiny: bool = False  # serve tiny random-weight models instead of real weights
     tiny_dir: Path = Path("models/tiny")  # where tiny models are written once, in hub layout
     model_root: Path | None = None  # folder of local models as <org>/<repo>, tried before the hub
@@ -153,10 +154,13 @@ def parse_model_paths(items: list[str]) -> dict[str, str]:
 def settings_from_args(argv: list[str] | None = None) -> Settings:
     """Parse the command line (and environment) into Settings, resolving device and dtype once."""
     a = build_parser().parse_args(argv)
+    from flux_ui.speed import resolve_profile
+
     device = resolve_device(a.device)
     return Settings(
         device=device,
         dtype=resolve_dtype(a.dtype, device),
+        speed=resolve_profile(a.speed, device),
         tiny=a.tiny,
         tiny_dir=Path(a.tiny_dir),
         # Tiny models live in their own folder in hub layout and are loaded like any local model.

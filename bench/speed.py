@@ -1,0 +1,493 @@
+"""GPU benchmark: FLUX.1 [dev] at 1024x1024, 28 steps, full-size architectures with random weights.
+
+Times, in one process, plain diffusers (the baseline) and each optimisation of `flux_ui.speed` added in
+turn, then the app's own path (registry + text-to-image task) with the default profile; reports per-image
+medians, seconds per step, peak VRAM, compile time, the optimised transformer's relative error against the
+bf16 reference and the PSNR between full pipeline outputs. Random weights cost exactly the arithmetic of
+trained ones; error figures on them show numerical drift, not image quality.
+
+    python bench/speed.py --phase main --out results.json      # rows, errors, app path
+    python bench/speed.py --phase restart --out restart.json   # a restarted process, warm compile cache
+    python bench/speed.py --phase extra --out extra.json       # resolutions, Kontext, schnell, 24 GB cap
+    python bench/speed.py --phase switch --out switch.json     # variant switching through the registry
+
+Needs a CUDA GPU with about 40 GB free (the 24 GB row caps itself).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import logging
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from flux_ui import speed  # noqa: E402
+
+log = logging.getLogger("bench")
+STEPS, SIZE, RUNS = 28, 1024, 3
+DEV = "cuda"
+T5_TOKENS, T5_DIM, CLIP_DIM = 512, 4096, 768
+# The text encoders' published architectures (random weights here).
+T5_XXL = {
+    "d_model": 4096,
+    "d_ff": 10240,
+    "d_kv": 64,
+    "num_heads": 64,
+    "num_layers": 24,
+    "feed_forward_proj": "gated-gelu",
+}
+CLIP_L = {"hidden_size": 768, "intermediate_size": 3072, "num_attention_heads": 12, "projection_dim": 768}
+
+
+PARTIAL: dict = {}  # results so far, written after every row so a run cut short still reports
+OUT_PATH: Path | None = None
+
+
+def checkpoint(key: str, value) -> None:
+    PARTIAL[key] = value
+    if OUT_PATH is not None:
+        OUT_PATH.write_text(json.dumps(PARTIAL, indent=2))
+
+
+def sync_time() -> float:
+    torch.cuda.synchronize()
+    return time.perf_counter()
+
+
+def build_transformer(guidance: bool = True, seed: int = 0):
+    """The FLUX.1 [dev] transformer (schnell: no guidance embedder), random bf16 weights, built on the GPU."""
+    from diffusers import FluxTransformer2DModel
+
+    torch.manual_seed(seed)
+    with torch.device(DEV):
+        prev = torch.get_default_dtype()
+        torch.set_default_dtype(torch.bfloat16)
+        try:
+            model = FluxTransformer2DModel(guidance_embeds=guidance)
+        finally:
+            torch.set_default_dtype(prev)
+    return model.eval().requires_grad_(False)
+
+
+def build_vae():
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(1)
+    with torch.device(DEV):
+        vae = AutoencoderKL(
+            in_channels=3,
+            out_channels=3,
+            down_block_types=("DownEncoderBlock2D",) * 4,
+            up_block_types=("UpDecoderBlock2D",) * 4,
+            block_out_channels=(128, 256, 512, 512),
+            layers_per_block=2,
+            latent_channels=16,
+            scaling_factor=0.3611,
+            shift_factor=0.1159,
+            use_quant_conv=False,
+            use_post_quant_conv=False,
+        )
+    return vae.to(torch.bfloat16).eval().requires_grad_(False)
+
+
+def scheduler(dynamic: bool = True):
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    if dynamic:
+        return FlowMatchEulerDiscreteScheduler(
+            base_image_seq_len=256, base_shift=0.5, max_image_seq_len=4096, max_shift=1.15, use_dynamic_shifting=True
+        )
+    return FlowMatchEulerDiscreteScheduler(shift=1.0, use_dynamic_shifting=False)
+
+
+def embeds(seed: int = 2):
+    g = torch.Generator(DEV).manual_seed(seed)
+    prompt = torch.randn(1, T5_TOKENS, T5_DIM, generator=g, device=DEV, dtype=torch.bfloat16)
+    pooled = torch.randn(1, CLIP_DIM, generator=g, device=DEV, dtype=torch.bfloat16)
+    return prompt, pooled
+
+
+def pipeline(transformer, vae, cls_name: str = "FluxPipeline", dynamic: bool = True):
+    import diffusers
+
+    cls = getattr(diffusers, cls_name)
+    pipe = cls(
+        scheduler=scheduler(dynamic),
+        vae=vae,
+        text_encoder=None,
+        tokenizer=None,
+        text_encoder_2=None,
+        tokenizer_2=None,
+        transformer=transformer,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def generate(pipe, steps=STEPS, width=SIZE, height=SIZE, seed=0, guidance=3.5, **kw):
+    prompt, pooled = embeds()
+    step_times: list[float] = []
+
+    def on_step(p, i, t, kwargs):
+        step_times.append(sync_time())
+        return {}
+
+    start = sync_time()
+    with torch.inference_mode():
+        out = pipe(
+            prompt_embeds=prompt,
+            pooled_prompt_embeds=pooled,
+            width=width,
+            height=height,
+            num_inference_steps=steps,
+            guidance_scale=guidance,
+            generator=torch.Generator("cpu").manual_seed(seed),
+            callback_on_step_end=on_step,
+            output_type="np",
+            **kw,
+        )
+    end = sync_time()
+    per_step = statistics.median(np.diff([start, *step_times]).tolist())
+    return out.images[0], end - start, per_step
+
+
+def time_config(name: str, pipe, runs: int = RUNS, **kw) -> dict:
+    torch.cuda.reset_peak_memory_stats()
+    first_start = time.perf_counter()
+    image, first, _ = generate(pipe, **kw)
+    totals, steps = [], []
+    for _ in range(runs):
+        image, total, per_step = generate(pipe, **kw)
+        totals.append(total)
+        steps.append(per_step)
+    row = {
+        "config": name,
+        "first_image_s": round(first, 2),
+        "compile_s_approx": round(first - statistics.median(totals), 1),
+        "median_s": round(statistics.median(totals), 3),
+        "runs_s": [round(t, 3) for t in totals],
+        "s_per_step": round(statistics.median(steps), 4),
+        "peak_vram_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2),
+        "wall_s": round(time.perf_counter() - first_start, 1),
+    }
+    log.info("%s", row)
+    checkpoint(f"row: {name}", row)
+    return row, image
+
+
+def transformer_output(transformer, seed: int = 5) -> torch.Tensor:
+    """One forward pass of the transformer on fixed random inputs (a 1024x1024 latent, 512 T5 tokens)."""
+    g = torch.Generator(DEV).manual_seed(seed)
+    tokens = (SIZE // 16) ** 2
+    hidden = torch.randn(1, tokens, 64, generator=g, device=DEV, dtype=torch.bfloat16)
+    prompt, pooled = embeds(seed)
+    ids = torch.zeros(tokens, 3, device=DEV)
+    ids[:, 1] = torch.arange(SIZE // 16, device=DEV).repeat_interleave(SIZE // 16)
+    ids[:, 2] = torch.arange(SIZE // 16, device=DEV).repeat(SIZE // 16)
+    with torch.inference_mode():
+        out = transformer(
+            hidden_states=hidden,
+            encoder_hidden_states=prompt,
+            pooled_projections=pooled,
+            timestep=torch.tensor([0.5], device=DEV, dtype=torch.bfloat16),
+            img_ids=ids,
+            txt_ids=torch.zeros(T5_TOKENS, 3, device=DEV),
+            guidance=torch.tensor([3.5], device=DEV, dtype=torch.bfloat16),
+            return_dict=False,
+        )[0]
+    return out.float()
+
+
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).norm() / b.norm())
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
+    return float("inf") if mse == 0 else 10 * np.log10(1.0 / mse)
+
+
+def free() -> None:
+    """Release compiled graphs (they hold their models) and cached GPU memory; callers `del` first."""
+    torch._dynamo.reset()
+    gc.collect()
+    torch.cuda.empty_cache()
+
+
+def phase_main(args) -> dict:
+    rows, images = [], {}
+    vae = build_vae()
+
+    tr = build_transformer()
+    ref_out = transformer_output(tr)
+    row, images["eager"] = time_config("diffusers FluxPipeline, eager (baseline)", pipeline(tr, vae))
+    rows.append(row)
+
+    tr.fuse_qkv_projections()
+    tr.set_attention_backend("_native_cudnn")
+    vae_fast = build_vae()
+    speed.optimize_vae(vae_fast, "compile")
+    row, _ = time_config("+ fused QKV, cuDNN attention, channels-last VAE (eager)", pipeline(tr, vae_fast))
+    rows.append(row)
+    fused_err = rel_err(transformer_output(tr), ref_out)
+    del tr
+    free()
+
+    tr = build_transformer()
+    speed.optimize_transformer(tr, "compile")
+    row, images["compile"] = time_config("+ regional torch.compile (profile 'compile', bf16)", pipeline(tr, vae_fast))
+    rows.append(row)
+    compile_err = rel_err(transformer_output(tr), ref_out)
+    del tr
+    free()
+
+    tr = build_transformer()
+    speed.optimize_transformer(tr, "fp8")
+    row, images["fp8"] = time_config("+ torchao float8 row-wise (profile 'fp8')", pipeline(tr, vae_fast))
+    rows.append(row)
+    fp8_err = rel_err(transformer_output(tr), ref_out)
+    del tr
+    free()
+
+    errors = {
+        "transformer_rel_err_fused_vs_bf16": round(fused_err, 5),
+        "transformer_rel_err_compile_vs_bf16": round(compile_err, 5),
+        "transformer_rel_err_fp8_vs_bf16": round(fp8_err, 5),
+        "psnr_db_compile_vs_eager": round(psnr(images["compile"], images["eager"]), 2),
+        "psnr_db_fp8_vs_eager": round(psnr(images["fp8"], images["eager"]), 2),
+    }
+    log.info("%s", errors)
+    checkpoint("errors", errors)
+    rows.append(app_path_row(vae_fast))
+    return {"rows": rows, "errors": errors}
+
+
+def random_registry(vae, profile: str, cache: int = 2):
+    """The app's Registry with full-size random-weight models built from configs instead of read from disk
+    (the only difference from `python app.py`); placement, speed profile and pipelines are the app's."""
+    from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
+
+    from flux_ui.registry import Registry, SharedParts
+    from flux_ui.settings import Settings
+    from flux_ui.tiny import _clip_tokenizer, _t5_tokenizer
+
+    class RandomWeightRegistry(Registry):
+        def _load_shared(self) -> SharedParts:
+            with torch.device(DEV):
+                clip = CLIPTextModel(CLIPTextConfig(**CLIP_L)).to(torch.bfloat16)
+                t5 = T5EncoderModel(T5Config(**T5_XXL)).to(torch.bfloat16)
+            return SharedParts(clip, _clip_tokenizer(), t5, _t5_tokenizer(), vae)
+
+        def _load_transformer(self, variant):
+            self.load_counts[f"transformer:{variant.name}"] += 1
+            return build_transformer(guidance=variant.uses_guidance)
+
+        def _scheduler(self, variant):
+            return scheduler(variant.name != "schnell")
+
+    settings = Settings(device=DEV, dtype=torch.bfloat16, speed=profile, preview_every=0, transformer_cache=cache)
+    return RandomWeightRegistry(settings)
+
+
+def app_path_row(vae) -> dict:
+    """The app's own path: Registry (default speed profile) + tasks.text_to_image."""
+    from flux_ui.tasks.text_to_image import TextToImageParams, text_to_image, validate_text_to_image
+
+    registry = random_registry(vae, speed.resolve_profile("auto", DEV))
+    settings = registry.settings
+    params = validate_text_to_image(
+        TextToImageParams(prompt="a red fox in the snow", width=SIZE, height=SIZE, steps=STEPS, seed=1), settings
+    )
+    torch.cuda.reset_peak_memory_stats()
+    start = time.perf_counter()
+    first = text_to_image(registry, params)
+    first_s = time.perf_counter() - start
+    totals, gens = [], []
+    for _ in range(RUNS):
+        r = text_to_image(registry, params)
+        totals.append(r.timings["total"])
+        gens.append(r.timings["generate"])
+    row = {
+        "config": f"app path: registry + text_to_image task (profile '{settings.speed}')",
+        "first_image_s": round(first_s, 2),
+        "first_image_timings": {k: round(v, 2) for k, v in first.timings.items()},
+        "median_s": round(statistics.median(totals), 3),
+        "median_generate_s": round(statistics.median(gens), 3),
+        "runs_s": [round(t, 3) for t in totals],
+        "peak_vram_gib_with_text_encoders": round(torch.cuda.max_memory_allocated() / 2**30, 2),
+    }
+    log.info("%s", row)
+    del registry, first, r
+    free()
+    return row
+
+
+def phase_restart(args) -> dict:
+    """A fresh process with the inductor cache warm: time from weights in memory to the first fast image."""
+    vae = build_vae()
+    speed.optimize_vae(vae, "compile")
+    tr = build_transformer()
+    t0 = time.perf_counter()
+    speed.optimize_transformer(tr, "fp8")
+    pipe = pipeline(tr, vae)
+    _, first, _ = generate(pipe)
+    t_first = time.perf_counter() - t0
+    _, second, per_step = generate(pipe)
+    return {
+        "restart_weights_in_memory_to_first_image_s": round(t_first, 2),
+        "first_image_s": round(first, 2),
+        "second_image_s": round(second, 3),
+        "s_per_step": round(per_step, 4),
+    }
+
+
+def phase_extra(args) -> dict:
+    out = {}
+    vae = build_vae()
+    speed.optimize_vae(vae, "compile")
+    tr = build_transformer()
+    speed.optimize_transformer(tr, "fp8")
+    pipe = pipeline(tr, vae)
+    generate(pipe)  # warm at 1024x1024
+    res = []
+    for w, h in ((1216, 832), (1344, 768), (832, 1216), (1152, 896), (1024, 1024)):
+        _, first, _ = generate(pipe, width=w, height=h)
+        _, again, _ = generate(pipe, width=w, height=h)
+        res.append({"size": f"{w}x{h}", "first_s": round(first, 2), "again_s": round(again, 3)})
+        log.info("%s", res[-1])
+    out["resolutions_fp8"] = res
+
+    from PIL import Image
+
+    kontext = pipeline(tr, vae, "FluxKontextPipeline")
+    source = Image.fromarray((np.random.default_rng(0).random((SIZE, SIZE, 3)) * 255).astype(np.uint8))
+    row, _ = time_config("Kontext [dev] edit 1024x1024, 28 steps, fp8", kontext, image=source, guidance=2.5)
+    out["kontext_fp8"] = row
+    del pipe, kontext, tr
+    free()
+
+    tr = build_transformer(guidance=False)
+    speed.optimize_transformer(tr, "fp8")
+    row, _ = time_config("[schnell] 1024x1024, 4 steps, fp8", pipeline(tr, vae, dynamic=False), steps=4, guidance=0.0)
+    out["schnell_fp8"] = row
+    del tr
+    free()
+    return out
+
+
+def phase_24gb(args) -> dict:
+    """The 24 GB configuration: the process may use 24 GiB of the GPU; fp8 transformer, fp8 T5."""
+    from transformers import T5Config, T5EncoderModel
+
+    vae = build_vae()
+    speed.optimize_vae(vae, "compile")
+    with torch.device(DEV):
+        t5 = T5EncoderModel(T5Config(**T5_XXL)).to(torch.bfloat16)
+    speed.quantize_fp8(t5)
+    tr = build_transformer()
+    speed.optimize_transformer(tr, "fp8")
+    t5_gib = sum(p.numel() * p.element_size() for p in t5.parameters()) / 2**30
+    # The cap is set once the models are built and quantised: building in bf16 first needs more than
+    # 24 GiB for a moment, which a 24 GB card avoids by quantising while loading.
+    gc.collect()
+    torch.cuda.empty_cache()
+    torch.cuda.set_per_process_memory_fraction(24 * 2**30 / torch.cuda.get_device_properties(0).total_memory)
+    torch.cuda.reset_peak_memory_stats()
+    row, _ = time_config("24 GiB cap: fp8 transformer + fp8 T5 resident", pipeline(tr, vae))
+    ids = torch.randint(0, 32000, (1, T5_TOKENS), device=DEV)
+    start = sync_time()
+    with torch.inference_mode():
+        t5(ids)
+    row["t5_encode_s"] = round(sync_time() - start, 3)
+    row["t5_weights_gib_reported"] = round(t5_gib, 2)
+    row["peak_vram_gib_total"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
+    return row
+
+
+def phase_switch(args) -> dict:
+    """Variant switching through the registry with the encoders resident: [dev] -> Kontext -> [dev] ...
+    (bf16 transformers, warm tier in pinned RAM), and plain diffusers from_pretrained from local disk."""
+    from diffusers import FluxTransformer2DModel
+
+    vae = build_vae()
+    registry = random_registry(vae, "off", cache=2)
+    registry.shared()
+    switches = []
+    for name in ("dev", "kontext-dev", "dev", "kontext-dev", "dev", "kontext-dev"):
+        start = sync_time()
+        registry.transformer(name)
+        switches.append({"to": name, "s": round(sync_time() - start, 3)})
+        log.info("%s", switches[-1])
+    out = {"switches": switches, "moves": [list(m) for m in registry.moves]}
+    del registry
+    free()
+
+    folder = Path(args.scratch) / "flux-dev-random"
+    tr = build_transformer()
+    start = time.perf_counter()
+    tr.save_pretrained(folder, safe_serialization=True, max_shard_size="10GB")
+    out["save_pretrained_s"] = round(time.perf_counter() - start, 1)
+    del tr
+    free()
+    try:
+        Path("/proc/sys/vm/drop_caches").write_text("3\n")
+        out["page_cache_dropped"] = True
+    except OSError as err:
+        out["page_cache_dropped"] = f"no ({err})"
+    start = sync_time()
+    model = FluxTransformer2DModel.from_pretrained(folder, torch_dtype=torch.bfloat16).to(DEV)
+    out["diffusers_from_pretrained_to_gpu_s"] = round(sync_time() - start, 2)
+    del model
+    free()
+    start = sync_time()
+    model = FluxTransformer2DModel.from_pretrained(folder, torch_dtype=torch.bfloat16).to(DEV)
+    out["diffusers_from_pretrained_to_gpu_again_s"] = round(sync_time() - start, 2)
+    del model
+    return out
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    p = argparse.ArgumentParser()
+    p.add_argument("--phase", choices=["main", "restart", "extra", "24gb", "switch"], required=True)
+    p.add_argument("--scratch", default="bench-scratch", help="folder for the switch phase's files")
+    p.add_argument("--out", required=True)
+    args = p.parse_args()
+    torch.backends.cuda.matmul.allow_tf32 = True
+    info = {
+        "gpu": torch.cuda.get_device_name(0),
+        "date": time.strftime("%Y-%m-%d"),
+        "torch": torch.__version__,
+        "settings": {"steps": STEPS, "size": f"{SIZE}x{SIZE}", "runs": RUNS, "dtype": "bfloat16"},
+    }
+    import diffusers
+
+    info["diffusers"] = diffusers.__version__
+    try:
+        import torchao
+
+        info["torchao"] = torchao.__version__
+    except ImportError:
+        info["torchao"] = None
+    phases = {"main": phase_main, "restart": phase_restart, "extra": phase_extra, "24gb": phase_24gb}
+    phases["switch"] = phase_switch
+    global OUT_PATH
+    OUT_PATH = Path(args.out)
+    for k, v in {**info, "phase": args.phase}.items():
+        checkpoint(k, v)
+    result = {**info, "phase": args.phase, **phases[args.phase](args)}
+    Path(args.out).write_text(json.dumps(result, indent=2))
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
