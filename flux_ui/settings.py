@@ -109,6 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=_env("dtype", "auto"),
         help="auto, bfloat16, float16 or float32",
     )
+    p.add_argument("--speed", default=_env("speed", "auto"), help="auto, off, compile or fp8 (see README)")
     p.add_argument(
         "--model-root",
         default=_env("model_root", ""),
