@@ -233,12 +233,22 @@ def phase_main(args) -> dict:
     rows.append(row)
 
     tr.fuse_qkv_projections()
-    tr.set_attention_backend("_native_cudnn")
     vae_fast = build_vae()
     speed.optimize_vae(vae_fast, "compile")
-    row, _ = time_config("+ fused QKV, cuDNN attention, channels-last VAE (eager)", pipeline(tr, vae_fast))
+    row, _ = time_config("+ fused QKV, channels-last VAE (eager)", pipeline(tr, vae_fast))
+    rows.append(row)
+    tr.set_attention_backend(speed.ATTENTION_BACKEND)
+    row, _ = time_config(f"+ attention backend {speed.ATTENTION_BACKEND} (eager)", pipeline(tr, vae_fast))
     rows.append(row)
     fused_err = rel_err(transformer_output(tr), ref_out)
+    del tr
+    free()
+
+    tr = build_transformer()
+    speed.optimize_transformer(tr, "compile")
+    tr.set_attention_backend("native")
+    row, _ = time_config("+ regional torch.compile, native SDPA attention (bf16)", pipeline(tr, vae_fast))
+    rows.append(row)
     del tr
     free()
 
@@ -252,7 +262,7 @@ def phase_main(args) -> dict:
 
     tr = build_transformer()
     speed.optimize_transformer(tr, "fp8")
-    row, images["fp8"] = time_config("+ torchao float8 row-wise (profile 'fp8')", pipeline(tr, vae_fast))
+    row, images["fp8"] = time_config("+ float8 row-wise linear layers (profile 'fp8')", pipeline(tr, vae_fast))
     rows.append(row)
     fp8_err = rel_err(transformer_output(tr), ref_out)
     del tr
@@ -472,12 +482,6 @@ def main() -> None:
     import diffusers
 
     info["diffusers"] = diffusers.__version__
-    try:
-        import torchao
-
-        info["torchao"] = torchao.__version__
-    except ImportError:
-        info["torchao"] = None
     phases = {"main": phase_main, "restart": phase_restart, "extra": phase_extra, "24gb": phase_24gb}
     phases["switch"] = phase_switch
     global OUT_PATH
