@@ -415,6 +415,29 @@ def phase_24gb(args) -> dict:
     return row
 
 
+def phase_dynamic(args) -> dict:
+    """Regional compile with static-first shapes (dynamic=None) vs dynamic shapes from the start."""
+    out = {}
+    vae = build_vae()
+    speed.optimize_vae(vae, "compile")
+    for dynamic in (None, True):
+        tr = build_transformer()
+        speed.optimize_transformer(tr, "fp8", dynamic=dynamic)
+        pipe = pipeline(tr, vae)
+        sizes = []
+        for w, h in ((1024, 1024), (1216, 832), (1344, 768)):
+            _, first, _ = generate(pipe, width=w, height=h)
+            _, again, per_step = generate(pipe, width=w, height=h)
+            sizes.append({"size": f"{w}x{h}", "first_s": round(first, 2), "again_s": round(again, 3)})
+            sizes[-1]["s_per_step"] = round(per_step, 4)
+        out[f"dynamic={dynamic}"] = sizes
+        log.info("dynamic=%s %s", dynamic, sizes)
+        checkpoint(f"dynamic={dynamic}", sizes)
+        del pipe, tr
+        free()
+    return out
+
+
 def phase_switch(args) -> dict:
     """Variant switching through the registry with the encoders resident: [dev] -> Kontext -> [dev] ...
     (bf16 transformers, warm tier in pinned RAM), and plain diffusers from_pretrained from local disk."""
@@ -432,6 +455,8 @@ def phase_switch(args) -> dict:
     out = {"switches": switches, "moves": [list(m) for m in registry.moves]}
     del registry
     free()
+    if args.no_disk:
+        return out
 
     folder = Path(args.scratch) / "flux-dev-random"
     tr = build_transformer()
@@ -460,7 +485,8 @@ def phase_switch(args) -> dict:
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     p = argparse.ArgumentParser()
-    p.add_argument("--phase", choices=["main", "restart", "extra", "24gb", "switch"], required=True)
+    p.add_argument("--phase", choices=["main", "restart", "extra", "24gb", "switch", "dynamic"], required=True)
+    p.add_argument("--no-disk", action="store_true", help="switch phase: skip the from_pretrained baseline")
     p.add_argument("--scratch", default="bench-scratch", help="folder for the switch phase's files")
     p.add_argument("--out", required=True)
     args = p.parse_args()
@@ -476,6 +502,7 @@ def main() -> None:
     info["diffusers"] = diffusers.__version__
     phases = {"main": phase_main, "restart": phase_restart, "extra": phase_extra, "24gb": phase_24gb}
     phases["switch"] = phase_switch
+    phases["dynamic"] = phase_dynamic
     global OUT_PATH
     OUT_PATH = Path(args.out)
     for k, v in {**info, "phase": args.phase}.items():

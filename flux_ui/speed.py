@@ -104,8 +104,13 @@ def quantize_fp8(model: torch.nn.Module) -> int:
     return len(targets)
 
 
-def optimize_transformer(transformer: torch.nn.Module, profile: str) -> torch.nn.Module:
-    """Apply `profile` to a FluxTransformer2DModel already on its GPU; returns it (changed in place)."""
+def optimize_transformer(transformer: torch.nn.Module, profile: str, dynamic: bool | None = True) -> torch.nn.Module:
+    """Apply `profile` to a FluxTransformer2DModel already on its GPU; returns it (changed in place).
+
+    `dynamic=True` compiles for any sequence length at once, so switching among resolutions (or to
+    Kontext's longer sequences) never recompiles; None lets torch specialise on the first shape and
+    recompile once, dynamically, at the first different one.
+    """
     if profile == "off":
         return transformer
     start = time.perf_counter()
@@ -114,7 +119,7 @@ def optimize_transformer(transformer: torch.nn.Module, profile: str) -> torch.nn
     if profile == "fp8":
         quantize_fp8(transformer)
     # Regional compilation: each repeated block type is compiled once and reused by all its instances.
-    transformer.compile_repeated_blocks(fullgraph=True)
+    transformer.compile_repeated_blocks(fullgraph=True, dynamic=dynamic)
     log.info(
         "speed profile %s applied to the transformer in %.1f s (compiles on first use)",
         profile,

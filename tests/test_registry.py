@@ -150,3 +150,20 @@ def test_aux_loading_failure_is_explained(registry):
     with pytest.raises(ModelUnavailableError, match="probe model"):
         registry.aux("probe", "probe model", "/no/such/dir", "--probe", loader)
     assert registry.status()["aux"] == {}
+
+
+def test_warm_tier_packs_weights_into_one_buffer_without_changing_them(registry):
+    """The packing behind the pinned warm tier (pinning itself needs CUDA; the layout does not)."""
+    from flux_ui.registry import PinnedWeights
+
+    model = registry.transformer("dev")
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    packed = PinnedWeights(model, pin=False)
+    assert packed.matches(model)
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, before[key]), key
+        assert value.untyped_storage().data_ptr() == packed.buffer.untyped_storage().data_ptr()
+    packed.place(model, "cpu")
+    run_after = run(registry)
+    registry.free_memory()
+    assert np.array_equal(np.asarray(run_after.images[0].image), np.asarray(run(registry).images[0].image))
