@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import base64
 import io
-import struct
-import zlib
 
 import numpy as np
 import pytest
@@ -21,20 +19,6 @@ def png_bytes(img: Image.Image, **kw) -> bytes:
     return buf.getvalue()
 
 
-def bomb_png(width: int, height: int) -> bytes:
-    """A valid PNG of width x height 1-bit pixels, all zero: a few hundred KB that inflate to gigapixels.
-    Written chunk by chunk, so making it costs no more memory than one row."""
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    row = b"\0" * (1 + (width + 7) // 8)  # filter byte + packed bits
-    z = zlib.compressobj(9)
-    idat = b"".join(z.compress(row) for _ in range(height)) + z.flush()
-    ihdr = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
-
-
 def error(value, field="image") -> str:
     with pytest.raises(InvalidInput) as err:
         load_image(value, field)
@@ -42,31 +26,27 @@ def error(value, field="image") -> str:
     return str(err.value)
 
 
-def test_missing_and_non_images(tmp_path):
+def test_missing_and_non_images(tmp_path, bad_images):
     assert "is missing" in error(None)
     assert "is missing" in error({"path": None, "url": None})
-    text = tmp_path / "notes.png"
-    text.write_text("not a picture")
-    assert "is not an image" in error(str(text), "image_2")
+    assert "is not an image" in error(str(bad_images["text"]), "image_2")
     assert "is not an image" in error(b"GIF89a but not really")
     assert "missing" in error(str(tmp_path / "gone.png"))
     assert "expected an image" in error(42)
 
 
-def test_too_small_and_too_large(tmp_path):
-    assert "63x200; each side must be at least 64" in error(Image.new("RGB", (63, 200)))
-    big = tmp_path / "big.png"
-    Image.new("L", (5000, 4100)).save(big)  # 20.5 megapixels
-    msg = error(str(big))
+def test_too_small_and_too_large(bad_images):
+    assert "63x200; each side must be at least 64" in error(str(bad_images["small"]))
+    msg = error(str(bad_images["huge"]))
     assert "5000x4100" in msg and "over the limit of 20" in msg
 
 
-def test_decompression_bomb_is_refused_before_decoding():
-    bomb = bomb_png(20_000, 20_000)  # 400 megapixels in about 50 KB
+def test_decompression_bomb_is_refused_before_decoding(bad_images):
+    bomb = bad_images["bomb"].read_bytes()  # 400 megapixels
     assert len(bomb) < 200_000
     assert "refused as a decompression bomb" in error(bomb)  # PIL's own guard, from the header
-    moderate = bomb_png(12_000, 9_000)  # between PIL's warning and error thresholds: our limit stops it
-    with pytest.warns(Image.DecompressionBombWarning):
+    moderate = str(bad_images["bomb_108mp"])  # between PIL's warning and error thresholds: our limit stops it
+    with pytest.warns(Image.DecompressionBombWarning):  # PIL warns from the header; nothing is decoded
         assert "12000x9000, 108.0 megapixels, over the limit of 20" in error(moderate)
 
 

@@ -37,10 +37,10 @@ class Target:
 
 
 TARGETS = (
-    Target("t2i", "↩ Text to image (its parameters)", "parameters"),
-    Target("kontext", "✏️ Edit in Kontext", "receive"),
-    Target("redux", "🔁 Redux variations"),
-    Target("vqa", "❓ Ask about it (VQA)"),
+    Target("t2i", "Back to text to image (its parameters)", "parameters"),
+    Target("kontext", "Edit in Kontext", "receive"),
+    Target("redux", "Redux variations"),
+    Target("vqa", "Ask about it (VQA)"),
 )
 
 

@@ -163,7 +163,7 @@ def build(ctx: UiContext) -> KontextTab:
                 cancel_btn = gr.Button("Cancel", variant="stop", elem_id="kontext-cancel")
             gr.Markdown(ONE_IMAGE_NOTE)
         with gr.Column(scale=1):
-            gallery = gr.Gallery(label="Result", columns=2, format="png", elem_id="kontext-gallery")
+            gallery = gr.Gallery(label="Result", columns=2, format="png", interactive=False, elem_id="kontext-gallery")
             with gr.Row():
                 again_btn = gr.Button("↪ Edit again (result becomes the input)", elem_id="kontext-again")
                 undo_btn = gr.Button("↶ Undo", elem_id="kontext-undo")
@@ -171,9 +171,17 @@ def build(ctx: UiContext) -> KontextTab:
             last_seed = gr.Number(label="Seed used", interactive=False, precision=0)
             info = gr.Markdown(elem_id="kontext-info")
             history_gallery = gr.Gallery(
-                label="Edit chain (oldest first)", columns=6, height=160, interactive=False, elem_id="kontext-history"
+                label="Edit chain (oldest first)",
+                columns=6,
+                height=180,
+                object_fit="contain",
+                allow_preview=False,
+                interactive=False,
+                elem_id="kontext-history",
             )
-    history = gr.State([])
+        # States live inside the tab: a component between two tabs would confuse the tab bar.
+        history = gr.State([])
+        selected = track_selection(gallery)
 
     event = gr.on(
         [edit_btn.click, instruction.submit],
@@ -198,7 +206,6 @@ def build(ctx: UiContext) -> KontextTab:
     )
     image.upload(new_chain, image, [history, history_gallery], preprocess=False, api_visibility="private")
     image.clear(lambda: ([], []), None, [history, history_gallery], api_visibility="private")
-    selected = track_selection(gallery)
     chain = [image, history, history_gallery]
     again_btn.click(edit_again, [image, gallery, selected, history], chain, preprocess=False, api_visibility="private")
     undo_btn.click(undo, history, chain, api_visibility="private")

@@ -116,22 +116,21 @@ def build(ctx: UiContext) -> ReduxTab:
     with gr.Tab("Redux variation", id="redux"), gr.Row():
         with gr.Column(scale=1):
             images, strengths = [], []
-            with gr.Row():
-                for i in range(1, MAX_REFERENCES + 1):
-                    with gr.Column(min_width=140):
-                        images.append(
-                            gr.Image(
-                                label=f"Reference {i}" + ("" if i == 1 else " (optional)"),
-                                type="filepath",
-                                sources=["upload", "clipboard"],
-                                height=160,
-                                elem_id=f"redux-image-{i}",
+            for first in range(1, MAX_REFERENCES + 1, 2):  # two references per row
+                with gr.Row():
+                    for i in (first, first + 1):
+                        with gr.Column(min_width=200):
+                            optional = "" if i == 1 else " (optional)"
+                            images.append(
+                                gr.Image(
+                                    label=f"Reference {i}{optional}",
+                                    type="filepath",
+                                    sources=["upload", "clipboard"],
+                                    height=180,
+                                    elem_id=f"redux-image-{i}",
+                                )
                             )
-                        )
-                        strength = gr.Slider(
-                            0.0, MAX_SCALE, value=1.0, step=0.05, label="Strength", elem_id=f"redux-strength-{i}"
-                        )
-                        strengths.append(strength)
+                            strengths.append(gr.Slider(0.0, MAX_SCALE, value=1.0, step=0.05, label=f"Strength {i}"))
             prompt = gr.Textbox(label="Prompt (optional)", lines=2, elem_id="redux-prompt")
             with gr.Row():
                 prompt_scale = gr.Slider(0.0, MAX_SCALE, value=1.0, step=0.05, label="Prompt scale")
@@ -154,10 +153,13 @@ def build(ctx: UiContext) -> ReduxTab:
                 cancel_btn = gr.Button("Cancel", variant="stop", elem_id="redux-cancel")
             gr.Markdown(f"Runs on {BASE.label}'s transformer (`{BASE.repo_id}`) · non-commercial license")
         with gr.Column(scale=1):
-            gallery = gr.Gallery(label="Variations", columns=2, format="png", elem_id="redux-gallery")
+            gallery = gr.Gallery(
+                label="Variations", columns=2, format="png", interactive=False, elem_id="redux-gallery"
+            )
             send_row = gr.Row()
             last_seed = gr.Number(label="Seed used", interactive=False, precision=0)
             info = gr.Markdown(elem_id="redux-info")
+        selected = track_selection(gallery)  # inside the tab: a component between tabs confuses the tab bar
 
     preset.input(on_preset, preset, [width, height], api_visibility="private")
     inputs = [*images, *strengths, prompt, prompt_scale, pooled_scale, width, height, steps, guidance, seed, num_images]
@@ -173,4 +175,4 @@ def build(ctx: UiContext) -> ReduxTab:
         concurrency_limit=1,
     )
     cancel_btn.click(ctx.cancel, None, None, cancels=[event], queue=False, api_visibility="private")
-    return ReduxTab(image=images[0], gallery=gallery, selected=track_selection(gallery), send_row=send_row)
+    return ReduxTab(image=images[0], gallery=gallery, selected=selected, send_row=send_row)

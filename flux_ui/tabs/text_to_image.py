@@ -176,6 +176,7 @@ def build(ctx: UiContext) -> TextToImageTab:
             send_row = gr.Row()  # hand-off buttons, added once every tab exists
             last_seed = gr.Number(label="Seed used", interactive=False, precision=0)
             info = gr.Markdown(label="info", elem_id="info")
+        selected = track_selection(gallery)  # inside the tab: a component between tabs confuses the tab bar
 
     # .input, not .change: loading parameters from an image must not reset steps and guidance.
     variant.input(on_variant, variant, [steps, guidance, note], api_visibility="private")
@@ -203,7 +204,7 @@ def build(ctx: UiContext) -> TextToImageTab:
     return TextToImageTab(
         prompt=prompt,
         gallery=gallery,
-        selected=track_selection(gallery),
+        selected=selected,
         send_row=send_row,
         parameters=Receiver(form, receive_parameters),
     )
