@@ -190,7 +190,7 @@ def build(ctx: UiContext) -> KontextTab:
         [gallery, last_seed, info],
         api_name="kontext_edit",
         # Raw values reach the validators, whose messages name the field; the image is decoded by
-        # images.load_image (Gradio's own decoding has no size limits and names no field).
+        # images.load_image (Gradio's own decoding knows nothing of our limits and names no field).
         preprocess=False,
         concurrency_id=GPU,
         concurrency_limit=1,
