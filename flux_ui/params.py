@@ -34,12 +34,15 @@ def check_range(field: str, value: float, low: float, high: float, fix: str = ""
         raise InvalidInput(field, f"{value} is out of range; use {low:g} to {high:g}{fix}")
 
 
-def check_prompt(prompt: object, settings: Settings, field: str = "prompt") -> str:
+def check_prompt(
+    prompt: object, settings: Settings, field: str = "prompt", hint: str = "describe the image you want"
+) -> str:
+    """Stripped text, not empty (`hint` says what to write instead) and not over the length limit."""
     if not isinstance(prompt, str):
         raise InvalidInput(field, f"expected text, got {type(prompt).__name__}")
     text = prompt.strip()
     if not text:
-        raise InvalidInput(field, "is empty; describe the image you want")
+        raise InvalidInput(field, f"is empty; {hint}")
     if len(text) > settings.max_prompt_chars:
         raise InvalidInput(
             field,
@@ -69,3 +72,11 @@ def check_seed(seed: object) -> int:
     if s != -1:
         check_range("seed", s, 0, SEED_MAX, " (or -1 for a random seed)")
     return s
+
+
+def check_number(field: str, value: object, low: float, high: float) -> float:
+    """A finite number (not a bool) within [low, high], as a float."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise InvalidInput(field, f"expected a number, got {value!r}")
+    check_range(field, float(value), low, high)
+    return float(value)

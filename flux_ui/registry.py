@@ -134,6 +134,46 @@ class Registry:
         )
         return model.eval().requires_grad_(False)
 
+    def _prior_parts(self, variant: Variant) -> dict[str, object]:
+        """Redux's SigLIP image encoder, its image processor and the Redux embedder, as auxiliary entries."""
+        from diffusers import ReduxImageEncoder
+        from transformers import SiglipImageProcessorPil, SiglipVisionModel
+
+        src = self._source(variant.name, variant.repo_id)
+        dtype = self.settings.dtype
+
+        def part(sub: str, what: str, loader: Callable[[], object]) -> object:
+            return self.aux(
+                f"{variant.name}:{sub}", f"{variant.label} {what}", src, f"--model {variant.name}=FOLDER", loader
+            )
+
+        return {
+            "image_encoder": part(
+                "image_encoder",
+                "image encoder (SigLIP)",
+                lambda: (
+                    SiglipVisionModel.from_pretrained(src, subfolder="image_encoder", dtype=dtype)
+                    .eval()
+                    .requires_grad_(False)
+                ),
+            ),
+            # The PIL backend: it needs no torchvision and matches the processor the model was trained with.
+            "feature_extractor": part(
+                "feature_extractor",
+                "image processor",
+                lambda: SiglipImageProcessorPil.from_pretrained(src, subfolder="feature_extractor"),
+            ),
+            "image_embedder": part(
+                "image_embedder",
+                "image embedder",
+                lambda: (
+                    ReduxImageEncoder.from_pretrained(src, subfolder="image_embedder", torch_dtype=dtype)
+                    .eval()
+                    .requires_grad_(False)
+                ),
+            ),
+        }
+
     def _scheduler(self, variant: Variant):
         """A fresh scheduler per run (schedulers hold per-run state); its config is read once."""
         from diffusers import FlowMatchEulerDiscreteScheduler
@@ -275,24 +315,33 @@ class Registry:
         """Lend the assembled diffusers pipeline of variant `name`, holding the lock while in use.
 
         The pipeline is built fresh (construction only registers modules), from the shared parts and the
-        variant's transformer, so nothing else can move its models until the `with` block ends.
+        variant's transformer, so nothing else can move its models until the `with` block ends. A variant
+        without a transformer (Redux) lends its prior pipeline: image encoder parts plus the shared text
+        encoders.
         """
         import diffusers
 
         variant = get_variant(name)
         with self._lock:
             shared = self.shared()
-            transformer = self.transformer(name)
             pipe_cls = getattr(diffusers, variant.pipeline_class)
-            pipe = pipe_cls(
-                scheduler=self._scheduler(variant),
-                vae=shared.vae,
-                text_encoder=shared.text_encoder,
-                tokenizer=shared.tokenizer,
-                text_encoder_2=shared.text_encoder_2,
-                tokenizer_2=shared.tokenizer_2,
-                transformer=transformer,
-            )
+            text = {
+                "text_encoder": shared.text_encoder,
+                "tokenizer": shared.tokenizer,
+                "text_encoder_2": shared.text_encoder_2,
+                "tokenizer_2": shared.tokenizer_2,
+            }
+            if variant.has_transformer:
+                pipe = pipe_cls(
+                    scheduler=self._scheduler(variant),
+                    vae=shared.vae,
+                    transformer=self.transformer(name),
+                    **text,
+                )
+            else:
+                # An image prior (Redux): its own image encoder parts, the shared text encoders for the
+                # prompt; what it returns conditions the pipeline of `variant.base`.
+                pipe = pipe_cls(**self._prior_parts(variant), **text)
             pipe.set_progress_bar_config(disable=True)
             yield pipe
 

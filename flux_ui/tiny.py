@@ -1,9 +1,10 @@
 """Tiny random-weight models of the real FLUX.1 architectures, written once in hub layout.
 
-`ensure_tiny_models(root)` writes `<root>/black-forest-labs/FLUX.1-dev/...` (and the other text-to-image
-repos) exactly as the real repos are laid out: model_index.json, transformer/, text_encoder/ (CLIP-L),
-text_encoder_2/ (T5), tokenizer/, tokenizer_2/, vae/, scheduler/. The app then loads them with the same
-`from_pretrained` calls it uses for real weights. Their outputs are noise: they exist to exercise code.
+`ensure_tiny_models(root)` writes `<root>/black-forest-labs/FLUX.1-dev/...` (and the other repos) exactly
+as the real repos are laid out: model_index.json, transformer/, text_encoder/ (CLIP-L), text_encoder_2/
+(T5), tokenizer/, tokenizer_2/, vae/, scheduler/; FLUX.1-Redux-dev has image_encoder/ (SigLIP),
+feature_extractor/ and image_embedder/. The app then loads them with the same `from_pretrained` calls it
+uses for real weights. Their outputs are noise: they exist to exercise code.
 """
 
 from __future__ import annotations
@@ -12,11 +13,12 @@ import logging
 import os
 import shutil
 import string
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
-from flux_ui.variants import VARIANTS
+from flux_ui.variants import VARIANTS, Variant
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +40,8 @@ SCHEDULER_SCHNELL = {"shift": 1.0, "use_dynamic_shifting": False}
 
 TEXT_DIM = 32  # T5 d_model in the tiny models (4096 in FLUX.1)
 CLIP_DIM = 32  # CLIP hidden size in the tiny models (768 in FLUX.1)
+SIGLIP_DIM = 16  # SigLIP hidden size in the tiny Redux image encoder (1152 in FLUX.1 Redux)
+SIGLIP_IMAGE = 32  # SigLIP input side in pixels (384 in FLUX.1 Redux); 16 patches of 8 px, not 729 of 14
 LATENT_CHANNELS = 16  # as in FLUX.1: 16 latent channels, packed 2x2 into 64 transformer channels
 # Tokens the tiny tokenizers know as whole words; anything else falls back to characters.
 _WORD_TEXT = "a an the of on in with and at to photo portrait painting cat dog fox bird red blue green chair table tree"
@@ -162,12 +166,14 @@ def tiny_transformer(guidance_embeds: bool, in_channels: int = LATENT_CHANNELS *
     )
 
 
-def _write_text_to_image_repo(folder: Path, guidance: bool, seed: int) -> None:
-    from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline
+def _write_flux_repo(folder: Path, pipeline_class: str, guidance: bool, seed: int) -> None:
+    """A complete FLUX.1 repo (text encoders, VAE, transformer, scheduler) for `pipeline_class`."""
+    import diffusers
+    from diffusers import FlowMatchEulerDiscreteScheduler
 
     torch.manual_seed(seed)
     clip, clip_tok, t5, t5_tok = _text_encoders()
-    pipe = FluxPipeline(
+    pipe = getattr(diffusers, pipeline_class)(
         scheduler=FlowMatchEulerDiscreteScheduler(**(SCHEDULER_DEV if guidance else SCHEDULER_SCHNELL)),
         vae=_vae(),
         text_encoder=clip,
@@ -179,22 +185,60 @@ def _write_text_to_image_repo(folder: Path, guidance: bool, seed: int) -> None:
     pipe.save_pretrained(folder, safe_serialization=True)
 
 
+def _write_redux_repo(folder: Path, seed: int) -> None:
+    """FLUX.1-Redux-dev's layout: a SigLIP vision tower, its image processor and the Redux embedder that
+    projects SigLIP features into T5's embedding space (no text encoders: Redux borrows [dev]'s)."""
+    from diffusers import FluxPriorReduxPipeline
+    from diffusers.pipelines.flux.modeling_flux import ReduxImageEncoder
+    from transformers import SiglipImageProcessorPil, SiglipVisionConfig, SiglipVisionModel
+
+    torch.manual_seed(seed)
+    encoder = SiglipVisionModel(
+        SiglipVisionConfig(
+            hidden_size=SIGLIP_DIM,
+            intermediate_size=37,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            image_size=SIGLIP_IMAGE,
+            patch_size=8,
+        )
+    )
+    processor = SiglipImageProcessorPil(
+        size={"height": SIGLIP_IMAGE, "width": SIGLIP_IMAGE},
+        image_mean=[0.5, 0.5, 0.5],  # as in SigLIP's published processor config
+        image_std=[0.5, 0.5, 0.5],
+    )
+    embedder = ReduxImageEncoder(redux_dim=SIGLIP_DIM, txt_in_features=TEXT_DIM)
+    pipe = FluxPriorReduxPipeline(image_encoder=encoder, feature_extractor=processor, image_embedder=embedder)
+    pipe.save_pretrained(folder, safe_serialization=True)
+
+
+def _writer(variant: Variant, seed: int) -> Callable[[Path], None] | None:
+    """How to write the tiny repo of `variant`, or None where it has none yet."""
+    if variant.pipeline_class in ("FluxPipeline", "FluxKontextPipeline"):
+        return lambda folder: _write_flux_repo(folder, variant.pipeline_class, variant.uses_guidance, seed)
+    if variant.pipeline_class == "FluxPriorReduxPipeline":
+        return lambda folder: _write_redux_repo(folder, seed)
+    return None
+
+
 def ensure_tiny_models(root: Path) -> Path:
-    """Write the tiny text-to-image repos under `root` unless they are already there; return `root`.
+    """Write the tiny repos under `root` unless they are already there; return `root`.
 
     Each repo gets its own seed, so variants differ as real ones do. Writing takes a few seconds on a
     CPU and happens once per folder.
     """
-    for i, variant in enumerate(v for v in VARIANTS.values() if v.task == "text_to_image"):
+    for i, variant in enumerate(VARIANTS.values()):
+        write = _writer(variant, seed=1000 + i)
         folder = root / variant.repo_id
         marker = folder / MARKER
-        if marker.is_file() and marker.read_text() == TINY_FORMAT:
+        if write is None or (marker.is_file() and marker.read_text() == TINY_FORMAT):
             continue
         log.info("writing tiny random-weight %s to %s", variant.label, folder)
         # Written beside the target and renamed, so a reader never sees a half-written repo.
         tmp = folder.with_name(f"{folder.name}.tmp-{os.getpid()}")
         shutil.rmtree(tmp, ignore_errors=True)
-        _write_text_to_image_repo(tmp, guidance=variant.uses_guidance, seed=1000 + i)
+        write(tmp)
         (tmp / MARKER).write_text(TINY_FORMAT)
         shutil.rmtree(folder, ignore_errors=True)
         tmp.rename(folder)

@@ -131,7 +131,7 @@ def _models_tab(ctx: UiContext) -> None:
 
 def build_ui(registry: Registry) -> gr.Blocks:
     """Build the Blocks app around `registry`; call `.queue(...)` and `.launch()` on the result."""
-    from flux_ui.tabs import text_to_image
+    from flux_ui.tabs import handoff, kontext, redux, text_to_image
 
     ctx = UiContext(registry)
     with gr.Blocks(title="FLUX UI") as demo:
@@ -142,7 +142,10 @@ def build_ui(registry: Registry) -> gr.Blocks:
                 "try the interface and run the tests without downloading FLUX.",
                 elem_id="tiny-banner",
             )
-        with gr.Tabs():
+        with gr.Tabs() as tabs:
             ctx.tabs["t2i"] = text_to_image.build(ctx)
+            ctx.tabs["kontext"] = kontext.build(ctx)
+            ctx.tabs["redux"] = redux.build(ctx)
             _models_tab(ctx)
+        handoff.wire(ctx, tabs)  # after every tab exists: each gallery gets buttons for the tabs present
     return demo

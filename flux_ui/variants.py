@@ -186,3 +186,11 @@ def get_variant(name: str) -> Variant:
 def variants_for(task: str) -> list[Variant]:
     """The variants a tab offers, in table order."""
     return [v for v in VARIANTS.values() if v.task == task]
+
+
+def nearest_resolution(width: int, height: int, resolutions: tuple[tuple[int, int], ...]) -> tuple[int, int]:
+    """The (width, height) of `resolutions` whose aspect ratio is closest to width:height; ties go to the
+    smaller width. This is the rule Kontext's authors use to pick its working size from an input image."""
+    aspect = width / height
+    _, w, h = min((abs(aspect - w / h), w, h) for w, h in resolutions)
+    return w, h

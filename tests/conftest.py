@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import os
 import socket
+import struct
 import subprocess
 import sys
 import time
+import zlib
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 from flux_ui.registry import Registry
 from flux_ui.settings import Settings
@@ -87,3 +90,36 @@ def app_server(tiny_dir, tmp_path_factory):
             proc.wait(timeout=20)
         except subprocess.TimeoutExpired:
             proc.kill()
+
+
+def bomb_png(width: int, height: int) -> bytes:
+    """A valid PNG of width x height 1-bit pixels, all zero: a few KB that inflate to gigapixels. Written
+    row by row, so making it costs no more memory than one row."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    row = b"\0" * (1 + (width + 7) // 8)  # filter byte + packed bits
+    z = zlib.compressobj(9)
+    idat = b"".join(z.compress(row) for _ in range(height)) + z.flush()
+    ihdr = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+
+
+@pytest.fixture(scope="session")
+def bad_images(tmp_path_factory) -> dict[str, Path]:
+    """Files every image input must refuse: name -> path."""
+    folder = tmp_path_factory.mktemp("bad-images")
+    files = {
+        "text": folder / "notes.png",  # a .png that is not an image
+        "small": folder / "small.png",  # 63 px wide
+        "huge": folder / "huge.png",  # 20.5 megapixels
+        "bomb": folder / "bomb.png",  # 400 megapixels in a few KB: over PIL's own bomb limit
+        "bomb_108mp": folder / "bomb-108mp.png",  # over ours, under PIL's (which only warns)
+    }
+    files["text"].write_text("not a picture")
+    Image.new("RGB", (63, 200)).save(files["small"])
+    Image.new("L", (5000, 4100)).save(files["huge"])
+    files["bomb"].write_bytes(bomb_png(20_000, 20_000))
+    files["bomb_108mp"].write_bytes(bomb_png(12_000, 9_000))
+    return files

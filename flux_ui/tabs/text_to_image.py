@@ -9,9 +9,10 @@ from PIL import Image
 
 from flux_ui.metadata import meta_from_parameters, read_parameters
 from flux_ui.params import SEED_MAX, InvalidInput
+from flux_ui.tabs.handoff import Receiver, track_selection
 from flux_ui.tasks.text_to_image import TextToImageParams, text_to_image, validate_text_to_image
 from flux_ui.ui import GPU, UiContext, invalid, summary
-from flux_ui.variants import SQUARE_AND_WIDE, get_variant, variants_for
+from flux_ui.variants import SQUARE_AND_WIDE, Variant, get_variant, variants_for
 
 ASPECTS = ("1:1", "4:3", "3:4", "3:2", "2:3", "16:9", "9:16", "21:9", "9:21")  # of SQUARE_AND_WIDE, in order
 PRESETS = {f"{a}  ·  {w}×{h}": (w, h) for a, (w, h) in zip(ASPECTS, SQUARE_AND_WIDE, strict=True)}
@@ -25,12 +26,55 @@ class TextToImageTab:
 
     prompt: gr.Textbox
     gallery: gr.Gallery
+    selected: gr.State  # index of the gallery image the user clicked
+    send_row: gr.Row  # where the hand-off buttons go
+    parameters: Receiver  # fills the form from the parameters embedded in a PNG
 
 
 def variant_note(name: str) -> str:
     v = get_variant(name)
     use = "commercial use allowed" if v.commercial_use else "non-commercial license"
     return f"`{v.repo_id}` · {v.default_steps} steps by default · {use} (`{v.license}`)"
+
+
+def text_to_image_variant(name: str) -> Variant:
+    """The text-to-image variant to redo an image with: its own, or the one it builds on (Redux -> [dev]).
+    Kontext and the other image-to-image models have no text-to-image counterpart; [dev] stands in."""
+    variant = get_variant(name)
+    if variant.task == "text_to_image":
+        return variant
+    return get_variant(variant.base or "dev")
+
+
+def form_values(file: str | None) -> tuple:
+    """Read the generation parameters embedded in a PNG and return them as the form's values: prompt,
+    variant, width, height, steps, guidance, seed, aspect preset, variant note. gr.Error if it has none."""
+    if not file:
+        raise invalid(ValueError("image: upload a PNG made by FLUX UI or another SD UI"))
+    try:
+        with Image.open(file) as img:
+            text = read_parameters(img)
+    except (OSError, Image.DecompressionBombError) as err:
+        raise invalid(ValueError(f"image: not a readable image ({err})")) from None
+    if not text:
+        raise invalid(ValueError("image: it carries no generation parameters"))
+    try:
+        meta = meta_from_parameters(text)
+        variant = text_to_image_variant(meta.variant)
+    except ValueError as err:
+        raise invalid(err) from None
+    guidance = meta.guidance if meta.guidance is not None else (variant.default_guidance or 0.0)
+    return (
+        meta.prompt,
+        variant.name,
+        meta.width,
+        meta.height,
+        meta.steps,
+        guidance,
+        meta.seed,
+        CUSTOM,
+        variant_note(variant.name),
+    )
 
 
 def build(ctx: UiContext) -> TextToImageTab:
@@ -86,37 +130,21 @@ def build(ctx: UiContext) -> TextToImageTab:
         guidance = gr.update(value=v.default_guidance, visible=True) if v.uses_guidance else gr.update(visible=False)
         return gr.update(value=v.default_steps), guidance, variant_note(name)
 
+    def show_guidance(name: str):
+        return gr.update(visible=get_variant(name).uses_guidance)
+
+    def receive_parameters(path: str):
+        """A hand-off fills the form as loading the file does, and shows guidance only where it applies."""
+        values = list(form_values(path))
+        values[5] = gr.update(value=values[5], visible=get_variant(values[1]).uses_guidance)
+        return tuple(values)
+
     def on_preset(label: str):
         return PRESETS.get(label, (gr.skip(), gr.skip()))
 
     def load_parameters(file: str | None):
         """Read the generation parameters embedded in a PNG and return them as form values."""
-        if not file:
-            raise invalid(ValueError("image: upload a PNG made by FLUX UI or another SD UI"))
-        try:
-            with Image.open(file) as img:
-                text = read_parameters(img)
-        except (OSError, Image.DecompressionBombError) as err:
-            raise invalid(ValueError(f"image: not a readable image ({err})")) from None
-        if not text:
-            raise invalid(ValueError("image: it carries no generation parameters"))
-        try:
-            meta = meta_from_parameters(text)
-            variant = get_variant(meta.variant)
-        except ValueError as err:
-            raise invalid(err) from None
-        guidance = meta.guidance if meta.guidance is not None else (variant.default_guidance or 0.0)
-        return (
-            meta.prompt,
-            variant.name,
-            meta.width,
-            meta.height,
-            meta.steps,
-            guidance,
-            meta.seed,
-            CUSTOM,
-            variant_note(variant.name),
-        )
+        return form_values(file)
 
     with gr.Tab("Text to image", id="t2i"), gr.Row():
         with gr.Column(scale=1):
@@ -145,8 +173,10 @@ def build(ctx: UiContext) -> TextToImageTab:
                 params_file = gr.File(label="PNG with parameters", file_types=[".png"], elem_id="params-file")
         with gr.Column(scale=1):
             gallery = gr.Gallery(label="Images", columns=2, format="png", elem_id="gallery")
+            send_row = gr.Row()  # hand-off buttons, added once every tab exists
             last_seed = gr.Number(label="Seed used", interactive=False, precision=0)
             info = gr.Markdown(label="info", elem_id="info")
+        selected = track_selection(gallery)  # inside the tab: a component between tabs confuses the tab bar
 
     # .input, not .change: loading parameters from an image must not reset steps and guidance.
     variant.input(on_variant, variant, [steps, guidance, note], api_visibility="private")
@@ -167,7 +197,14 @@ def build(ctx: UiContext) -> TextToImageTab:
         concurrency_limit=1,
     )
     cancel_btn.click(ctx.cancel, None, None, cancels=[event], queue=False, api_visibility="private")
-    params_file.upload(load_parameters, params_file, [*inputs[:-1], preset, note], api_name="load_parameters").success(
-        lambda v: gr.update(visible=get_variant(v).uses_guidance), variant, guidance, api_visibility="private"
+    form = [*inputs[:-1], preset, note]
+    params_file.upload(load_parameters, params_file, form, api_name="load_parameters").success(
+        show_guidance, variant, guidance, api_visibility="private"
     )
-    return TextToImageTab(prompt=prompt, gallery=gallery)
+    return TextToImageTab(
+        prompt=prompt,
+        gallery=gallery,
+        selected=selected,
+        send_row=send_row,
+        parameters=Receiver(form, receive_parameters),
+    )

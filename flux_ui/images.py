@@ -1,0 +1,134 @@
+"""Image inputs: decoded safely, checked, and converted to plain RGB, with errors that name the field.
+
+Every tab that takes an image (Kontext, Redux, Fill, Control, VQA) reads it through `load_image`, so the
+same rules hold everywhere: at least 64 px a side, at most 20 megapixels (checked from the header, before
+a single pixel is decoded, so a decompression bomb costs nothing), EXIF rotation applied, transparency
+composited on white, grayscale, 16-bit, palette and CMYK images converted to sRGB.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import io
+import logging
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
+
+from flux_ui.params import InvalidInput
+
+log = logging.getLogger(__name__)
+
+MIN_INPUT_SIDE = 64  # pixels; smaller inputs carry too little for the models to work with
+MAX_INPUT_MEGAPIXELS = 20.0  # largest input accepted; generation sizes have their own, lower limit
+BACKGROUND = (255, 255, 255)  # transparent pixels are composited on white, as a viewer shows them
+
+
+def _open(value: object, field: str) -> Image.Image:
+    """A lazily opened PIL image from an upload in any of the forms Gradio and its clients send."""
+    if isinstance(value, Image.Image):
+        return value
+    if isinstance(value, dict):  # Gradio's FileData: a file in the upload cache, or a data: URL
+        url = value.get("url") or ""
+        if value.get("path"):
+            value = value["path"]
+        elif url.startswith("data:"):
+            try:
+                value = base64.b64decode(url.partition(",")[2], validate=True)
+            except (binascii.Error, ValueError):
+                raise InvalidInput(field, "the data URL is not valid base64") from None
+        else:
+            raise InvalidInput(field, "is missing; upload an image")
+    if isinstance(value, bytes):
+        value = io.BytesIO(value)
+    elif isinstance(value, str | Path):
+        if not Path(value).is_file():
+            raise InvalidInput(field, "the uploaded file is missing; upload it again")
+    else:
+        raise InvalidInput(field, f"expected an image, got {type(value).__name__}")
+    try:
+        return Image.open(value)  # reads the header only
+    except Image.DecompressionBombError as err:
+        raise InvalidInput(field, f"refused as a decompression bomb ({err})") from None
+    except ValueError as err:  # PIL's guard against text chunks that inflate without bound
+        if "Decompressed" in str(err):
+            raise InvalidInput(field, f"refused as a decompression bomb ({err})") from None
+        raise InvalidInput(field, "is not an image (use PNG, JPEG or WebP)") from None
+    except (UnidentifiedImageError, OSError, SyntaxError):
+        raise InvalidInput(field, "is not an image (use PNG, JPEG or WebP)") from None
+
+
+def _check_size(img: Image.Image, field: str, max_pixels: int) -> None:
+    w, h = img.size
+    if w * h > max_pixels:
+        raise InvalidInput(
+            field,
+            f"is {w}x{h}, {w * h / 1e6:.1f} megapixels, over the limit of {max_pixels / 1e6:g}; scale it down first",
+        )
+    if min(w, h) < MIN_INPUT_SIDE:
+        raise InvalidInput(field, f"is {w}x{h}; each side must be at least {MIN_INPUT_SIDE} pixels")
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    """Plain 8-bit sRGB, whatever the mode; transparency composited on white."""
+    if img.mode == "CMYK":
+        icc = img.info.get("icc_profile")
+        if icc:  # a profile says what the inks mean; converting without one only approximates
+            try:
+                src = ImageCms.ImageCmsProfile(io.BytesIO(icc))
+                return ImageCms.profileToProfile(img, src, ImageCms.createProfile("sRGB"), outputMode="RGB")
+            except (ImageCms.PyCMSError, OSError) as err:
+                log.warning("ignoring an unusable CMYK colour profile: %s", err)
+        return img.convert("RGB")
+    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        # 16- and 32-bit grayscale: scale to 8 bits (PIL's own convert clips everything above 255 to white).
+        arr = np.asarray(img, dtype=np.float64)
+        top = 65535.0 if img.mode.startswith("I;16") or arr.max() <= 65535 else float(arr.max())
+        return Image.fromarray(np.clip(arr / top * 255.0 + 0.5, 0, 255).astype(np.uint8), "L").convert("RGB")
+    if img.mode == "P" or img.mode == "PA":
+        img = img.convert("RGBA")
+    if img.mode in ("RGBA", "LA", "La", "RGBa") or "transparency" in img.info:
+        rgba = img.convert("RGBA")
+        canvas = Image.new("RGBA", rgba.size, (*BACKGROUND, 255))
+        return Image.alpha_composite(canvas, rgba).convert("RGB")
+    return img.convert("RGB")
+
+
+def load_image(value: object, field: str, max_megapixels: float = MAX_INPUT_MEGAPIXELS) -> Image.Image:
+    """Decode an uploaded image into a new RGB PIL image; raise InvalidInput naming `field` if it is
+    missing, not an image, smaller than 64 px a side, over `max_megapixels`, a decompression bomb, or
+    truncated.
+
+    `value` may be a PIL image, a file path, raw bytes, or Gradio's FileData dict (`path` or a `data:` URL).
+    """
+    if value is None or (isinstance(value, str | dict | bytes) and not value):
+        raise InvalidInput(field, "is missing; upload an image")
+    opened = _open(value, field)
+    try:
+        _check_size(opened, field, int(max_megapixels * 1_000_000))
+        try:
+            opened.seek(0)  # animations: the first frame
+            opened.load()
+            upright = ImageOps.exif_transpose(opened)  # a new image, turned as the camera meant
+        except Image.DecompressionBombError as err:
+            raise InvalidInput(field, f"refused as a decompression bomb ({err})") from None
+        except (OSError, ValueError, SyntaxError, EOFError) as err:
+            raise InvalidInput(field, f"could not be decoded; the file may be truncated ({err})") from None
+        try:
+            return _to_rgb(upright)
+        except ValueError as err:
+            raise InvalidInput(field, f"colour mode {upright.mode} is not supported ({err})") from None
+    finally:
+        if opened is not value:  # a file we opened; the caller's own PIL image stays open
+            opened.close()
+
+
+def image_hash(image: Image.Image) -> str:
+    """A short content hash of the decoded RGB pixels (16 hex digits): the same picture gives the same hash
+    however it was encoded or uploaded, so an output names the input it came from."""
+    h = hashlib.sha256(f"{image.mode} {image.width}x{image.height}\n".encode())
+    h.update(image.tobytes())
+    return h.hexdigest()[:16]

@@ -1,0 +1,176 @@
+"""Kontext edit: an input image and an instruction in, the edited image out, with FLUX.1 Kontext [dev].
+
+As in the model authors' reference code, the input is resized to the Kontext training resolution whose
+aspect ratio is nearest its own (diffusers' FluxKontextPipeline does that resize); the output is that same
+resolution unless the request names another size. FluxKontextPipeline takes one input image: a list is
+treated as a batch of separate inputs, not as several references to combine, so there is no second
+reference image here.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+
+import torch
+from PIL import Image
+
+from flux_ui.images import image_hash
+from flux_ui.metadata import ImageMeta
+from flux_ui.params import (
+    MAX_GUIDANCE,
+    InvalidInput,
+    check_int,
+    check_number,
+    check_prompt,
+    check_range,
+    check_seed,
+    check_size,
+)
+from flux_ui.registry import Registry
+from flux_ui.settings import Settings
+from flux_ui.tasks import GeneratedImage, StepCallback, TaskResult, resolve_seed, step_callback
+from flux_ui.variants import get_variant, nearest_resolution
+
+log = logging.getLogger(__name__)
+
+VARIANT = "kontext-dev"
+AUTO = "auto"  # output size: Kontext's preferred resolution for the input's aspect ratio
+_SIZE = re.compile(r"^\s*(\d+)\s*[x×X]\s*(\d+)\s*$")
+
+
+@dataclass(frozen=True)
+class KontextParams:
+    """One Kontext edit. Defaults of None take Kontext [dev]'s published defaults (28 steps, guidance 2.5)."""
+
+    image: Image.Image  # the input, already decoded to RGB by images.load_image
+    instruction: str  # what to change, e.g. "make the car red"
+    size: str = AUTO  # "auto" or "WIDTHxHEIGHT" (multiples of 16) for the output
+    steps: int | None = None  # denoising steps
+    guidance: float | None = None  # distilled guidance
+    seed: int = -1  # -1 picks a random seed; image i uses seed + i
+    num_images: int = 1  # edits made one after another, from the same input
+    width: int = 0  # output width, filled in by validation from `size`
+    height: int = 0  # output height, filled in by validation from `size`
+
+
+def context_size(image: Image.Image) -> tuple[int, int]:
+    """The (width, height) the input is resized to: the preferred resolution nearest its aspect ratio."""
+    return nearest_resolution(image.width, image.height, get_variant(VARIANT).resolutions)
+
+
+def output_size(size: object, image: Image.Image, settings: Settings) -> tuple[int, int]:
+    """Parse the `size` field: "auto" (the context size) or "WIDTHxHEIGHT"."""
+    if not isinstance(size, str):
+        raise InvalidInput("size", f"expected 'auto' or WIDTHxHEIGHT, got {size!r}")
+    if size.strip().lower() == AUTO:
+        return context_size(image)
+    m = _SIZE.match(size)
+    if not m:
+        raise InvalidInput("size", f"expected 'auto' or WIDTHxHEIGHT such as 1024x1024, got {size!r}")
+    try:
+        return check_size(int(m.group(1)), int(m.group(2)), settings)
+    except InvalidInput as err:  # report it under this field, which is the one the caller sent
+        raise InvalidInput("size", str(err)) from None
+
+
+def validate_kontext(p: KontextParams, settings: Settings) -> KontextParams:
+    """Return `p` checked, with defaults and the output size filled in; raise InvalidInput on a bad field."""
+    variant = get_variant(VARIANT)
+    instruction = check_prompt(p.instruction, settings, "instruction", "say what to change in the image")
+    width, height = output_size(p.size, p.image, settings)
+    steps = variant.default_steps if p.steps is None else check_int("steps", p.steps)
+    check_range("steps", steps, 1, settings.max_steps)
+    guidance = variant.default_guidance if p.guidance is None else check_number("guidance", p.guidance, 0, MAX_GUIDANCE)
+    num_images = check_int("num_images", p.num_images)
+    check_range("num_images", num_images, 1, settings.max_images)
+    return replace(
+        p,
+        instruction=instruction,
+        width=width,
+        height=height,
+        steps=steps,
+        guidance=float(guidance),
+        seed=check_seed(p.seed),
+        num_images=num_images,
+    )
+
+
+def kontext_edit(
+    registry: Registry,
+    params: KontextParams,
+    on_step: StepCallback | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> TaskResult:
+    """Edit `params.image` as `params.instruction` says; `params` must have passed `validate_kontext`.
+
+    The instruction is encoded once; edit i starts from the noise of seed + i (drawn on the CPU).
+    """
+    variant = get_variant(VARIANT)
+    seed = resolve_seed(params.seed)
+    size = (params.width, params.height)
+    ctx_w, ctx_h = context_size(params.image)
+    extra = {
+        "Source hash": image_hash(params.image),
+        "Source size": f"{params.image.width}x{params.image.height}",
+        "Context size": f"{ctx_w}x{ctx_h}",
+    }
+    timings: dict[str, float] = {}
+    start = time.perf_counter()
+    images: list[GeneratedImage] = []
+    with registry.pipeline(variant.name) as pipe:
+        timings["load"] = time.perf_counter() - start
+        t = time.perf_counter()
+        with torch.inference_mode():
+            prompt_embeds, pooled, _ = pipe.encode_prompt(
+                prompt=params.instruction,
+                prompt_2=None,
+                device=registry.settings.device,
+                max_sequence_length=variant.max_sequence_length,
+            )
+        timings["encode"] = time.perf_counter() - t
+        t = time.perf_counter()
+        total = params.steps * params.num_images
+        for i in range(params.num_images):
+            with torch.inference_mode():
+                out = pipe(
+                    image=params.image,  # resized by the pipeline to the context size
+                    prompt_embeds=prompt_embeds,
+                    pooled_prompt_embeds=pooled,
+                    width=params.width,
+                    height=params.height,
+                    # The pipeline rescales width x height to max_area; this keeps the size asked for.
+                    max_area=params.width * params.height,
+                    num_inference_steps=params.steps,
+                    guidance_scale=params.guidance,
+                    generator=torch.Generator("cpu").manual_seed(seed + i),
+                    max_sequence_length=variant.max_sequence_length,
+                    callback_on_step_end=step_callback(registry, on_step, should_stop, i, params.steps, total, size),
+                )
+            meta = ImageMeta(
+                prompt=params.instruction,
+                variant=variant.name,
+                seed=seed + i,
+                steps=params.steps,
+                guidance=params.guidance,
+                width=params.width,
+                height=params.height,
+                extra=extra,
+            )
+            images.append(GeneratedImage(out.images[0], meta))
+        timings["generate"] = time.perf_counter() - t
+    timings["total"] = time.perf_counter() - start
+    log.info(
+        "kontext_edit %dx%d -> %dx%d x%d, %d steps: %.2f s",
+        params.image.width,
+        params.image.height,
+        params.width,
+        params.height,
+        params.num_images,
+        params.steps,
+        timings["total"],
+    )
+    return TaskResult(images=images, seed=seed, timings=timings)

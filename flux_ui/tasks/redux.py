@@ -1,0 +1,201 @@
+"""Redux variation: one to four reference images (and an optional prompt) in, variations out.
+
+FLUX.1 Redux [dev] is an image prior: its SigLIP encoder and Redux embedder turn each reference image into
+tokens in T5's embedding space, which are appended to the prompt's T5 tokens; FLUX.1 [dev]'s transformer
+then generates from that text-plus-image conditioning. The registry lends the prior (with the shared text
+encoders) and the [dev] pipeline.
+
+How the parts are weighted:
+
+    prompt_embeds        = [prompt_embeds_scale * T5(prompt) ; sum_i strength_i * Redux(image_i)]
+    pooled_prompt_embeds =  pooled_prompt_embeds_scale * CLIP(prompt)
+
+With one image whose strength equals `prompt_embeds_scale`, this is exactly what diffusers'
+FluxPriorReduxPipeline returns for the same two scales. With several images diffusers scales and sums whole
+rows, each carrying its own copy of the prompt, so the prompt would count once per image and its weight
+could not be set apart from the images'; here it counts once, with its own scale. An empty prompt is
+encoded as "" (as the authors' reference code does), not replaced by zeros.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+
+import torch
+from PIL import Image
+
+from flux_ui.images import image_hash
+from flux_ui.metadata import ImageMeta
+from flux_ui.params import (
+    MAX_GUIDANCE,
+    InvalidInput,
+    check_int,
+    check_number,
+    check_range,
+    check_seed,
+    check_size,
+)
+from flux_ui.registry import Registry
+from flux_ui.settings import Settings
+from flux_ui.tasks import GeneratedImage, StepCallback, TaskResult, resolve_seed, step_callback
+from flux_ui.variants import get_variant
+
+log = logging.getLogger(__name__)
+
+VARIANT = "redux-dev"
+MAX_REFERENCES = 4  # reference images per request
+MAX_SCALE = 2.0  # strengths and prompt scales: above this the conditioning leaves what the model has seen
+
+
+@dataclass(frozen=True)
+class ReduxParams:
+    """One Redux request. Defaults of None take the published Redux defaults ([dev], 28 steps, guidance 2.5)."""
+
+    images: tuple[Image.Image | None, ...]  # 1-4 reference images (RGB, from images.load_image); None: empty slot
+    strengths: tuple[float, ...]  # one per image: scale of its Redux tokens, 0-2 (1 = as trained)
+    prompt: str = ""  # optional text mixed in with the images
+    prompt_embeds_scale: float = 1.0  # scale of the prompt's T5 tokens, 0-2
+    pooled_prompt_embeds_scale: float = 1.0  # scale of the prompt's pooled CLIP vector, 0-2
+    width: int = 1024  # pixels, a multiple of 16
+    height: int = 1024  # pixels, a multiple of 16
+    steps: int | None = None  # denoising steps
+    guidance: float | None = None  # distilled guidance
+    seed: int = -1  # -1 picks a random seed; variation i uses seed + i
+    num_images: int = 1  # variations, made one after another
+
+
+def validate_redux(p: ReduxParams, settings: Settings) -> ReduxParams:
+    """Return `p` checked and with defaults filled in; raise InvalidInput on the first bad field.
+
+    `images` may hold None for empty slots (a form with four image inputs); they are dropped here. Errors
+    name the slot, `image_<n>` and `strength_<n>` (1-based), as in the API.
+    """
+    variant = get_variant(VARIANT)
+    base = get_variant(variant.base)
+    if len(p.strengths) != len(p.images):
+        raise InvalidInput("strength_1", f"expected {len(p.images)} strengths, one per image, got {len(p.strengths)}")
+    used = [(n, im, s) for n, (im, s) in enumerate(zip(p.images, p.strengths, strict=True), 1) if im is not None]
+    if not used:
+        raise InvalidInput("image_1", "is missing; upload at least one reference image")
+    if len(used) > MAX_REFERENCES:
+        raise InvalidInput(f"image_{used[MAX_REFERENCES][0]}", f"at most {MAX_REFERENCES} reference images are used")
+    strengths = tuple(check_number(f"strength_{n}", s, 0.0, MAX_SCALE) for n, _, s in used)
+    if not any(strengths):
+        raise InvalidInput(f"strength_{used[0][0]}", "every strength is 0, so no image would count; raise one above 0")
+    if not isinstance(p.prompt, str):
+        raise InvalidInput("prompt", f"expected text, got {type(p.prompt).__name__}")
+    prompt = p.prompt.strip()
+    if len(prompt) > settings.max_prompt_chars:
+        raise InvalidInput(
+            "prompt", f"is {len(prompt)} characters long; shorten it to at most {settings.max_prompt_chars}"
+        )
+    width, height = check_size(p.width, p.height, settings)
+    steps = base.default_steps if p.steps is None else check_int("steps", p.steps)
+    check_range("steps", steps, 1, settings.max_steps)
+    guidance = variant.default_guidance if p.guidance is None else check_number("guidance", p.guidance, 0, MAX_GUIDANCE)
+    num_images = check_int("num_images", p.num_images)
+    check_range("num_images", num_images, 1, settings.max_images)
+    return replace(
+        p,
+        images=tuple(im for _, im, _ in used),
+        strengths=strengths,
+        prompt=prompt,
+        prompt_embeds_scale=check_number("prompt_embeds_scale", p.prompt_embeds_scale, 0.0, MAX_SCALE),
+        pooled_prompt_embeds_scale=check_number(
+            "pooled_prompt_embeds_scale", p.pooled_prompt_embeds_scale, 0.0, MAX_SCALE
+        ),
+        width=width,
+        height=height,
+        steps=steps,
+        guidance=float(guidance),
+        seed=check_seed(p.seed),
+        num_images=num_images,
+    )
+
+
+@torch.inference_mode()
+def redux_conditioning(prior, params: ReduxParams, device: str, max_sequence_length: int):
+    """(prompt_embeds, pooled_prompt_embeds) for the [dev] pipeline, weighted as the module docstring says.
+
+    `prior` is the FluxPriorReduxPipeline the registry lends, with the shared text encoders.
+    """
+    text, pooled, _ = prior.encode_prompt(
+        prompt=params.prompt, prompt_2=None, device=device, max_sequence_length=max_sequence_length
+    )
+    features = prior.encode_image(list(params.images), device, 1)  # SigLIP's last hidden state, per image
+    tokens = prior.image_embedder(features).image_embeds  # (images, tokens, T5 width)
+    weights = torch.tensor(params.strengths, device=tokens.device, dtype=tokens.dtype)[:, None, None]
+    image_tokens = (tokens * weights).sum(dim=0, keepdim=True)
+    prompt_embeds = torch.cat([text * params.prompt_embeds_scale, image_tokens.to(text.dtype)], dim=1)
+    return prompt_embeds, pooled * params.pooled_prompt_embeds_scale
+
+
+def redux_variation(
+    registry: Registry,
+    params: ReduxParams,
+    on_step: StepCallback | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> TaskResult:
+    """Make `params.num_images` variations; `params` must have passed `validate_redux`.
+
+    The conditioning is computed once; variation i starts from the noise of seed + i (drawn on the CPU).
+    """
+    variant = get_variant(VARIANT)
+    base = get_variant(variant.base)
+    seed = resolve_seed(params.seed)
+    size = (params.width, params.height)
+    extra = {
+        "Source hash": ", ".join(image_hash(im) for im in params.images),
+        "Redux strengths": ", ".join(f"{s:g}" for s in params.strengths),
+        "Prompt embeds scale": f"{params.prompt_embeds_scale:g}",
+        "Pooled prompt embeds scale": f"{params.pooled_prompt_embeds_scale:g}",
+        "Base model": base.name,
+    }
+    timings: dict[str, float] = {}
+    start = time.perf_counter()
+    images: list[GeneratedImage] = []
+    with registry.pipeline(variant.name) as prior, registry.pipeline(base.name) as pipe:
+        timings["load"] = time.perf_counter() - start
+        t = time.perf_counter()
+        prompt_embeds, pooled = redux_conditioning(prior, params, registry.settings.device, base.max_sequence_length)
+        timings["encode"] = time.perf_counter() - t
+        t = time.perf_counter()
+        total = params.steps * params.num_images
+        for i in range(params.num_images):
+            with torch.inference_mode():
+                out = pipe(
+                    prompt_embeds=prompt_embeds,
+                    pooled_prompt_embeds=pooled,
+                    width=params.width,
+                    height=params.height,
+                    num_inference_steps=params.steps,
+                    guidance_scale=params.guidance,
+                    generator=torch.Generator("cpu").manual_seed(seed + i),
+                    callback_on_step_end=step_callback(registry, on_step, should_stop, i, params.steps, total, size),
+                )
+            meta = ImageMeta(
+                prompt=params.prompt,
+                variant=variant.name,
+                seed=seed + i,
+                steps=params.steps,
+                guidance=params.guidance,
+                width=params.width,
+                height=params.height,
+                extra=extra,
+            )
+            images.append(GeneratedImage(out.images[0], meta))
+        timings["generate"] = time.perf_counter() - t
+    timings["total"] = time.perf_counter() - start
+    log.info(
+        "redux_variation %d reference(s) -> %dx%d x%d, %d steps: %.2f s",
+        len(params.images),
+        params.width,
+        params.height,
+        params.num_images,
+        params.steps,
+        timings["total"],
+    )
+    return TaskResult(images=images, seed=seed, timings=timings)

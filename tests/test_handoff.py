@@ -1,0 +1,79 @@
+"""The hand-off wiring between tabs, checked on the built app's layout (no models run here)."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import gradio as gr
+import pytest
+
+from flux_ui.tabs.handoff import Target, pick, track_selection, wire
+from flux_ui.ui import build_ui
+
+
+def layout(demo: gr.Blocks) -> tuple[dict, dict]:
+    cfg = demo.get_config_file()
+    return cfg["layout"], {c["id"]: c for c in cfg["components"]}
+
+
+def walk(node: dict):
+    yield node
+    for child in node.get("children", []):
+        yield from walk(child)
+
+
+@pytest.fixture(scope="module")
+def app(tmp_path_factory):
+    from flux_ui.registry import Registry
+    from flux_ui.settings import Settings
+
+    return build_ui(Registry(Settings(tiny=True, outputs_dir=tmp_path_factory.mktemp("out"))))
+
+
+def test_every_child_of_the_tab_bar_is_a_tab(app):
+    # Anything else there (a gr.State made after a tab's block, say) shifts the tab bar's labels in the browser.
+    root, comps = layout(app)
+    tabs = next(n for n in walk(root) if comps.get(n["id"], {}).get("type") == "tabs")
+    kinds = [comps[c["id"]]["type"] for c in tabs["children"]]
+    assert kinds == ["tabitem"] * len(kinds)
+    ids = [comps[c["id"]]["props"]["id"] for c in tabs["children"]]
+    assert ids[:3] == ["t2i", "kontext", "redux"]
+
+
+def test_each_gallery_can_send_to_the_other_tabs_present(app):
+    _, comps = layout(app)
+    sends = {c["props"]["elem_id"] for c in comps.values() if str(c["props"].get("elem_id")).startswith("send-")}
+    assert sends == {
+        "send-t2i-to-kontext",
+        "send-t2i-to-redux",
+        "send-kontext-to-t2i",
+        "send-kontext-to-redux",
+        "send-redux-to-t2i",
+        "send-redux-to-kontext",
+    }  # no VQA tab in this app: no button for it
+
+
+def test_a_new_tab_becomes_a_target_by_its_handles_alone():
+    with gr.Blocks(), gr.Tabs() as tabs:
+        with gr.Tab("Source", id="src"):
+            gallery = gr.Gallery()
+            source = SimpleNamespace(gallery=gallery, selected=track_selection(gallery), send_row=gr.Row())
+        with gr.Tab("Ask", id="vqa"):
+            target = SimpleNamespace(image=gr.Image())
+        made = wire(
+            SimpleNamespace(tabs={"src": source, "vqa": target}),
+            tabs,
+            (Target("vqa", "Ask"), Target("fill", "Fill")),  # no fill tab: skipped
+        )
+    assert made == ["send-src-to-vqa"]
+
+
+def test_pick_takes_the_selected_item_in_either_form():
+    items = [("/a.png", "seed 1"), ("/b.png", "seed 2")]
+    assert pick(items, 1) == "/b.png"
+    assert pick(items, 7) == "/a.png" and pick(items, None) == "/a.png"
+    assert pick([{"image": {"path": "/c.png"}, "caption": None}], 0) == "/c.png"
+    with pytest.raises(gr.Error):
+        pick([], 0)
+    with pytest.raises(gr.Error):
+        pick(None, 0)
