@@ -23,8 +23,10 @@ import hashlib
 import json
 import logging
 import re
+import warnings
 from collections import Counter, OrderedDict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from weakref import WeakKeyDictionary
 
@@ -46,6 +48,16 @@ _TE_DOWN = re.compile(r"(lora_A\.weight|\.down\.weight)$")  # one per CLIP layer
 # What conversion and loading raise on a file that does not fit: diffusers' converters pop keys (KeyError),
 # assert shapes (AssertionError) and raise ValueError; PEFT and torch raise ValueError or RuntimeError.
 LOAD_ERRORS = (ValueError, RuntimeError, KeyError, AssertionError, IndexError, TypeError)
+
+
+@contextmanager
+def _expected_peft_warnings() -> Iterator[None]:
+    """Silence what PEFT warns about by design here: several adapters in one model, and a new active
+    adapter when an active one is deleted (each request sets the active ones anyway)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Already found a `peft_config` attribute", category=UserWarning)
+        warnings.filterwarnings("ignore", message="Adapter .* was active which is now deleted", category=UserWarning)
+        yield
 
 
 def adapter_name(name: str) -> str:
@@ -212,9 +224,10 @@ def _load_transformer_part(pipe, label: str, name: str, adapter: str, sd: dict, 
     transformer = pipe.transformer
     expected = {k.removeprefix("transformer.").split(".lora_")[0] for k in sd if k.startswith("transformer.")}
     try:
-        pipe.load_lora_into_transformer(
-            sd, network_alphas=alphas, transformer=transformer, adapter_name=adapter, metadata=meta, _pipeline=pipe
-        )
+        with _expected_peft_warnings():
+            pipe.load_lora_into_transformer(
+                sd, network_alphas=alphas, transformer=transformer, adapter_name=adapter, metadata=meta, _pipeline=pipe
+            )
     except LOAD_ERRORS as err:
         _purge(transformer, adapter)
         raise _misfit(name, label, _brief(err)) from None
@@ -232,15 +245,16 @@ def _load_clip_part(pipe, label: str, name: str, adapter: str, sd: dict, alphas,
     clip = pipe.text_encoder
     expected = sum(1 for k in sd if k.startswith("text_encoder.") and _TE_DOWN.search(k))
     try:
-        pipe.load_lora_into_text_encoder(
-            sd,
-            network_alphas=alphas,
-            text_encoder=clip,
-            prefix="text_encoder",
-            adapter_name=adapter,
-            metadata=meta,
-            _pipeline=pipe,
-        )
+        with _expected_peft_warnings():
+            pipe.load_lora_into_text_encoder(
+                sd,
+                network_alphas=alphas,
+                text_encoder=clip,
+                prefix="text_encoder",
+                adapter_name=adapter,
+                metadata=meta,
+                _pipeline=pipe,
+            )
     except LOAD_ERRORS as err:
         _purge(clip, adapter)
         raise _misfit(name, label, f"its CLIP text-encoder part: {_brief(err)}") from None
@@ -282,8 +296,9 @@ def _purge(module: torch.nn.Module, adapter: str) -> None:
     from peft.tuners.tuners_utils import BaseTunerLayer
 
     layers = [m for m in module.modules() if isinstance(m, BaseTunerLayer)]
-    for layer in layers:
-        layer.delete_adapter(adapter)
+    with _expected_peft_warnings():
+        for layer in layers:
+            layer.delete_adapter(adapter)
     config = getattr(module, "peft_config", None)
     if isinstance(config, dict):
         config.pop(adapter, None)

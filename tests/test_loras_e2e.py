@@ -96,7 +96,6 @@ def test_simultaneous_requests_with_different_variants_and_loras(client):
                 prompt=case[1], variant=case[0], width=64, height=64, steps=2, seed=5, api_name="/text_to_image"
             ),
         )
-        for _ in range(2)
         for case in CASES
     ]
     for (variant, prompt), job in jobs:
