@@ -19,8 +19,10 @@ def main(argv: list[str] | None = None) -> None:
 
     if settings.tiny:
         from flux_ui.tiny import ensure_tiny_models
+        from flux_ui.tiny_loras import TINY_LORA_SUBDIR, write_tiny_loras
 
         ensure_tiny_models(settings.tiny_dir)
+        write_tiny_loras(settings.tiny_dir / TINY_LORA_SUBDIR)
         log.info("tiny mode: random-weight models from %s", settings.tiny_dir)
     log.info("device %s, dtype %s", settings.device, settings.dtype)
     registry = Registry(settings)

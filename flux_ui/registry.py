@@ -3,7 +3,8 @@
 Shared parts (CLIP-L and T5-XXL text encoders with their tokenizers, the VAE) are loaded once and handed
 to every variant's pipeline by identity. Each variant brings only its transformer; transformers are kept
 in an LRU cache so that switching back to a recent variant loads nothing. One lock serialises every model
-move and every pipeline run, so concurrent requests for different variants never interleave.
+move and every pipeline run, so concurrent requests for different variants never interleave. LoRAs are
+loaded into the models once (see `lora_adapters`) and each pipeline use activates the set it asks for.
 """
 
 from __future__ import annotations
@@ -20,6 +21,9 @@ from dataclasses import dataclass
 import torch
 
 from flux_ui import sources, speed
+from flux_ui.lora_adapters import AdapterCache
+from flux_ui.loras import LoraLibrary, LoraRequest
+from flux_ui.params import InvalidInput
 from flux_ui.preview import LatentPreviewer
 from flux_ui.settings import Settings
 from flux_ui.variants import Variant, get_variant
@@ -59,6 +63,8 @@ class Registry:
         self._aux: OrderedDict[str, object] = OrderedDict()  # other models, least recent first
         self.load_counts: Counter[str] = Counter()  # component -> loads from disk or hub
         self.moves: list[tuple[str, str]] = []  # (component, device) for every move, in order
+        self.loras = LoraLibrary(settings.lora_dirs, settings.hub_loras)  # the LoRAs a prompt can name
+        self._adapters = AdapterCache(settings.lora_cache)  # LoRAs loaded into each transformer and the CLIP
 
     # -- loading ---------------------------------------------------------------------------------
 
@@ -311,17 +317,20 @@ class Registry:
     # -- lending -----------------------------------------------------------------------------------
 
     @contextmanager
-    def pipeline(self, name: str) -> Iterator[object]:
+    def pipeline(self, name: str, loras: LoraRequest = ()) -> Iterator[object]:
         """Lend the assembled diffusers pipeline of variant `name`, holding the lock while in use.
 
         The pipeline is built fresh (construction only registers modules), from the shared parts and the
-        variant's transformer, so nothing else can move its models until the `with` block ends. A variant
-        without a transformer (Redux) lends its prior pipeline: image encoder parts plus the shared text
-        encoders.
+        variant's transformer, so nothing else can move its models until the `with` block ends. Exactly the
+        LoRAs in `loras` ((name, weight) pairs) are active during the block; with none, the output is the
+        base model's. An unknown, unsafe or unfitting LoRA raises InvalidInput and changes nothing. A
+        variant without a transformer (Redux) lends its prior pipeline: image encoder parts plus the shared
+        text encoders.
         """
         import diffusers
 
         variant = get_variant(name)
+        files = [(self.loras.fetch(n), w) for n, w in loras]  # before the lock: a hub LoRA may download
         with self._lock:
             shared = self.shared()
             pipe_cls = getattr(diffusers, variant.pipeline_class)
@@ -343,7 +352,27 @@ class Registry:
                 # prompt; what it returns conditions the pipeline of `variant.base`.
                 pipe = pipe_cls(**self._prior_parts(variant), **text)
             pipe.set_progress_bar_config(disable=True)
-            yield pipe
+            if not variant.has_transformer:
+                if files:
+                    raise InvalidInput("prompt", f"LoRAs apply to a transformer; {variant.label} has none")
+                yield pipe
+                return
+            if files and self.settings.speed == "fp8":
+                raise InvalidInput(
+                    "prompt", "LoRAs cannot be applied to the float8 layers of --speed fp8; use --speed compile"
+                )
+            self._adapters.activate(pipe, variant.label, files, self.load_counts)
+            try:
+                yield pipe
+            finally:
+                self._adapters.deactivate(pipe)  # the CLIP is shared: leave no LoRA active in it
+
+    def _loaded_loras(self) -> dict[str, list[str]]:
+        """LoRAs loaded into each model, least recently used first."""
+        modules = {f"transformer:{n}": m for n, m in self._transformers.items()}
+        if self._shared is not None:
+            modules["text_encoder"] = self._shared.text_encoder
+        return {key: names for key, m in modules.items() if (names := self._adapters.loaded(m))}
 
     def status(self) -> dict:
         """What is loaded where: shared parts, cached transformers (LRU order) and the active one."""
@@ -362,6 +391,7 @@ class Registry:
                     for n, m in self._transformers.items()
                 ],
                 "aux": {k: where(m) if isinstance(m, torch.nn.Module) else "cpu" for k, m in self._aux.items()},
+                "loras": self._loaded_loras(),
                 "load_counts": dict(self.load_counts),
             }
 

@@ -22,6 +22,7 @@ DTYPES = {
 # Where shared text encoders and the VAE come from: [schnell]'s repo is Apache-2.0 and not gated, and
 # its T5, CLIP and VAE weights are the ones every FLUX.1 variant uses.
 DEFAULT_SHARED_REPO = "black-forest-labs/FLUX.1-schnell"
+DEFAULT_LORA_DIR = "models/loras"  # searched when no --lora-dir is given
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,9 @@ class Settings:
     transformer_cache: int = 2  # transformers kept loaded (LRU); the rest are dropped
     preview_every: int = 4  # decode a live preview every N steps; 0 turns previews off
     queue_size: int = 16  # requests waiting in the queue before new ones are refused
+    lora_dirs: tuple[Path, ...] = ()  # folders searched (recursively) for .safetensors LoRAs, first wins
+    hub_loras: tuple[str, ...] = ()  # LoRAs on the hub: "owner/repo" or "owner/repo/file.safetensors"
+    lora_cache: int = 8  # LoRA adapters kept loaded per model (LRU); more are dropped and re-read when needed
     host: str = "127.0.0.1"  # address the server binds to
     port: int = 7860  # port the server listens on
     share: bool = False  # open a public share link
@@ -138,6 +142,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--transformer-cache", type=int, default=int(_env("transformer_cache", "2")))
     p.add_argument("--preview-every", type=int, default=int(_env("preview_every", "4")))
     p.add_argument("--queue-size", type=int, default=int(_env("queue_size", "16")))
+    p.add_argument(
+        "--lora-dir",
+        action="append",
+        default=[s for s in _env("lora_dirs", "").split(os.pathsep) if s],
+        metavar="FOLDER",
+        help=f"folder of .safetensors LoRAs, searched recursively; repeatable (default: {DEFAULT_LORA_DIR})",
+    )
+    p.add_argument(
+        "--lora",
+        action="append",
+        default=[s for s in _env("loras", "").split(",") if s],
+        metavar="REPO[/FILE]",
+        help="a LoRA on the Hugging Face hub, downloaded on first use; repeatable",
+    )
+    p.add_argument("--lora-cache", type=int, default=int(_env("lora_cache", "8")))
     return p
 
 
@@ -152,12 +171,24 @@ def parse_model_paths(items: list[str]) -> dict[str, str]:
     return out
 
 
+def lora_dirs(given: list[str], tiny: bool, tiny_dir: Path) -> tuple[Path, ...]:
+    """The LoRA folders: those given (or the default one), then in tiny mode the tiny LoRAs' folder."""
+    dirs = [Path(d).expanduser() for d in given] or [Path(DEFAULT_LORA_DIR)]
+    if tiny:
+        from flux_ui.tiny_loras import TINY_LORA_SUBDIR
+
+        dirs.append(tiny_dir / TINY_LORA_SUBDIR)
+    return tuple(dict.fromkeys(dirs))
+
+
 def settings_from_args(argv: list[str] | None = None) -> Settings:
     """Parse the command line (and environment) into Settings, resolving device and dtype once."""
     a = build_parser().parse_args(argv)
     from flux_ui.speed import resolve_profile
 
     device = resolve_device(a.device)
+    if a.lora_cache < 1:
+        raise ValueError(f"--lora-cache: expected at least 1, got {a.lora_cache}")
     return Settings(
         device=device,
         dtype=resolve_dtype(a.dtype, device),
@@ -175,6 +206,9 @@ def settings_from_args(argv: list[str] | None = None) -> Settings:
         transformer_cache=a.transformer_cache,
         preview_every=a.preview_every,
         queue_size=a.queue_size,
+        lora_dirs=lora_dirs(a.lora_dir, a.tiny, Path(a.tiny_dir)),
+        hub_loras=tuple(a.lora),
+        lora_cache=a.lora_cache,
         host=a.host,
         port=a.port,
         share=a.share,

@@ -1,5 +1,5 @@
-"""Shared fixtures: tiny random-weight models written once per test session, a registry over them, and a
-running `app.py --tiny` server for end-to-end and browser tests."""
+"""Shared fixtures: tiny random-weight models (and LoRAs) written once per test session, a registry over
+them, and a running `app.py --tiny --lora-dir ...` server for end-to-end and browser tests."""
 
 from __future__ import annotations
 
@@ -18,6 +18,15 @@ from PIL import Image
 from flux_ui.registry import Registry
 from flux_ui.settings import Settings
 from flux_ui.tiny import ensure_tiny_models
+from flux_ui.tiny_loras import (
+    TINY_LORA_SUBDIR,
+    bfl_control_state,
+    kohya_state,
+    save,
+    sd15_state,
+    wide_state,
+    write_tiny_loras,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -27,6 +36,26 @@ def tiny_dir(tmp_path_factory) -> Path:
     """Tiny models in hub layout; FLUX_UI_TEST_TINY_DIR reuses a folder across runs."""
     folder = Path(os.environ.get("FLUX_UI_TEST_TINY_DIR") or tmp_path_factory.mktemp("tiny"))
     return ensure_tiny_models(folder)
+
+
+@pytest.fixture(scope="session")
+def tiny_lora_dir(tiny_dir) -> Path:
+    """One tiny LoRA per file layout, where `app.py --tiny` finds them."""
+    return write_tiny_loras(tiny_dir / TINY_LORA_SUBDIR)
+
+
+@pytest.fixture(scope="session")
+def lora_dir(tmp_path_factory) -> Path:
+    """A LoRA folder of files that must be refused or fit only some variants, and a pickle."""
+    import torch
+
+    folder = tmp_path_factory.mktemp("loras")
+    save(folder / "guided.safetensors", kohya_state(7, guidance=True))  # fits [dev] and Krea, not [schnell]
+    save(folder / "misfit/wide.safetensors", wide_state(8))  # FLUX layer names, wrong shapes
+    save(folder / "misfit/control.safetensors", bfl_control_state(9))  # a Control LoRA
+    save(folder / "misfit/sd15.safetensors", sd15_state(10))  # not a FLUX LoRA at all
+    torch.save(kohya_state(11), folder / "old-style.ckpt")  # a pickle
+    return folder
 
 
 @pytest.fixture
@@ -64,8 +93,10 @@ def wait_for_server(url: str, proc: subprocess.Popen, log: Path, timeout: float 
 
 
 @pytest.fixture(scope="session")
-def app_server(tiny_dir, tmp_path_factory):
-    """`python app.py --tiny` on a free port, as a user would start it; yields (url, outputs_dir)."""
+def app_server(tiny_dir, tiny_lora_dir, lora_dir, tmp_path_factory):
+    """`python app.py --tiny --lora-dir ...` on a free port, as a user would start it; yields (url, outputs_dir).
+
+    Its LoRAs: those of `lora_dir`, then the tiny ones tiny mode adds."""
     port = free_port()
     work = tmp_path_factory.mktemp("app")
     outputs = work / "outputs"
@@ -74,7 +105,10 @@ def app_server(tiny_dir, tmp_path_factory):
     env.pop("FLUX_UI_TINY", None)
     with open(log, "w") as fh:
         proc = subprocess.Popen(
-            [sys.executable, str(ROOT / "app.py"), "--tiny", "--port", str(port), "--preview-every", "1"],
+            [
+                *(sys.executable, str(ROOT / "app.py"), "--tiny", "--port", str(port), "--preview-every", "1"),
+                *("--lora-dir", str(lora_dir)),
+            ],
             cwd=work,
             env=env,
             stdout=fh,

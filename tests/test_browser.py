@@ -64,3 +64,20 @@ def test_bad_size_shows_an_error_and_the_page_keeps_working(page):
     page.locator("#seed input").fill("55")
     page.locator("#generate").click()
     page.wait_for_function("() => document.querySelector('#info').innerText.includes('Seed 55')", timeout=120_000)
+
+
+def test_picking_a_lora_tags_the_prompt_and_shows_its_trigger_words(page):
+    page.locator("#prompt textarea").fill("a red fox")
+    page.locator("#loras input").click()
+    page.get_by_role("option", name="kohya-fox  ·  foxy, tree").click()
+    page.wait_for_function(
+        "() => document.querySelector('#prompt textarea').value === 'a red fox <lora:kohya-fox:1>'", timeout=30_000
+    )
+    page.locator("#lora-info").get_by_text("foxy").first.wait_for(timeout=30_000)
+    # Typing a tag selects it in the picker; removing it there takes the tag out of the prompt.
+    page.locator("#prompt textarea").fill("a red fox <lora:kohya-fox:1> <lora:bfl-neon:0.5>")
+    page.locator("#lora-info").get_by_text("neon").first.wait_for(timeout=30_000)
+    page.locator("#loras .token", has_text="kohya-fox").locator(".token-remove").click()
+    page.wait_for_function(
+        "() => document.querySelector('#prompt textarea').value === 'a red fox <lora:bfl-neon:0.5>'", timeout=30_000
+    )

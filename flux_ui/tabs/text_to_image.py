@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import gradio as gr
 from PIL import Image
 
+from flux_ui.loras import LoraInfo, tagged_names, with_tags
 from flux_ui.metadata import meta_from_parameters, read_parameters
 from flux_ui.params import SEED_MAX, InvalidInput
 from flux_ui.tabs.handoff import Receiver, track_selection
@@ -64,8 +65,10 @@ def form_values(file: str | None) -> tuple:
     except ValueError as err:
         raise invalid(err) from None
     guidance = meta.guidance if meta.guidance is not None else (variant.default_guidance or 0.0)
+    # Prompts keep their tags; a "LoRAs:" entry without a tag in the prompt gets one, so nothing is lost.
+    prompt = with_tags(meta.prompt, [*tagged_names(meta.prompt), *(n for n, _ in meta.loras)], dict(meta.loras))
     return (
-        meta.prompt,
+        prompt,
         variant.name,
         meta.width,
         meta.height,
@@ -77,8 +80,24 @@ def form_values(file: str | None) -> tuple:
     )
 
 
+def lora_note(names: list[str], entries: list[LoraInfo]) -> str:
+    """One line per picked LoRA with its trigger words, so they can be typed into the prompt."""
+    known = {e.name: e for e in entries}
+    lines = []
+    for name in names:
+        info = known.get(name)
+        if info is None:
+            lines.append(f"- **{name}**: not in the LoRA folders (🔄 rescans them)")
+        elif info.trigger_words:
+            lines.append(f"- **{name}**: trigger words " + ", ".join(f"`{w}`" for w in info.trigger_words))
+        else:
+            lines.append(f"- **{name}**: no trigger words recorded in the file")
+    return "\n".join(lines)
+
+
 def build(ctx: UiContext) -> TextToImageTab:
     settings = ctx.settings
+    library = ctx.registry.loras
 
     def generate(
         prompt: str,
@@ -95,7 +114,7 @@ def build(ctx: UiContext) -> TextToImageTab:
         """Generate images from a prompt with FLUX.1 [dev], [schnell] or Krea [dev].
 
         Args:
-            prompt: what the image should show.
+            prompt: what the image should show; <lora:NAME:WEIGHT> tags apply LoRAs (see /loras).
             variant: dev, schnell or krea-dev.
             width: pixels, a multiple of 16.
             height: pixels, a multiple of 16.
@@ -106,7 +125,7 @@ def build(ctx: UiContext) -> TextToImageTab:
         """
         raw = TextToImageParams(prompt, variant, width, height, steps, guidance, seed, num_images)
         try:
-            params = validate_text_to_image(raw, settings)
+            params = validate_text_to_image(raw, settings, library)
         except InvalidInput as err:
             raise invalid(err) from None
 
@@ -146,9 +165,42 @@ def build(ctx: UiContext) -> TextToImageTab:
         """Read the generation parameters embedded in a PNG and return them as form values."""
         return form_values(file)
 
+    def on_pick(picked: list[str] | None, text: str):
+        """The picker rewrites the prompt's LoRA tags: picking adds <lora:NAME:1>, unpicking removes it."""
+        picked = list(picked or [])
+        return with_tags(text, picked), lora_note(picked, library.entries())
+
+    def on_prompt(text: str):
+        """Typing a tag (or loading parameters) selects it in the picker."""
+        names = tagged_names(text)
+        return gr.update(value=names), lora_note(names, library.entries())
+
+    def refresh_loras(text: str):
+        entries = library.refresh()
+        choices = [(e.label, e.name) for e in entries]
+        return gr.update(choices=choices), lora_note(tagged_names(text), entries)
+
+    def list_loras() -> list[dict]:
+        """The LoRAs a prompt can apply with <lora:NAME:WEIGHT>, with the trigger words their files record.
+        Rescans the LoRA folders."""
+        return [{"name": e.name, "trigger_words": list(e.trigger_words)} for e in library.refresh()]
+
     with gr.Tab("Text to image", id="t2i"), gr.Row():
         with gr.Column(scale=1):
             prompt = gr.Textbox(label="Prompt", lines=3, placeholder="A red fox in fresh snow…", elem_id="prompt")
+            with gr.Row(equal_height=True):
+                lora_pick = gr.Dropdown(
+                    [(e.label, e.name) for e in library.entries()],
+                    value=[],
+                    multiselect=True,
+                    allow_custom_value=True,  # tags typed into the prompt show here even if unknown
+                    label="LoRAs",
+                    info="Picking one adds <lora:NAME:1> to the prompt; edit the number there to weight it",
+                    elem_id="loras",
+                    scale=4,
+                )
+                lora_refresh = gr.Button("🔄", scale=0, min_width=48, elem_id="loras-refresh")
+            lora_info = gr.Markdown(elem_id="lora-info")
             with gr.Row():
                 choices = [(v.label, v.name) for v in variants_for("text_to_image")]
                 variant = gr.Dropdown(choices, value="dev", label="Model", elem_id="variant")
@@ -181,6 +233,12 @@ def build(ctx: UiContext) -> TextToImageTab:
     # .input, not .change: loading parameters from an image must not reset steps and guidance.
     variant.input(on_variant, variant, [steps, guidance, note], api_visibility="private")
     preset.input(on_preset, preset, [width, height], api_visibility="private")
+    lora_pick.input(on_pick, [lora_pick, prompt], [prompt, lora_info], queue=False, api_visibility="private")
+    prompt.change(
+        on_prompt, prompt, [lora_pick, lora_info], queue=False, show_progress="hidden", api_visibility="private"
+    )
+    lora_refresh.click(refresh_loras, prompt, [lora_pick, lora_info], api_visibility="private")
+    gr.api(list_loras, api_name="loras")
     random_btn.click(lambda: -1, None, seed, api_visibility="private")
     reuse_btn.click(lambda s: -1 if s is None else s, last_seed, seed, api_visibility="private")
     inputs = [prompt, variant, width, height, steps, guidance, seed, num_images]

@@ -10,6 +10,7 @@ from dataclasses import dataclass, replace
 
 import torch
 
+from flux_ui.loras import LoraLibrary, LoraRequest, check_request, parse_prompt
 from flux_ui.metadata import ImageMeta
 from flux_ui.params import (
     MAX_GUIDANCE,
@@ -38,7 +39,7 @@ log = logging.getLogger(__name__)
 class TextToImageParams:
     """One text-to-image request. Defaults of None take the variant's published defaults."""
 
-    prompt: str
+    prompt: str  # may name LoRAs as <lora:NAME:WEIGHT>; the tags are not sent to the encoders
     variant: str = "dev"  # a text-to-image variant name: dev, schnell, krea-dev
     width: int = 1024  # pixels, a multiple of 16
     height: int = 1024  # pixels, a multiple of 16
@@ -46,11 +47,25 @@ class TextToImageParams:
     guidance: float | None = None  # distilled guidance; None: the variant's default; unused by [schnell]
     seed: int = -1  # -1 picks a random seed; image i of a batch uses seed + i
     num_images: int = 1  # images generated one after another
+    loras: LoraRequest = ()  # (name, weight) pairs; validation adds those the prompt's tags name
 
 
-def validate_text_to_image(p: TextToImageParams, settings: Settings) -> TextToImageParams:
-    """Return `p` checked and with defaults filled in; raise InvalidInput on the first bad field."""
+def validate_text_to_image(
+    p: TextToImageParams, settings: Settings, library: LoraLibrary | None = None
+) -> TextToImageParams:
+    """Return `p` checked and with defaults filled in; raise InvalidInput on the first bad field.
+
+    The prompt's `<lora:NAME:WEIGHT>` tags join `p.loras`; with a `library`, unknown LoRA names are
+    refused here rather than when the job runs.
+    """
     prompt = check_prompt(p.prompt, settings)
+    text, tagged = parse_prompt(prompt)
+    if not text:
+        raise InvalidInput("prompt", "has only LoRA tags; describe the image you want")
+    loras = check_request(list(dict.fromkeys([*p.loras, *tagged])))  # validating twice changes nothing
+    if library is not None:
+        for name, _ in loras:
+            library.get(name)
     try:
         variant = get_variant(p.variant)
     except ValueError as err:
@@ -81,6 +96,7 @@ def validate_text_to_image(p: TextToImageParams, settings: Settings) -> TextToIm
         guidance=guidance,
         seed=check_seed(p.seed),
         num_images=num_images,
+        loras=loras,
     )
 
 
@@ -92,20 +108,22 @@ def text_to_image(
 ) -> TaskResult:
     """Generate `params.num_images` images; `params` must have passed `validate_text_to_image`.
 
-    The prompt is encoded once; image i is denoised from the noise of seed + i (drawn on the CPU, so a
-    seed gives the same image on any device).
+    The prompt (without its LoRA tags) is encoded once; image i is denoised from the noise of seed + i
+    (drawn on the CPU, so a seed gives the same image on any device). The LoRAs of `params.loras` are
+    active throughout, and recorded in each image's metadata with the prompt as it was written.
     """
     variant = get_variant(params.variant)
     seed = resolve_seed(params.seed)
     timings: dict[str, float] = {}
     start = time.perf_counter()
     images: list[GeneratedImage] = []
-    with registry.pipeline(variant.name) as pipe:
+    text, _ = parse_prompt(params.prompt)
+    with registry.pipeline(variant.name, loras=params.loras) as pipe:
         timings["load"] = time.perf_counter() - start
         t = time.perf_counter()
         with torch.inference_mode():
             prompt_embeds, pooled, _ = pipe.encode_prompt(
-                prompt=params.prompt,
+                prompt=text,
                 prompt_2=None,
                 device=registry.settings.device,
                 max_sequence_length=variant.max_sequence_length,
@@ -144,6 +162,7 @@ def text_to_image(
                 guidance=params.guidance,
                 width=params.width,
                 height=params.height,
+                loras=params.loras,
             )
             images.append(GeneratedImage(out.images[0], meta))
         timings["generate"] = time.perf_counter() - t
