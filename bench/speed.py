@@ -273,7 +273,7 @@ def phase_main(args) -> dict:
     return {"rows": rows, "errors": errors}
 
 
-def random_registry(vae, profile: str, cache: int = 2):
+def random_registry(vae, profile: str, cache: int = 2, lora_dirs: tuple[Path, ...] = ()):
     """The app's Registry with full-size random-weight models built from configs instead of read from disk
     (the only difference from `python app.py`); placement, speed profile and pipelines are the app's."""
     from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
@@ -438,6 +438,70 @@ def phase_dynamic(args) -> dict:
     return out
 
 
+def write_lora(path: Path, transformer, rank: int = 64, seed: int = 0) -> int:
+    """A rank-`rank` LoRA in diffusers/PEFT layout over every linear layer of the transformer blocks
+    (attention, feed-forward, single-block projections), random values; returns its size in bytes."""
+    from safetensors.torch import save_file
+
+    g = torch.Generator().manual_seed(seed)
+    tensors = {}
+    for name, module in transformer.named_modules():
+        if not isinstance(module, torch.nn.Linear) or "transformer_blocks" not in name or ".norm" in name:
+            continue
+        a = torch.randn(rank, module.in_features, generator=g) * 0.01
+        b = torch.randn(module.out_features, rank, generator=g) * 0.01
+        tensors[f"transformer.{name}.lora_A.weight"] = a.to(torch.bfloat16)
+        tensors[f"transformer.{name}.lora_B.weight"] = b.to(torch.bfloat16)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(path))
+    return path.stat().st_size
+
+
+def phase_lora(args) -> dict:
+    """LoRA costs through the registry (bf16 [dev], no compile): loading a new rank-64 file, activating
+    an already-loaded set, changing weights, switching LoRAs off."""
+    folder = Path(args.scratch) / "loras"
+    vae = build_vae()
+    registry = random_registry(vae, "off", lora_dirs=(folder,))
+    registry.shared()
+    tr = registry.transformer("dev")
+    sizes = {n: write_lora(folder / f"{n}.safetensors", tr, seed=i) for i, n in enumerate(("style_a", "style_b"))}
+    registry.loras.refresh()
+    steps = []
+
+    def timed(label: str, loras) -> None:
+        start = sync_time()
+        with registry.pipeline("dev", loras=loras):
+            pass
+        steps.append({"step": label, "s": round(sync_time() - start, 3)})
+        log.info("%s", steps[-1])
+
+    timed("no LoRA (baseline pipeline assembly)", ())
+    timed("load new rank-64 LoRA style_a", (("style_a", 1.0),))
+    timed("same LoRA, other weight", (("style_a", 0.6),))
+    timed("load new rank-64 LoRA style_b", (("style_b", 1.0),))
+    timed("activate loaded set style_a + style_b", (("style_a", 0.8), ("style_b", 0.5)))
+    timed("all LoRAs off", ())
+    timed("activate loaded set again", (("style_a", 0.8), ("style_b", 0.5)))
+    reads = {k: v for k, v in registry.load_counts.items() if k.startswith("lora")}
+    return {"lora_file_bytes": sizes, "steps": steps, "file_reads": reads}
+
+
+def phase_nofuse(args) -> dict:
+    """fp8 profile with and without fused QKV projections (fusing keeps the unfused weights too)."""
+    out = {}
+    vae = build_vae()
+    speed.optimize_vae(vae, "compile")
+    for fuse in (False, True):
+        tr = build_transformer()
+        speed.optimize_transformer(tr, "fp8", fuse_qkv=fuse)
+        row, _ = time_config(f"fp8 profile, fuse_qkv={fuse}", pipeline(tr, vae))
+        out[f"fuse_qkv={fuse}"] = row
+        del tr
+        free()
+    return out
+
+
 def phase_switch(args) -> dict:
     """Variant switching through the registry with the encoders resident: [dev] -> Kontext -> [dev] ...
     (bf16 transformers, warm tier in pinned RAM), and plain diffusers from_pretrained from local disk."""
@@ -485,7 +549,9 @@ def phase_switch(args) -> dict:
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     p = argparse.ArgumentParser()
-    p.add_argument("--phase", choices=["main", "restart", "extra", "24gb", "switch", "dynamic"], required=True)
+    p.add_argument(
+        "--phase", choices=["main", "restart", "extra", "24gb", "switch", "dynamic", "lora", "nofuse"], required=True
+    )
     p.add_argument("--no-disk", action="store_true", help="switch phase: skip the from_pretrained baseline")
     p.add_argument("--scratch", default="bench-scratch", help="folder for the switch phase's files")
     p.add_argument("--out", required=True)
@@ -503,6 +569,8 @@ def main() -> None:
     phases = {"main": phase_main, "restart": phase_restart, "extra": phase_extra, "24gb": phase_24gb}
     phases["switch"] = phase_switch
     phases["dynamic"] = phase_dynamic
+    phases["lora"] = phase_lora
+    phases["nofuse"] = phase_nofuse
     global OUT_PATH
     OUT_PATH = Path(args.out)
     for k, v in {**info, "phase": args.phase}.items():

@@ -106,7 +106,9 @@ def quantize_fp8(model: torch.nn.Module) -> int:
     return len(targets)
 
 
-def optimize_transformer(transformer: torch.nn.Module, profile: str, dynamic: bool | None = True) -> torch.nn.Module:
+def optimize_transformer(
+    transformer: torch.nn.Module, profile: str, dynamic: bool | None = True, fuse_qkv: bool = True
+) -> torch.nn.Module:
     """Apply `profile` to a FluxTransformer2DModel already on its GPU; returns it (changed in place).
 
     `dynamic=True` compiles for any sequence length at once, so switching among resolutions (or to
@@ -116,7 +118,8 @@ def optimize_transformer(transformer: torch.nn.Module, profile: str, dynamic: bo
     if profile == "off":
         return transformer
     start = time.perf_counter()
-    transformer.fuse_qkv_projections()
+    if fuse_qkv:
+        transformer.fuse_qkv_projections()
     transformer.set_attention_backend(ATTENTION_BACKEND)
     if profile == "fp8":
         quantize_fp8(transformer)
