@@ -4,6 +4,9 @@ Shared parts (CLIP-L and T5-XXL text encoders with their tokenizers, the VAE) ar
 to every variant's pipeline by identity. Each variant brings only its transformer; transformers are kept
 in an LRU cache so that switching back to a recent variant loads nothing. One lock serialises every model
 move and every pipeline run, so concurrent requests for different variants never interleave.
+
+Under memory pressure `make_room` evicts in one fixed order, cheapest to restore first: auxiliary models
+(the VQA model, the Redux image encoder...) go to CPU RAM or are dropped, then the FLUX parts go to RAM.
 """
 
 from __future__ import annotations
@@ -13,10 +16,11 @@ import logging
 import threading
 import time
 from collections import Counter, OrderedDict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
+import psutil
 import torch
 
 from flux_ui import sources
@@ -25,6 +29,24 @@ from flux_ui.settings import Settings
 from flux_ui.variants import Variant, get_variant
 
 log = logging.getLogger(__name__)
+
+# Memory a model needs beside its weights while it runs. A 1024x1024 FLUX.1 [dev] image peaks at 24.7 GiB
+# with 22.3 GiB of transformer and VAE weights (DESIGN.md's anchor): about 2.4 GiB of activations and VAE
+# decoding, rounded up. A VLM answer about one image needs well under that.
+WORKSPACE_BYTES = 3 * 2**30
+# The FLUX parts in the order they leave the device when room is needed: biggest first, the VAE (small, and
+# needed for every preview) last; then the active transformer, the part most expensive to bring back.
+SHARED_EVICTION_ORDER = ("text_encoder_2", "text_encoder", "vae")
+
+
+def module_bytes(module: torch.nn.Module) -> int:
+    """Bytes of a module's parameters and buffers."""
+    tensors = [*module.parameters(), *module.buffers()]
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
+def _device_of(module: torch.nn.Module) -> torch.device:
+    return next(module.parameters()).device
 
 
 @dataclass
@@ -70,8 +92,8 @@ class Registry:
         with self._lock:
             if self._shared is None:
                 self._shared = self._load_shared()
-                for name, module in self._shared.modules().items():
-                    self._move(name, module, self.settings.device)
+            for name, module in self._shared.modules().items():  # back on the device after make_room
+                self._move(name, module, self.settings.device)
             return self._shared
 
     def _load_shared(self) -> SharedParts:
@@ -222,9 +244,18 @@ class Registry:
                 self.load_counts[key] += 1
                 self._aux[key] = sources.load(what, source, setting, loader)
             model = self._aux[key]
-            if isinstance(model, torch.nn.Module):
+            if isinstance(model, torch.nn.Module) and not self._on_device(model):
+                self.make_room(module_bytes(model) + WORKSPACE_BYTES, keep=(key,))
                 self._move(key, model, self.settings.device)
             return model
+
+    @contextmanager
+    def lend_aux(
+        self, key: str, what: str, source: str, setting: str, loader: Callable[[], object]
+    ) -> Iterator[object]:
+        """`aux(...)`, holding the lock while the caller runs the model, so no other request moves it meanwhile."""
+        with self._lock:
+            yield self.aux(key, what, source, setting, loader)
 
     def evict_aux(self, keep: tuple[str, ...] = ()) -> list[str]:
         """Free accelerator memory held by auxiliary models, first in line before any FLUX part.
@@ -244,6 +275,78 @@ class Registry:
                     dropped.append(key)
             self._release_memory()
         return dropped
+
+    def _on_device(self, module: torch.nn.Module) -> bool:
+        current, device = _device_of(module), torch.device(self.settings.device)
+        return current == device or (current.type == device.type and device.index is None)
+
+    def _free_bytes(self) -> int | None:
+        """Memory free for models on the inference device, in bytes; None where it cannot be known."""
+        device = torch.device(self.settings.device)
+        if device.type == "cuda":
+            free, _ = torch.cuda.mem_get_info(device)
+            # Blocks PyTorch has cached but not handed out are free to PyTorch, though not to the driver.
+            return free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+        if device.type == "mps":
+            return torch.mps.recommended_max_memory() - torch.mps.driver_allocated_memory()
+        if device.type == "cpu":
+            return self._free_ram_bytes()
+        return None
+
+    def _free_ram_bytes(self) -> int:
+        return psutil.virtual_memory().available
+
+    def make_room(self, needed: int, keep: Iterable[str] = ()) -> list[str]:
+        """Evict until `needed` bytes are free on the device; return what was done, in order.
+
+        The order, cheapest to restore first, stopping as soon as enough is free:
+        1. auxiliary models (VQA, Redux encoder...), least recently used first: to CPU RAM, or dropped if RAM
+           is short (on a CPU device they are dropped: there is no slower tier to keep them in);
+        2. the shared T5 encoder, CLIP and VAE, then the active transformer: to CPU RAM. The next FLUX run
+           brings them back; nothing is reloaded from disk.
+        Entries named in `keep` (aux keys, shared part names, "transformer:<variant>") stay where they are.
+        """
+        keep = set(keep)
+        done: list[str] = []
+        with self._lock:
+
+            def enough() -> bool:
+                free = self._free_bytes()
+                return free is None or free >= needed
+
+            if enough():
+                return done
+            on_cpu = torch.device(self.settings.device).type == "cpu"
+            for key in list(self._aux):  # keys only: a list of the models would keep dropped ones alive
+                model = self._aux[key]
+                if key in keep or not isinstance(model, torch.nn.Module) or not self._on_device(model):
+                    continue
+                if not on_cpu and self._free_ram_bytes() >= module_bytes(model):
+                    self._move(key, model, "cpu")
+                    done.append(f"{key} -> cpu")
+                else:
+                    del self._aux[key]
+                    done.append(f"{key} dropped")
+                    log.info("dropped %s to make room", key)
+                del model
+                self._release_memory()
+                if enough():
+                    return done
+            if on_cpu:
+                return done  # the FLUX parts have nowhere slower to go
+            parts = self._shared.modules() if self._shared else {}
+            candidates = [(name, parts[name]) for name in SHARED_EVICTION_ORDER if name in parts]
+            if self._active is not None and self._active in self._transformers:
+                candidates.append((f"transformer:{self._active}", self._transformers[self._active]))
+            for name, module in candidates:
+                if name in keep or not self._on_device(module):
+                    continue
+                self._move(name, module, "cpu")
+                done.append(f"{name} -> cpu")
+                self._release_memory()
+                if enough():
+                    break
+        return done
 
     def _release_memory(self) -> None:
         gc.collect()
@@ -271,6 +374,9 @@ class Registry:
 
         variant = get_variant(name)
         with self._lock:
+            # Only auxiliary models may be evicted for a FLUX run: its own parts are all needed on the device.
+            parts = [*SHARED_EVICTION_ORDER, f"transformer:{name}"]
+            self.make_room(self._bytes_to_place(name) + WORKSPACE_BYTES, keep=parts)
             shared = self.shared()
             transformer = self.transformer(name)
             pipe_cls = getattr(diffusers, variant.pipeline_class)
@@ -285,6 +391,13 @@ class Registry:
             )
             pipe.set_progress_bar_config(disable=True)
             yield pipe
+
+    def _bytes_to_place(self, name: str) -> int:
+        """Bytes of variant `name`'s loaded parts that are not on the device yet (unloaded parts are unknown)."""
+        modules = list(self._shared.modules().values()) if self._shared else []
+        if name in self._transformers:
+            modules.append(self._transformers[name])
+        return sum(module_bytes(m) for m in modules if not self._on_device(m))
 
     def status(self) -> dict:
         """What is loaded where: shared parts, cached transformers (LRU order) and the active one."""
