@@ -2,8 +2,9 @@
 
 `ensure_tiny_models(root)` writes `<root>/black-forest-labs/FLUX.1-dev/...` (and the other text-to-image
 repos) exactly as the real repos are laid out: model_index.json, transformer/, text_encoder/ (CLIP-L),
-text_encoder_2/ (T5), tokenizer/, tokenizer_2/, vae/, scheduler/. The app then loads them with the same
-`from_pretrained` calls it uses for real weights. Their outputs are noise: they exist to exercise code.
+text_encoder_2/ (T5), tokenizer/, tokenizer_2/, vae/, scheduler/; and the VQA model (see tiny_vlm.py).
+The app then loads them with the same `from_pretrained` calls it uses for real weights. Their outputs are
+noise: they exist to exercise code.
 """
 
 from __future__ import annotations
@@ -12,10 +13,12 @@ import logging
 import os
 import shutil
 import string
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
+from flux_ui.settings import DEFAULT_VQA_MODEL
 from flux_ui.variants import VARIANTS
 
 log = logging.getLogger(__name__)
@@ -179,23 +182,36 @@ def _write_text_to_image_repo(folder: Path, guidance: bool, seed: int) -> None:
     pipe.save_pretrained(folder, safe_serialization=True)
 
 
+def _write_once(folder: Path, label: str, write: Callable[[Path], None]) -> None:
+    """Run `write(folder)` unless a current tiny model is already there."""
+    marker = folder / MARKER
+    if marker.is_file() and marker.read_text() == TINY_FORMAT:
+        return
+    log.info("writing tiny random-weight %s to %s", label, folder)
+    # Written beside the target and renamed, so a reader never sees a half-written repo.
+    tmp = folder.with_name(f"{folder.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    write(tmp)
+    (tmp / MARKER).write_text(TINY_FORMAT)
+    shutil.rmtree(folder, ignore_errors=True)
+    tmp.rename(folder)
+
+
 def ensure_tiny_models(root: Path) -> Path:
-    """Write the tiny text-to-image repos under `root` unless they are already there; return `root`.
+    """Write the tiny text-to-image repos and the tiny VQA model under `root` unless they are already
+    there; return `root`.
 
     Each repo gets its own seed, so variants differ as real ones do. Writing takes a few seconds on a
     CPU and happens once per folder.
     """
+    from flux_ui.tiny_vlm import write_tiny_vlm
+
     for i, variant in enumerate(v for v in VARIANTS.values() if v.task == "text_to_image"):
-        folder = root / variant.repo_id
-        marker = folder / MARKER
-        if marker.is_file() and marker.read_text() == TINY_FORMAT:
-            continue
-        log.info("writing tiny random-weight %s to %s", variant.label, folder)
-        # Written beside the target and renamed, so a reader never sees a half-written repo.
-        tmp = folder.with_name(f"{folder.name}.tmp-{os.getpid()}")
-        shutil.rmtree(tmp, ignore_errors=True)
-        _write_text_to_image_repo(tmp, guidance=variant.uses_guidance, seed=1000 + i)
-        (tmp / MARKER).write_text(TINY_FORMAT)
-        shutil.rmtree(folder, ignore_errors=True)
-        tmp.rename(folder)
+        _write_once(
+            root / variant.repo_id,
+            variant.label,
+            lambda folder, v=variant, seed=1000 + i: _write_text_to_image_repo(folder, v.uses_guidance, seed),
+        )
+    # Under the default model's repo id, so --tiny finds it where --vqa-model points by default.
+    _write_once(root / DEFAULT_VQA_MODEL, "VQA model", write_tiny_vlm)
     return root
