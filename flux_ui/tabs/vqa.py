@@ -118,7 +118,9 @@ def build(ctx: UiContext) -> VqaTab:
 
     with gr.Tab("Ask about an image", id="vqa"), gr.Row():
         with gr.Column(scale=1):
-            image = gr.Image(label="Image", type="filepath", sources=["upload", "clipboard"], elem_id="vqa-image")
+            image = gr.Image(
+                label="Image", type="filepath", sources=["upload", "clipboard"], height=360, elem_id="vqa-image"
+            )
             with gr.Row():
                 describe_btn = gr.Button("Describe as a prompt", elem_id="vqa-describe")
                 suggest_btn = gr.Button("Suggest an edit", elem_id="vqa-suggest")
@@ -126,7 +128,12 @@ def build(ctx: UiContext) -> VqaTab:
                 label="Suggested edit (an instruction for Kontext)", lines=2, elem_id="vqa-suggested-edit"
             )
             max_tokens = gr.Slider(
-                16, settings.max_answer_tokens, value=default_tokens, step=16, label="Longest answer (tokens)"
+                16,
+                settings.max_answer_tokens,
+                value=default_tokens,
+                step=16,
+                label="Longest answer (tokens)",
+                elem_id="vqa-max-tokens",
             )
             gr.Markdown(f"Model: `{settings.vqa_model}` (`--vqa-model`). Answers appear as they are written.")
         with gr.Column(scale=1):
