@@ -20,29 +20,19 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-import psutil
 import torch
 
-from flux_ui import sources
+from flux_ui import memory, sources
+from flux_ui.memory import WORKSPACE_BYTES, module_bytes
 from flux_ui.preview import LatentPreviewer
 from flux_ui.settings import Settings
 from flux_ui.variants import Variant, get_variant
 
 log = logging.getLogger(__name__)
 
-# Memory a model needs beside its weights while it runs. A 1024x1024 FLUX.1 [dev] image peaks at 24.7 GiB
-# with 22.3 GiB of transformer and VAE weights (DESIGN.md's anchor): about 2.4 GiB of activations and VAE
-# decoding, rounded up. A VLM answer about one image needs well under that.
-WORKSPACE_BYTES = 3 * 2**30
 # The FLUX parts in the order they leave the device when room is needed: biggest first, the VAE (small, and
 # needed for every preview) last; then the active transformer, the part most expensive to bring back.
 SHARED_EVICTION_ORDER = ("text_encoder_2", "text_encoder", "vae")
-
-
-def module_bytes(module: torch.nn.Module) -> int:
-    """Bytes of a module's parameters and buffers."""
-    tensors = [*module.parameters(), *module.buffers()]
-    return sum(t.numel() * t.element_size() for t in tensors)
 
 
 def _device_of(module: torch.nn.Module) -> torch.device:
@@ -280,21 +270,12 @@ class Registry:
         current, device = _device_of(module), torch.device(self.settings.device)
         return current == device or (current.type == device.type and device.index is None)
 
+    # The two memory probes, as methods so that tests can simulate pressure on one registry.
     def _free_bytes(self) -> int | None:
-        """Memory free for models on the inference device, in bytes; None where it cannot be known."""
-        device = torch.device(self.settings.device)
-        if device.type == "cuda":
-            free, _ = torch.cuda.mem_get_info(device)
-            # Blocks PyTorch has cached but not handed out are free to PyTorch, though not to the driver.
-            return free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
-        if device.type == "mps":
-            return torch.mps.recommended_max_memory() - torch.mps.driver_allocated_memory()
-        if device.type == "cpu":
-            return self._free_ram_bytes()
-        return None
+        return memory.device_free_bytes(self.settings.device)
 
     def _free_ram_bytes(self) -> int:
-        return psutil.virtual_memory().available
+        return memory.ram_free_bytes()
 
     def make_room(self, needed: int, keep: Iterable[str] = ()) -> list[str]:
         """Evict until `needed` bytes are free on the device; return what was done, in order.
