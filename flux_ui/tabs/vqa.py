@@ -7,7 +7,7 @@ this tab's `suggested_edit` box (for the Kontext tab).
 
 from __future__ import annotations
 
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from dataclasses import dataclass
 
 import gradio as gr
@@ -49,9 +49,14 @@ def build(ctx: UiContext) -> VqaTab:
     default_tokens = min(DEFAULT_ANSWER_TOKENS, settings.max_answer_tokens)
 
     def converse(
-        raw: VqaParams, request: gr.Request | None, clean=None
-    ) -> Generator[tuple[str, list[dict]], None, None]:
-        """Validate `raw`, then stream (text so far, chat with this exchange appended) as the model writes."""
+        raw: VqaParams, request: gr.Request | None, clean: Callable[[str], str] | None = None
+    ) -> Generator[tuple[object, list[dict]], None, None]:
+        """Validate `raw`, then stream (text so far, chat with this exchange appended) as the model writes.
+
+        With `clean` (the quick actions), the text output is left alone until there is text, so the box it
+        feeds (the text-to-image prompt) keeps its content if the model fails before writing anything.
+        """
+        nothing = gr.skip() if clean else ""
         try:
             params = validate_vqa(raw, settings)
         except InvalidInput as err:
@@ -65,7 +70,7 @@ def build(ctx: UiContext) -> VqaTab:
             reply = clean(text) if clean else text.strip()
             return reply, [*before, _message("assistant", text.strip())]
 
-        yield "", [*before, _message("assistant", "…")]
+        yield nothing, [*before, _message("assistant", "…")]
         try:
             result = yield from ctx.stream(
                 lambda on_text, stop: answer_question(ctx.registry, params, on_text, stop), request, show
@@ -74,7 +79,10 @@ def build(ctx: UiContext) -> VqaTab:
             # Before the error shows: keep a partial answer (Cancel), or else take the question back out,
             # so the next question's history holds no unanswered turn.
             partial = text.strip()
-            yield partial, [*before, _message("assistant", partial)] if partial else list(raw.history or [])
+            if partial:
+                yield nothing, [*before, _message("assistant", partial)]
+            else:
+                yield nothing, list(raw.history or [])
             raise
         reply = clean(result.answer) if clean else result.answer
         yield reply, [*before, _message("assistant", result.answer or NO_ANSWER)]
