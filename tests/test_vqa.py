@@ -219,3 +219,14 @@ def test_on_a_gpu_the_vlm_goes_to_ram_then_is_dropped_before_flux_parts_move(set
     monkeypatch.setattr(registry, "_free_ram_bytes", lambda: 0)
     assert registry.make_room(1)[0] == f"{MODEL_KEY} dropped"
     assert registry.load_counts[MODEL_KEY] == 1 and registry.load_counts["text_encoder_2"] == 1
+
+
+def test_vqa_settings_from_flags_and_environment(monkeypatch):
+    from flux_ui.settings import settings_from_args
+
+    assert settings_from_args([]).vqa_model == DEFAULT_VQA_MODEL
+    monkeypatch.setenv("FLUX_UI_VQA_MODEL", "HuggingFaceTB/SmolVLM-256M-Instruct")
+    monkeypatch.setenv("FLUX_UI_MAX_ANSWER_TOKENS", "300")
+    s = settings_from_args([])
+    assert (s.vqa_model, s.max_answer_tokens) == ("HuggingFaceTB/SmolVLM-256M-Instruct", 300)
+    assert settings_from_args(["--vqa-model", "/models/my-vlm"]).vqa_model == "/models/my-vlm"
