@@ -91,6 +91,16 @@ def test_cancel_stops_generation(registry):
     assert 2 <= len(pieces) < 10
 
 
+def test_abandoned_answer_is_cancelled_and_the_registry_freed(registry):
+    job = Job(lambda on_text, stop: answer_question(registry, ask(registry, max_new_tokens=1000), on_text, stop))
+    it = iter(job)
+    next(it)
+    it.close()  # what Cancel (or a closed browser tab) does to the event's generator
+    assert job.cancel_event.is_set() and job.result is None
+    with registry.pipeline("dev"):  # the lock is free again
+        pass
+
+
 def test_job_streams_answer_pieces(registry):
     job = Job(lambda on_text, stop: answer_question(registry, ask(registry), on_text, stop))
     pieces = list(job)
