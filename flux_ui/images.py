@@ -61,15 +61,15 @@ def _open(value: object, field: str) -> Image.Image:
         raise InvalidInput(field, "is not an image (use PNG, JPEG or WebP)") from None
 
 
-def _check_size(img: Image.Image, field: str, max_pixels: int) -> None:
+def _check_size(img: Image.Image, field: str, max_pixels: int, min_side: int) -> None:
     w, h = img.size
     if w * h > max_pixels:
         raise InvalidInput(
             field,
             f"is {w}x{h}, {w * h / 1e6:.1f} megapixels, over the limit of {max_pixels / 1e6:g}; scale it down first",
         )
-    if min(w, h) < MIN_INPUT_SIDE:
-        raise InvalidInput(field, f"is {w}x{h}; each side must be at least {MIN_INPUT_SIDE} pixels")
+    if min(w, h) < min_side:
+        raise InvalidInput(field, f"is {w}x{h}; each side must be at least {min_side} pixels")
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:
@@ -97,10 +97,12 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
-def load_image(value: object, field: str, max_megapixels: float = MAX_INPUT_MEGAPIXELS) -> Image.Image:
+def load_image(
+    value: object, field: str, max_megapixels: float = MAX_INPUT_MEGAPIXELS, *, min_side: int = MIN_INPUT_SIDE
+) -> Image.Image:
     """Decode an uploaded image into a new RGB PIL image; raise InvalidInput naming `field` if it is
-    missing, not an image, smaller than 64 px a side, over `max_megapixels`, a decompression bomb, or
-    truncated.
+    missing, not an image, smaller than `min_side` px a side, over `max_megapixels`, a decompression bomb,
+    or truncated.
 
     `value` may be a PIL image, a file path, raw bytes, or Gradio's FileData dict (`path` or a `data:` URL).
     """
@@ -108,7 +110,7 @@ def load_image(value: object, field: str, max_megapixels: float = MAX_INPUT_MEGA
         raise InvalidInput(field, "is missing; upload an image")
     opened = _open(value, field)
     try:
-        _check_size(opened, field, int(max_megapixels * 1_000_000))
+        _check_size(opened, field, int(max_megapixels * 1_000_000), min_side)
         try:
             opened.seek(0)  # animations: the first frame
             opened.load()

@@ -1,9 +1,10 @@
 """Running a task on a worker thread while its caller streams progress, with cancellation.
 
-The UI (and later the REST API) needs step events while the pipeline runs, and a way to stop it. The
-task runs on a thread; its step events cross a queue to the caller's generator. When the caller stops
-listening (a cancelled Gradio event closes the generator), the task is told to stop after its current
-step and the caller waits for it, so the GPU is free before the next job starts.
+The UI (and later the REST API) needs events while a model runs (denoising steps, or the words of an
+answer), and a way to stop it. The task runs on a thread; its events cross a queue to the caller's
+generator. When the caller stops listening (a cancelled Gradio event closes the generator), the task is
+told to stop after its current step and the caller waits for it, so the GPU is free before the next job
+starts.
 """
 
 from __future__ import annotations
@@ -14,17 +15,19 @@ import threading
 from collections.abc import Callable, Iterator
 from typing import Generic, TypeVar
 
-from flux_ui.tasks import StepEvent
-
 log = logging.getLogger(__name__)
+E = TypeVar("E")  # the events a task reports: StepEvent for images, text pieces for answers
 T = TypeVar("T")
 _DONE = object()
 
 
-class Job(Generic[T]):
-    """One task run: iterate it for StepEvents; `result` holds the outcome once iteration ends."""
+class Job(Generic[E, T]):
+    """One task run: iterate it for the task's events; `result` holds the outcome once iteration ends.
 
-    def __init__(self, task: Callable[[Callable[[StepEvent], None], Callable[[], bool]], T]):
+    `task(on_event, should_stop)` calls `on_event` from its thread and checks `should_stop()` between steps.
+    """
+
+    def __init__(self, task: Callable[[Callable[[E], None], Callable[[], bool]], T]):
         self._task = task
         self._events: queue.Queue = queue.Queue()
         self.cancel_event = threading.Event()
@@ -43,7 +46,7 @@ class Job(Generic[T]):
     def cancel(self) -> None:
         self.cancel_event.set()
 
-    def __iter__(self) -> Iterator[StepEvent]:
+    def __iter__(self) -> Iterator[E]:
         self._thread.start()
         try:
             while (event := self._events.get()) is not _DONE:

@@ -5,6 +5,10 @@ to every variant's pipeline by identity. Each variant brings only its transforme
 in an LRU cache so that switching back to a recent variant loads nothing. One lock serialises every model
 move and every pipeline run, so concurrent requests for different variants never interleave. LoRAs are
 loaded into the models once (see `lora_adapters`) and each pipeline use activates the set it asks for.
+
+
+Under memory pressure `make_room` evicts in one fixed order, cheapest to restore first: auxiliary models
+(the VQA model, the Redux image encoder...) go to CPU RAM or are dropped, then the FLUX parts go to RAM.
 """
 
 from __future__ import annotations
@@ -14,21 +18,30 @@ import logging
 import threading
 import time
 from collections import Counter, OrderedDict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
 
-from flux_ui import sources, speed
+from flux_ui import memory, sources, speed
 from flux_ui.lora_adapters import AdapterCache
 from flux_ui.loras import LoraLibrary, LoraRequest
+from flux_ui.memory import WORKSPACE_BYTES, module_bytes
 from flux_ui.params import InvalidInput
 from flux_ui.preview import LatentPreviewer
 from flux_ui.settings import Settings
 from flux_ui.variants import Variant, get_variant
 
 log = logging.getLogger(__name__)
+
+# The FLUX parts in the order they leave the device when room is needed: biggest first, the VAE (small, and
+# needed for every preview) last; then the active transformer, the part most expensive to bring back.
+SHARED_EVICTION_ORDER = ("text_encoder_2", "text_encoder", "vae")
+
+
+def _device_of(module: torch.nn.Module) -> torch.device:
+    return next(module.parameters()).device
 
 
 @dataclass
@@ -80,6 +93,8 @@ class Registry:
                     self._move(name, module, self.settings.device)
                 speed.optimize_vae(shared.vae, self.settings.speed)
                 self._shared = shared
+            for name, module in self._shared.modules().items():  # back on the device after make_room
+                self._move(name, module, self.settings.device)
             return self._shared
 
     def _load_shared(self) -> SharedParts:
@@ -278,9 +293,18 @@ class Registry:
                 self.load_counts[key] += 1
                 self._aux[key] = sources.load(what, source, setting, loader)
             model = self._aux[key]
-            if isinstance(model, torch.nn.Module):
+            if isinstance(model, torch.nn.Module) and not self._on_device(model):
+                self.make_room(module_bytes(model) + WORKSPACE_BYTES, keep=(key,))
                 self._move(key, model, self.settings.device)
             return model
+
+    @contextmanager
+    def lend_aux(
+        self, key: str, what: str, source: str, setting: str, loader: Callable[[], object]
+    ) -> Iterator[object]:
+        """`aux(...)`, holding the lock while the caller runs the model, so no other request moves it meanwhile."""
+        with self._lock:
+            yield self.aux(key, what, source, setting, loader)
 
     def evict_aux(self, keep: tuple[str, ...] = ()) -> list[str]:
         """Free accelerator memory held by auxiliary models, first in line before any FLUX part.
@@ -300,6 +324,69 @@ class Registry:
                     dropped.append(key)
             self._release_memory()
         return dropped
+
+    def _on_device(self, module: torch.nn.Module) -> bool:
+        current, device = _device_of(module), torch.device(self.settings.device)
+        return current == device or (current.type == device.type and device.index is None)
+
+    # The two memory probes, as methods so that tests can simulate pressure on one registry.
+    def _free_bytes(self) -> int | None:
+        return memory.device_free_bytes(self.settings.device)
+
+    def _free_ram_bytes(self) -> int:
+        return memory.ram_free_bytes()
+
+    def make_room(self, needed: int, keep: Iterable[str] = ()) -> list[str]:
+        """Evict until `needed` bytes are free on the device; return what was done, in order.
+
+        The order, cheapest to restore first, stopping as soon as enough is free:
+        1. auxiliary models (VQA, Redux encoder...), least recently used first: to CPU RAM, or dropped if RAM
+           is short (on a CPU device they are dropped: there is no slower tier to keep them in);
+        2. the shared T5 encoder, CLIP and VAE, then the active transformer: to CPU RAM. The next FLUX run
+           brings them back; nothing is reloaded from disk.
+        Entries named in `keep` (aux keys, shared part names, "transformer:<variant>") stay where they are.
+        """
+        keep = set(keep)
+        done: list[str] = []
+        with self._lock:
+
+            def enough() -> bool:
+                free = self._free_bytes()
+                return free is None or free >= needed
+
+            if enough():
+                return done
+            on_cpu = torch.device(self.settings.device).type == "cpu"
+            for key in list(self._aux):  # keys only: a list of the models would keep dropped ones alive
+                model = self._aux[key]
+                if key in keep or not isinstance(model, torch.nn.Module) or not self._on_device(model):
+                    continue
+                if not on_cpu and self._free_ram_bytes() >= module_bytes(model):
+                    self._move(key, model, "cpu")
+                    done.append(f"{key} -> cpu")
+                else:
+                    del self._aux[key]
+                    done.append(f"{key} dropped")
+                    log.info("dropped %s to make room", key)
+                del model
+                self._release_memory()
+                if enough():
+                    return done
+            if on_cpu:
+                return done  # the FLUX parts have nowhere slower to go
+            parts = self._shared.modules() if self._shared else {}
+            candidates = [(name, parts[name]) for name in SHARED_EVICTION_ORDER if name in parts]
+            if self._active is not None and self._active in self._transformers:
+                candidates.append((f"transformer:{self._active}", self._transformers[self._active]))
+            for name, module in candidates:
+                if name in keep or not self._on_device(module):
+                    continue
+                self._move(name, module, "cpu")
+                done.append(f"{name} -> cpu")
+                self._release_memory()
+                if enough():
+                    break
+        return done
 
     def _release_memory(self) -> None:
         gc.collect()
@@ -332,6 +419,9 @@ class Registry:
         variant = get_variant(name)
         files = [(self.loras.fetch(n), w) for n, w in loras]  # before the lock: a hub LoRA may download
         with self._lock:
+            # Only auxiliary models may be evicted for a FLUX run: its own parts are all needed on the device.
+            parts = [*SHARED_EVICTION_ORDER, f"transformer:{name}"]
+            self.make_room(self._bytes_to_place(name) + WORKSPACE_BYTES, keep=parts)
             shared = self.shared()
             pipe_cls = getattr(diffusers, variant.pipeline_class)
             text = {
@@ -373,6 +463,13 @@ class Registry:
         if self._shared is not None:
             modules["text_encoder"] = self._shared.text_encoder
         return {key: names for key, m in modules.items() if (names := self._adapters.loaded(m))}
+
+    def _bytes_to_place(self, name: str) -> int:
+        """Bytes of variant `name`'s loaded parts that are not on the device yet (unloaded parts are unknown)."""
+        modules = list(self._shared.modules().values()) if self._shared else []
+        if name in self._transformers:
+            modules.append(self._transformers[name])
+        return sum(module_bytes(m) for m in modules if not self._on_device(m))
 
     def status(self) -> dict:
         """What is loaded where: shared parts, cached transformers (LRU order) and the active one."""

@@ -23,6 +23,9 @@ DTYPES = {
 # its T5, CLIP and VAE weights are the ones every FLUX.1 variant uses.
 DEFAULT_SHARED_REPO = "black-forest-labs/FLUX.1-schnell"
 DEFAULT_LORA_DIR = "models/loras"  # searched when no --lora-dir is given
+# The vision-language model of the VQA tab: Apache-2.0, trained on documents (Docmatix) and charts, 5 GB of
+# GPU memory, and its processor needs no torchvision (README, "Visual question answering", says more).
+DEFAULT_VQA_MODEL = "HuggingFaceTB/SmolVLM-Instruct"
 
 
 @dataclass(frozen=True)
@@ -43,6 +46,8 @@ class Settings:
     max_images: int = 4  # most images per request
     max_prompt_chars: int = 4000  # longest prompt accepted, in characters
     transformer_cache: int = 2  # transformers kept loaded (LRU); the rest are dropped
+    vqa_model: str = DEFAULT_VQA_MODEL  # repo id or local folder of the VQA tab's vision-language model
+    max_answer_tokens: int = 1024  # longest VQA answer accepted, in generated tokens
     preview_every: int = 4  # decode a live preview every N steps; 0 turns previews off
     queue_size: int = 16  # requests waiting in the queue before new ones are refused
     lora_dirs: tuple[Path, ...] = ()  # folders searched (recursively) for .safetensors LoRAs, first wins
@@ -140,6 +145,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-steps", type=int, default=int(_env("max_steps", "100")))
     p.add_argument("--max-images", type=int, default=int(_env("max_images", "4")))
     p.add_argument("--transformer-cache", type=int, default=int(_env("transformer_cache", "2")))
+    p.add_argument(
+        "--vqa-model",
+        default=_env("vqa_model", DEFAULT_VQA_MODEL),
+        help="repo id or local folder of the vision-language model for the VQA tab",
+    )
+    p.add_argument("--max-answer-tokens", type=int, default=int(_env("max_answer_tokens", "1024")))
     p.add_argument("--preview-every", type=int, default=int(_env("preview_every", "4")))
     p.add_argument("--queue-size", type=int, default=int(_env("queue_size", "16")))
     p.add_argument(
@@ -204,6 +215,8 @@ def settings_from_args(argv: list[str] | None = None) -> Settings:
         max_steps=a.max_steps,
         max_images=a.max_images,
         transformer_cache=a.transformer_cache,
+        vqa_model=a.vqa_model,
+        max_answer_tokens=a.max_answer_tokens,
         preview_every=a.preview_every,
         queue_size=a.queue_size,
         lora_dirs=lora_dirs(a.lora_dir, a.tiny, Path(a.tiny_dir)),

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
@@ -62,9 +63,21 @@ def _explain(err: BaseException, what: str, source: str, setting: str) -> ModelU
         if nxt in chain:
             break
         chain.append(nxt)
-    local_fix = f"or point {setting} at a local folder in diffusers layout"
+    local_fix = f"or point {setting} at a local folder laid out like the hub repo"
     if _is_local(source) and not Path(source).expanduser().is_dir():
         return ModelUnavailableError(what, source, "the folder does not exist", f"Check the path in {setting}.")
+    if missing := next((e for e in chain if isinstance(e, ImportError)), None):
+        # transformers names the package in prose ("... requires the Torchvision library ...").
+        named = re.search(r"requires the (\S+) librar", str(missing))
+        package = (named.group(1).lower() if named else None) or getattr(missing, "name", None)
+        return ModelUnavailableError(
+            what,
+            source,
+            f"a Python package it needs is not installed ({str(missing).strip().splitlines()[0]})",
+            f"Install it (pip install {package}) and restart, or choose another model in {setting}."
+            if package
+            else f"Install the package named above and restart, or choose another model in {setting}.",
+        )
     if any(isinstance(e, GatedRepoError) for e in chain) or "gated" in str(err).lower():
         return ModelUnavailableError(
             what,
@@ -113,5 +126,5 @@ def load(what: str, source: str, setting: str, loader: Callable[[], T]) -> T:
     log.info("loading %s from %s", what, source)
     try:
         return loader()
-    except (OSError, ValueError, HfHubHTTPError, ConnectionError, TimeoutError) as err:
+    except (OSError, ValueError, ImportError, HfHubHTTPError, ConnectionError, TimeoutError) as err:
         raise _explain(err, what, source, setting) from err

@@ -3,7 +3,8 @@
 `ensure_tiny_models(root)` writes `<root>/black-forest-labs/FLUX.1-dev/...` (and the other repos) exactly
 as the real repos are laid out: model_index.json, transformer/, text_encoder/ (CLIP-L), text_encoder_2/
 (T5), tokenizer/, tokenizer_2/, vae/, scheduler/; FLUX.1-Redux-dev has image_encoder/ (SigLIP),
-feature_extractor/ and image_embedder/. The app then loads them with the same `from_pretrained` calls it
+feature_extractor/ and image_embedder/; the VQA model
+has its own layout (see tiny_vlm.py). The app then loads them with the same `from_pretrained` calls it
 uses for real weights. Their outputs are noise: they exist to exercise code.
 """
 
@@ -18,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from flux_ui.settings import DEFAULT_VQA_MODEL
 from flux_ui.variants import VARIANTS, Variant
 
 log = logging.getLogger(__name__)
@@ -222,24 +224,33 @@ def _writer(variant: Variant, seed: int) -> Callable[[Path], None] | None:
     return None
 
 
+def _write_once(folder: Path, label: str, write: Callable[[Path], None]) -> None:
+    """Run `write(folder)` unless a current tiny model is already there."""
+    marker = folder / MARKER
+    if marker.is_file() and marker.read_text() == TINY_FORMAT:
+        return
+    log.info("writing tiny random-weight %s to %s", label, folder)
+    # Written beside the target and renamed, so a reader never sees a half-written repo.
+    tmp = folder.with_name(f"{folder.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    write(tmp)
+    (tmp / MARKER).write_text(TINY_FORMAT)
+    shutil.rmtree(folder, ignore_errors=True)
+    tmp.rename(folder)
+
+
 def ensure_tiny_models(root: Path) -> Path:
     """Write the tiny repos under `root` unless they are already there; return `root`.
 
     Each repo gets its own seed, so variants differ as real ones do. Writing takes a few seconds on a
     CPU and happens once per folder.
     """
+    from flux_ui.tiny_vlm import write_tiny_vlm
+
     for i, variant in enumerate(VARIANTS.values()):
         write = _writer(variant, seed=1000 + i)
-        folder = root / variant.repo_id
-        marker = folder / MARKER
-        if write is None or (marker.is_file() and marker.read_text() == TINY_FORMAT):
-            continue
-        log.info("writing tiny random-weight %s to %s", variant.label, folder)
-        # Written beside the target and renamed, so a reader never sees a half-written repo.
-        tmp = folder.with_name(f"{folder.name}.tmp-{os.getpid()}")
-        shutil.rmtree(tmp, ignore_errors=True)
-        write(tmp)
-        (tmp / MARKER).write_text(TINY_FORMAT)
-        shutil.rmtree(folder, ignore_errors=True)
-        tmp.rename(folder)
+        if write is not None:
+            _write_once(root / variant.repo_id, variant.label, write)
+    # Under the default model's repo id, so --tiny finds it where --vqa-model points by default.
+    _write_once(root / DEFAULT_VQA_MODEL, "VQA model", write_tiny_vlm)
     return root

@@ -10,6 +10,7 @@ import logging
 import threading
 from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import gradio as gr
 
@@ -24,6 +25,8 @@ from flux_ui.tasks import Cancelled, StepCallback, StepEvent, TaskResult
 
 log = logging.getLogger(__name__)
 GPU = "gpu"  # the concurrency id of every event that runs models
+E = TypeVar("E")
+T = TypeVar("T")
 
 
 def invalid(err: InvalidInput | ValueError) -> gr.Error:
@@ -51,8 +54,23 @@ class UiContext:
         progress: gr.Progress,
         show: Callable[[StepEvent], object | None],
     ) -> Generator[object, None, TaskResult]:
-        """Run `task` as a Job, driving the progress bar; yield `show(event)` for each step event that
-        `show` maps to a UI update (not None), and return the task's result (`result = yield from ...`).
+        """`stream` for image tasks, driving the progress bar from their step events."""
+
+        def on_step(ev: StepEvent) -> object | None:
+            progress((ev.done, ev.total), desc=f"Image {ev.image_index + 1}, step {ev.step}/{ev.steps}")
+            return show(ev)
+
+        progress(0, desc="Loading models…")
+        return (yield from self.stream(task, request, on_step))
+
+    def stream(
+        self,
+        task: Callable[[Callable[[E], None], Callable[[], bool]], T],
+        request: gr.Request | None,
+        show: Callable[[E], object | None],
+    ) -> Generator[object, None, T]:
+        """Run `task` as a Job; yield `show(event)` for each event that `show` maps to a UI update (not
+        None), and return the task's result (`result = yield from ctx.stream(...)`).
 
         Registers the job for the session's Cancel button and turns task failures into gr.Error.
         """
@@ -62,9 +80,7 @@ class UiContext:
             with self.lock:
                 self.running[key] = job
         try:
-            progress(0, desc="Loading models…")
             for ev in job:
-                progress((ev.done, ev.total), desc=f"Image {ev.image_index + 1}, step {ev.step}/{ev.steps}")
                 if (update := show(ev)) is not None:
                     yield update
         except Cancelled:
@@ -131,7 +147,7 @@ def _models_tab(ctx: UiContext) -> None:
 
 def build_ui(registry: Registry) -> gr.Blocks:
     """Build the Blocks app around `registry`; call `.queue(...)` and `.launch()` on the result."""
-    from flux_ui.tabs import handoff, kontext, redux, text_to_image
+    from flux_ui.tabs import handoff, kontext, redux, text_to_image, vqa
 
     ctx = UiContext(registry)
     with gr.Blocks(title="FLUX UI") as demo:
@@ -146,6 +162,12 @@ def build_ui(registry: Registry) -> gr.Blocks:
             ctx.tabs["t2i"] = text_to_image.build(ctx)
             ctx.tabs["kontext"] = kontext.build(ctx)
             ctx.tabs["redux"] = redux.build(ctx)
+            ctx.tabs["vqa"] = vqa.build(ctx)
             _models_tab(ctx)
         handoff.wire(ctx, tabs)  # after every tab exists: each gallery gets buttons for the tabs present
+        # "Suggest an edit" in VQA: the instruction becomes the Kontext tab's instruction.
+        vqa_tab, kontext_tab = ctx.tabs["vqa"], ctx.tabs["kontext"]
+        vqa_tab.suggest_event.success(
+            lambda text: text, vqa_tab.suggested_edit, kontext_tab.instruction, api_visibility="private"
+        )
     return demo

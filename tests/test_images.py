@@ -125,3 +125,14 @@ def test_caller_image_is_left_alone_and_hash_follows_pixels():
     same = load_image(png_bytes(src), "image")
     assert image_hash(out) == image_hash(same) and len(image_hash(out)) == 16
     assert image_hash(out) != image_hash(Image.new("RGB", (64, 64), (9, 9, 10)))
+
+
+def test_a_smaller_minimum_side_can_be_asked_for():
+    from PIL import Image as _Image
+
+    from flux_ui.images import load_image
+
+    small = _Image.new("RGB", (20, 20), "red")
+    with pytest.raises(InvalidInput, match="at least 64"):
+        load_image(small, "image")
+    assert load_image(small, "image", min_side=16).size == (20, 20)

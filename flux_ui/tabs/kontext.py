@@ -30,6 +30,7 @@ class KontextTab:
     """Components other tabs hand images to."""
 
     image: gr.Image  # the input image
+    instruction: gr.Textbox  # what to change; the VQA tab's "Suggest an edit" fills it
     receive: Receiver  # a hand-off: sets the input and starts a new edit chain
     gallery: gr.Gallery  # results
     selected: gr.State  # index of the result the user clicked
@@ -211,6 +212,7 @@ def build(ctx: UiContext) -> KontextTab:
     undo_btn.click(undo, history, chain, api_visibility="private")
     return KontextTab(
         image=image,
+        instruction=instruction,
         receive=Receiver(chain, receive),
         gallery=gallery,
         selected=selected,

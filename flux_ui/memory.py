@@ -1,0 +1,40 @@
+"""How much memory models take and how much is free, on the inference device and in CPU RAM.
+
+The registry asks these before it places a model, and evicts (see `Registry.make_room`) when the answer
+is too small.
+"""
+
+from __future__ import annotations
+
+import psutil
+import torch
+
+# Memory a model needs beside its weights while it runs. A 1024x1024 FLUX.1 [dev] image peaks at 24.7 GiB
+# with 22.3 GiB of transformer and VAE weights (DESIGN.md's anchor): about 2.4 GiB of activations and VAE
+# decoding, rounded up. A VLM answer about one image needs well under that.
+WORKSPACE_BYTES = 3 * 2**30
+
+
+def module_bytes(module: torch.nn.Module) -> int:
+    """Bytes of a module's parameters and buffers."""
+    tensors = [*module.parameters(), *module.buffers()]
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
+def device_free_bytes(device: str) -> int | None:
+    """Memory free for models on `device`, in bytes; None where it cannot be known."""
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(dev)
+        # Blocks PyTorch has cached but not handed out are free to PyTorch, though not to the driver.
+        return free + torch.cuda.memory_reserved(dev) - torch.cuda.memory_allocated(dev)
+    if dev.type == "mps":
+        return torch.mps.recommended_max_memory() - torch.mps.driver_allocated_memory()
+    if dev.type == "cpu":
+        return ram_free_bytes()
+    return None
+
+
+def ram_free_bytes() -> int:
+    """CPU RAM available to new allocations without swapping, in bytes."""
+    return psutil.virtual_memory().available

@@ -1,0 +1,73 @@
+"""A real browser on the VQA tab: upload an image, ask, watch the answer stream in; the quick actions."""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import pytest
+from PIL import Image
+
+CHROMIUM = os.environ.get("FLUX_UI_CHROMIUM", "/usr/bin/chromium")
+pytestmark = pytest.mark.skipif(not shutil.which(CHROMIUM), reason=f"no Chromium at {CHROMIUM}")
+
+# Records the text of the newest answer bubble on every change of the chat, to see it grow.
+WATCH_CHAT = """() => {
+    window.vqaSnapshots = [];
+    const chat = document.querySelector('#vqa-chat');
+    new MutationObserver(() => {
+        const bots = chat.querySelectorAll('[data-testid="bot"]');
+        if (bots.length) window.vqaSnapshots.push(bots[bots.length - 1].innerText.trim());
+    }).observe(chat, {subtree: true, childList: true, characterData: true});
+}"""
+
+
+@pytest.fixture(scope="module")
+def page(app_server, tmp_path_factory):
+    from playwright.sync_api import sync_playwright
+
+    url, _ = app_server
+    image = tmp_path_factory.mktemp("vqa-browser") / "sign.png"
+    Image.new("RGB", (200, 120), (240, 200, 40)).save(image)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(
+            executable_path=CHROMIUM,
+            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update"],
+        )
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.goto(url)
+        page.get_by_role("tab", name="Ask about an image").click()
+        page.locator("#vqa-image input[type=file]").set_input_files(str(image))
+        page.locator("#vqa-image img").first.wait_for(state="visible", timeout=60_000)
+        yield page
+        browser.close()
+
+
+def test_the_answer_streams_into_the_chat(page):
+    page.evaluate(WATCH_CHAT)
+    tokens = page.locator("#vqa-max-tokens input[type=number]")
+    tokens.fill("128")
+    tokens.press("Enter")
+    page.locator("#vqa-question textarea").fill("What is written on the sign?")
+    page.locator("#vqa-ask").click()
+    page.locator("#vqa-chat [data-testid='user']").first.wait_for(timeout=60_000)
+    # The question box is cleared once the answer is complete.
+    page.wait_for_function("() => document.querySelector('#vqa-question textarea').value === ''", timeout=120_000)
+    final = page.locator("#vqa-chat [data-testid='bot']").last.inner_text().strip()
+    assert final and final != "…"
+    lengths = sorted({len(s) for s in page.evaluate("window.vqaSnapshots") if s and s != "…"})
+    assert len(lengths) >= 3, f"the answer did not stream: {lengths}"
+    assert lengths[0] < lengths[-1]
+
+
+def test_describe_as_a_prompt_fills_the_text_to_image_prompt(page):
+    page.locator("#vqa-describe").click()
+    page.wait_for_function("() => document.querySelector('#prompt textarea').value.trim().length > 0", timeout=120_000)
+
+
+def test_suggest_an_edit_fills_the_suggestion(page):
+    page.locator("#vqa-suggest").click()
+    page.wait_for_function(
+        "() => document.querySelector('#vqa-suggested-edit textarea').value.trim().length > 0", timeout=120_000
+    )
+    assert page.locator("#vqa-chat [data-testid='user']").count() >= 2  # the quick action joined the chat
