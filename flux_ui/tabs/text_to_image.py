@@ -229,6 +229,7 @@ def build(ctx: UiContext) -> TextToImageTab:
             last_seed = gr.Number(label="Seed used", interactive=False, precision=0)
             info = gr.Markdown(label="info", elem_id="info")
         selected = track_selection(gallery)  # inside the tab: a component between tabs confuses the tab bar
+        gr.api(list_loras, api_name="loras")  # inside the tab for the same reason
 
     # .input, not .change: loading parameters from an image must not reset steps and guidance.
     variant.input(on_variant, variant, [steps, guidance, note], api_visibility="private")
@@ -238,7 +239,6 @@ def build(ctx: UiContext) -> TextToImageTab:
         on_prompt, prompt, [lora_pick, lora_info], queue=False, show_progress="hidden", api_visibility="private"
     )
     lora_refresh.click(refresh_loras, prompt, [lora_pick, lora_info], api_visibility="private")
-    gr.api(list_loras, api_name="loras")
     random_btn.click(lambda: -1, None, seed, api_visibility="private")
     reuse_btn.click(lambda s: -1 if s is None else s, last_seed, seed, api_visibility="private")
     inputs = [prompt, variant, width, height, steps, guidance, seed, num_images]
