@@ -232,7 +232,7 @@ def phase_main(args) -> dict:
     row, images["eager"] = time_config("diffusers FluxPipeline, eager (baseline)", pipeline(tr, vae))
     rows.append(row)
 
-    tr.fuse_qkv_projections()
+    tr.fuse_qkv_projections()  # measured, not used by the profiles (see flux_ui.speed)
     vae_fast = build_vae()
     speed.optimize_vae(vae_fast, "compile")
     row, _ = time_config("+ fused QKV, channels-last VAE (eager)", pipeline(tr, vae_fast))
@@ -461,6 +461,7 @@ def phase_lora(args) -> dict:
     """LoRA costs through the registry (bf16 [dev], no compile): loading a new rank-64 file, activating
     an already-loaded set, changing weights, switching LoRAs off."""
     folder = Path(args.scratch) / "loras"
+    folder.mkdir(parents=True, exist_ok=True)  # the library looks for its folders when it is made
     vae = build_vae()
     registry = random_registry(vae, "off", lora_dirs=(folder,))
     registry.shared()
