@@ -296,7 +296,14 @@ def random_registry(vae, profile: str, cache: int = 2, lora_dirs: tuple[Path, ..
         def _scheduler(self, variant):
             return scheduler(variant.name != "schnell")
 
-    settings = Settings(device=DEV, dtype=torch.bfloat16, speed=profile, preview_every=0, transformer_cache=cache)
+    settings = Settings(
+        device=DEV,
+        dtype=torch.bfloat16,
+        speed=profile,
+        preview_every=0,
+        transformer_cache=cache,
+        lora_dirs=lora_dirs,
+    )
     return RandomWeightRegistry(settings)
 
 
