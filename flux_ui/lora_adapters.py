@@ -226,7 +226,14 @@ def _load_transformer_part(pipe, label: str, name: str, adapter: str, sd: dict, 
     try:
         with _expected_peft_warnings():
             pipe.load_lora_into_transformer(
-                sd, network_alphas=alphas, transformer=transformer, adapter_name=adapter, metadata=meta, _pipeline=pipe
+                sd,
+                network_alphas=alphas,
+                transformer=transformer,
+                adapter_name=adapter,
+                metadata=meta,
+                _pipeline=pipe,
+                # The adapter layers are made empty and filled from the file, not randomly initialised first.
+                low_cpu_mem_usage=True,
             )
     except LOAD_ERRORS as err:
         _purge(transformer, adapter)
