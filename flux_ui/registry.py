@@ -19,10 +19,10 @@ from dataclasses import dataclass
 
 import torch
 
-from flux_ui import sources
+from flux_ui import control_lora, sources
 from flux_ui.preview import LatentPreviewer
 from flux_ui.settings import Settings
-from flux_ui.variants import Variant, get_variant
+from flux_ui.variants import CONTROL_LORAS, Variant, get_variant
 
 log = logging.getLogger(__name__)
 
@@ -245,6 +245,15 @@ class Registry:
             self._release_memory()
         return dropped
 
+    def _forget_transformer(self, name: str) -> None:
+        """Drop a cached transformer that can no longer be trusted; it is loaded afresh when next asked for."""
+        with self._lock:
+            if self._transformers.pop(name, None) is not None:
+                log.warning("dropping transformer:%s from the cache; it will be reloaded", name)
+            if self._active == name:
+                self._active = None
+            self._release_memory()
+
     def _release_memory(self) -> None:
         gc.collect()
         if torch.cuda.is_available():
@@ -261,11 +270,12 @@ class Registry:
     # -- lending -----------------------------------------------------------------------------------
 
     @contextmanager
-    def pipeline(self, name: str) -> Iterator[object]:
+    def pipeline(self, name: str, pipeline_class: str | None = None) -> Iterator[object]:
         """Lend the assembled diffusers pipeline of variant `name`, holding the lock while in use.
 
         The pipeline is built fresh (construction only registers modules), from the shared parts and the
         variant's transformer, so nothing else can move its models until the `with` block ends.
+        `pipeline_class` overrides the variant's (a FluxControlPipeline around [dev] for control LoRAs).
         """
         import diffusers
 
@@ -273,7 +283,7 @@ class Registry:
         with self._lock:
             shared = self.shared()
             transformer = self.transformer(name)
-            pipe_cls = getattr(diffusers, variant.pipeline_class)
+            pipe_cls = getattr(diffusers, pipeline_class or variant.pipeline_class)
             pipe = pipe_cls(
                 scheduler=self._scheduler(variant),
                 vae=shared.vae,
@@ -285,6 +295,55 @@ class Registry:
             )
             pipe.set_progress_bar_config(disable=True)
             yield pipe
+
+    @contextmanager
+    def control_lora_pipeline(self, mode: str) -> Iterator[object]:
+        """Lend a FluxControlPipeline on the [dev] transformer with BFL's `mode` ("canny" or "depth") LoRA
+        applied, holding the lock; on leaving, the LoRA is removed and the transformer checked to be as it
+        was. If it cannot be restored exactly, it is dropped from the cache (and reloaded when next used).
+
+        No transformer is loaded for this: the one [dev] transformer in memory is borrowed. The LoRA file is
+        read once and kept as an auxiliary entry.
+        """
+        lora = CONTROL_LORAS[mode]
+        src = self._source(lora.name, lora.repo_id)
+        with self._lock:
+            state_dict = self.aux(
+                f"lora:{lora.name}",
+                lora.label,
+                src,
+                f"--model {lora.name}=FOLDER",
+                lambda: control_lora.read(src, lora.weight_name),
+            )
+            with self.pipeline(lora.base, pipeline_class="FluxControlPipeline") as pipe:
+                before = control_lora.snapshot(pipe.transformer, lora.name)
+                try:
+                    control_lora.apply(pipe, state_dict, lora.name)
+                    yield pipe
+                finally:
+                    try:
+                        restored = control_lora.remove(pipe.transformer, before)
+                    except Exception:  # noqa: BLE001 - whatever failed, this transformer must not be lent again
+                        log.exception("removing control LoRA %s failed", lora.name)
+                        restored = False
+                    if not restored:
+                        self._forget_transformer(lora.base)
+
+    @contextmanager
+    def depth_estimator(self) -> Iterator[object]:
+        """Lend the depth-estimation model (an auxiliary entry: loaded once, evicted before FLUX parts),
+        holding the lock while in use."""
+        from flux_ui.control_maps import DEPTH_ESTIMATOR_REPO, load_depth_estimator
+
+        src = self._source("depth-estimator", DEPTH_ESTIMATOR_REPO)
+        with self._lock:
+            yield self.aux(
+                "depth-estimator",
+                "Depth estimator",
+                src,
+                "--model depth-estimator=FOLDER",
+                lambda: load_depth_estimator(src, self.settings.dtype),
+            )
 
     def status(self) -> dict:
         """What is loaded where: shared parts, cached transformers (LRU order) and the active one."""
