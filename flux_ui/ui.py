@@ -131,7 +131,7 @@ def _models_tab(ctx: UiContext) -> None:
 
 def build_ui(registry: Registry) -> gr.Blocks:
     """Build the Blocks app around `registry`; call `.queue(...)` and `.launch()` on the result."""
-    from flux_ui.tabs import text_to_image
+    from flux_ui.tabs import control, fill, text_to_image
 
     ctx = UiContext(registry)
     with gr.Blocks(title="FLUX UI") as demo:
@@ -144,5 +144,7 @@ def build_ui(registry: Registry) -> gr.Blocks:
             )
         with gr.Tabs():
             ctx.tabs["t2i"] = text_to_image.build(ctx)
+            ctx.tabs["fill"] = fill.build(ctx)
+            ctx.tabs["control"] = control.build(ctx)
             _models_tab(ctx)
     return demo

@@ -34,6 +34,11 @@ SIDES = ("left", "right", "top", "bottom")
 OUTPAINT_GREY = (128, 128, 128)  # what the new area holds before filling; the model never sees it (masked out)
 
 
+@dataclass
+class FillResult(TaskResult):
+    repainted: float = 0.0  # fraction of the canvas the mask (and the outpainted area) covers
+
+
 @dataclass(frozen=True)
 class FillParams:
     """One Fill request. After `validate_fill`, `image` is an RGB PIL image and `mask` a binary "L" image
@@ -63,16 +68,13 @@ def _check_outpaint(p: FillParams, size: tuple[int, int]) -> dict[str, int]:
         if value < 0:
             raise InvalidInput(side, f"{value} is negative; use 0 or more pixels")
     for (a, b), base, what in ((("left", "right"), size[0], "wide"), (("top", "bottom"), size[1], "high")):
-        total = base
-        for side in (a, b):
-            total += amounts[side]
-            if amounts[side] and total > MAX_SIDE:
-                room = MAX_SIDE - (total - amounts[side])
-                raise InvalidInput(
-                    side,
-                    f"the canvas would be {total} px {what} (image {base} + {a} {amounts[a]} + {b} {amounts[b]}), "
-                    f"over the {MAX_SIDE} px limit; use at most {max(room, 0)}",
-                )
+        total = base + amounts[a] + amounts[b]
+        if total > MAX_SIDE and (amounts[a] or amounts[b]):
+            raise InvalidInput(
+                a if amounts[a] > amounts[b] else b,
+                f"the canvas would be {total} px {what} (image {base} + {a} {amounts[a]} + {b} {amounts[b]}), "
+                f"over the {MAX_SIDE} px limit; {a} and {b} together can add at most {max(MAX_SIDE - base, 0)}",
+            )
     return amounts
 
 
@@ -138,7 +140,7 @@ def fill(
     params: FillParams,
     on_step: StepCallback | None = None,
     should_stop: Callable[[], bool] | None = None,
-) -> TaskResult:
+) -> FillResult:
     """Fill the masked and outpainted areas of `params.image`; `params` must have passed `validate_fill`.
 
     The result has the canvas's working size; outside the mask the picture is re-rendered by the model
@@ -166,12 +168,13 @@ def fill(
         load = time.perf_counter() - start
         images, timings = generate_batch(registry, pipe, batch, on_step, should_stop, image=canvas, mask_image=mask)
     timings = {"load": load, **timings, "total": time.perf_counter() - start}
+    repainted = float(np.asarray(mask).mean() / 255)
     log.info(
-        "fill %dx%d, %d%% masked, x%d, %d steps: %.2f s",
+        "fill %dx%d, %.0f%% repainted, x%d, %d steps: %.2f s",
         *canvas.size,
-        round(100 * np.asarray(mask).mean() / 255),
+        100 * repainted,
         batch.num_images,
         batch.steps,
         timings["total"],
     )
-    return TaskResult(images=images, seed=batch.seed, timings=timings)
+    return FillResult(images=images, seed=batch.seed, timings=timings, repainted=repainted)
