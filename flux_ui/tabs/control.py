@@ -63,6 +63,7 @@ def build(ctx: UiContext) -> ControlTab:
         guidance: float = canny_variant.default_guidance,
         seed: int = -1,
         num_images: int = 1,
+        map_from_source: bool = False,
         request: gr.Request = None,
         progress: gr.Progress = gr.Progress(),
     ):
@@ -82,12 +83,14 @@ def build(ctx: UiContext) -> ControlTab:
             seed: -1 for a random seed; image i of a batch uses seed + i.
             num_images: how many images to generate.
         """
+        # In the UI the map shown may be the one computed from the source (not an upload): then it is
+        # computed again here, so that the metadata records the source and the thresholds.
         raw = ControlParams(
             prompt,
             image,
             mode,
             route,
-            control_image,
+            None if map_from_source and image is not None else control_image,
             low_threshold,
             high_threshold,
             lora_scale,
@@ -149,8 +152,8 @@ def build(ctx: UiContext) -> ControlTab:
 
     def preview_map(image, mode, low_threshold, high_threshold):
         if image is None:  # the source was cleared
-            return None
-        return compute_map(image, mode, low_threshold, high_threshold)
+            return None, False
+        return compute_map(image, mode, low_threshold, high_threshold), True
 
     def on_mode(mode: str, route: str):
         v = get_variant(MODES[mode])
@@ -165,11 +168,14 @@ def build(ctx: UiContext) -> ControlTab:
     with gr.Tab("Control", id="control"), gr.Row():
         with gr.Column(scale=1):
             with gr.Row():
-                image = gr.Image(label="Source image", type="filepath", format="png", elem_id="control-image")
+                image = gr.Image(
+                    label="Source image", type="filepath", format="png", height=300, elem_id="control-image"
+                )
                 cmap = gr.Image(
-                    label="Control map (computed; upload one to replace it)",
+                    label="Control map (or upload one)",
                     type="filepath",
                     format="png",
+                    height=300,
                     elem_id="control-map",
                 )
             with gr.Row():
@@ -179,6 +185,7 @@ def build(ctx: UiContext) -> ControlTab:
                 low = gr.Slider(0, 500, value=CANNY_LOW, step=1, label="Canny low threshold", elem_id="control-low")
                 high = gr.Slider(0, 500, value=CANNY_HIGH, step=1, label="Canny high threshold", elem_id="control-high")
             map_btn = gr.Button("Compute map", size="sm", elem_id="control-map-btn")
+            map_from_source = gr.State(False)  # the map shown was computed from the source, not uploaded
             note = gr.Markdown(route_note("canny", "full"))
             prompt = gr.Textbox(label="Prompt", lines=2, placeholder="A robot made of gold…", elem_id="control-prompt")
             scale = gr.Slider(
@@ -224,7 +231,7 @@ def build(ctx: UiContext) -> ControlTab:
     ).then(
         preview_map,
         map_inputs,
-        cmap,
+        [cmap, map_from_source],
         preprocess=False,
         concurrency_id=GPU,
         concurrency_limit=1,
@@ -238,11 +245,12 @@ def build(ctx: UiContext) -> ControlTab:
         preprocess=False,
         concurrency_id=GPU,
         concurrency_limit=1,
-    )
+    ).success(lambda: True, None, map_from_source, api_visibility="private")
+    gr.on([cmap.upload, cmap.clear], lambda: False, None, map_from_source, queue=False, api_visibility="private")
     event = gr.on(
         [generate_btn.click, prompt.submit],
         generate,
-        [image, prompt, mode, route, cmap, low, high, scale, steps, guidance, seed, num_images],
+        [image, prompt, mode, route, cmap, low, high, scale, steps, guidance, seed, num_images, map_from_source],
         [gallery, cmap, last_seed, info],
         api_name="control",
         # Raw values go straight to the validator, whose messages name the field.
