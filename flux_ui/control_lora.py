@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -33,11 +34,38 @@ class Snapshot:
     modules: tuple[str, ...]  # names of every submodule before
 
 
-def read(source: str, weight_name: str) -> dict[str, torch.Tensor]:
-    """The LoRA's state dict in diffusers' naming, read once (BFL's own layout is converted by diffusers)."""
-    from diffusers import FluxControlPipeline
+# BFL's final-layer modulation outputs (shift, scale); diffusers' norm_out.linear outputs (scale, shift).
+_BFL_FINAL_DOWN = "final_layer.adaLN_modulation.1.lora_A.weight"
+_DIFFUSERS_FINAL_DOWN = "transformer.norm_out.linear.lora_A.weight"
 
-    return FluxControlPipeline.lora_state_dict(source, weight_name=weight_name)
+
+def _lora_file(source: str, weight_name: str) -> str:
+    """The LoRA file in a local folder, or downloaded from the hub into the shared cache."""
+    folder = Path(source).expanduser()
+    if folder.is_dir():
+        return str(folder / weight_name)
+    from huggingface_hub import hf_hub_download
+
+    return hf_hub_download(source, weight_name)
+
+
+def read(source: str, weight_name: str) -> dict[str, torch.Tensor]:
+    """The LoRA's state dict in diffusers' naming, read once; BFL's own layout is converted by diffusers.
+
+    One correction: to turn BFL's final-layer (shift, scale) into diffusers' (scale, shift), diffusers'
+    converter swaps the halves of that layer's LoRA up matrix (right: they are its output rows) and of its
+    down matrix too (wrong: those are rank rows, and B·A then mixes unrelated rank components). The down
+    matrix is put back as BFL stored it, so the product is the swapped original.
+    """
+    from diffusers import FluxControlPipeline
+    from safetensors.torch import load_file
+
+    raw = load_file(_lora_file(source, weight_name))
+    down = raw.get(_BFL_FINAL_DOWN)
+    state_dict = FluxControlPipeline.lora_state_dict(dict(raw))  # converts (and empties) the copy
+    if down is not None and _DIFFUSERS_FINAL_DOWN in state_dict:
+        state_dict[_DIFFUSERS_FINAL_DOWN] = down
+    return state_dict
 
 
 def snapshot(transformer: torch.nn.Module, adapter: str) -> Snapshot:
