@@ -302,8 +302,8 @@ class Registry:
         applied, holding the lock; on leaving, the LoRA is removed and the transformer checked to be as it
         was. If it cannot be restored exactly, it is dropped from the cache (and reloaded when next used).
 
-        No transformer is loaded for this: the one [dev] transformer in memory is borrowed. The LoRA file is
-        read once and kept as an auxiliary entry.
+        No Canny/Depth transformer is loaded: the [dev] transformer (cached, or loaded as for text-to-image)
+        is borrowed. The LoRA file is read once and kept as an auxiliary entry.
         """
         lora = CONTROL_LORAS[mode]
         src = self._source(lora.name, lora.repo_id)
