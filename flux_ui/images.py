@@ -72,7 +72,7 @@ def _check_size(img: Image.Image, field: str, max_pixels: int, min_side: int) ->
         raise InvalidInput(field, f"is {w}x{h}; each side must be at least {min_side} pixels")
 
 
-def _to_rgb(img: Image.Image) -> Image.Image:
+def to_rgb(img: Image.Image) -> Image.Image:
     """Plain 8-bit sRGB, whatever the mode; transparency composited on white."""
     if img.mode == "CMYK":
         icc = img.info.get("icc_profile")
@@ -97,35 +97,68 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
-def load_image(
+def open_image(
     value: object, field: str, max_megapixels: float = MAX_INPUT_MEGAPIXELS, *, min_side: int = MIN_INPUT_SIDE
 ) -> Image.Image:
-    """Decode an uploaded image into a new RGB PIL image; raise InvalidInput naming `field` if it is
-    missing, not an image, smaller than `min_side` px a side, over `max_megapixels`, a decompression bomb,
-    or truncated.
+    """Decode and check an uploaded image in its own colour mode; raise InvalidInput naming `field` if it
+    is missing, not an image, smaller than `min_side` px a side, over `max_megapixels`, a decompression
+    bomb, or truncated. The result is a new image, upright (EXIF orientation applied), the first frame of
+    an animation.
 
-    `value` may be a PIL image, a file path, raw bytes, or Gradio's FileData dict (`path` or a `data:` URL).
+    `value` may be a PIL image, a numpy array, a file path, raw bytes, or Gradio's FileData dict (`path`
+    or a `data:` URL).
     """
     if value is None or (isinstance(value, str | dict | bytes) and not value):
         raise InvalidInput(field, "is missing; upload an image")
+    if isinstance(value, np.ndarray):
+        try:
+            value = Image.fromarray(value)
+        except (TypeError, ValueError) as err:
+            raise InvalidInput(field, f"this array is not an image ({err})") from None
     opened = _open(value, field)
     try:
         _check_size(opened, field, int(max_megapixels * 1_000_000), min_side)
         try:
             opened.seek(0)  # animations: the first frame
             opened.load()
-            upright = ImageOps.exif_transpose(opened)  # a new image, turned as the camera meant
+            return ImageOps.exif_transpose(opened)  # a new image, turned as the camera meant
         except Image.DecompressionBombError as err:
             raise InvalidInput(field, f"refused as a decompression bomb ({err})") from None
         except (OSError, ValueError, SyntaxError, EOFError) as err:
             raise InvalidInput(field, f"could not be decoded; the file may be truncated ({err})") from None
-        try:
-            return _to_rgb(upright)
-        except ValueError as err:
-            raise InvalidInput(field, f"colour mode {upright.mode} is not supported ({err})") from None
     finally:
         if opened is not value:  # a file we opened; the caller's own PIL image stays open
             opened.close()
+
+
+def load_image(
+    value: object, field: str, max_megapixels: float = MAX_INPUT_MEGAPIXELS, *, min_side: int = MIN_INPUT_SIDE
+) -> Image.Image:
+    """`open_image`, then converted to 8-bit RGB (see `to_rgb`)."""
+    upright = open_image(value, field, max_megapixels, min_side=min_side)
+    try:
+        return to_rgb(upright)
+    except ValueError as err:
+        raise InvalidInput(field, f"colour mode {upright.mode} is not supported ({err})") from None
+
+
+def alpha_or_luminance(img: Image.Image) -> Image.Image:
+    """A single-channel view of a mask: its alpha where it has a meaningful one, else its brightness."""
+    if img.mode in ("P", "PA") or "transparency" in img.info:
+        img = img.convert("RGBA")
+    if "A" in img.getbands():
+        alpha = img.getchannel("A")
+        if alpha.getextrema() != (255, 255):  # a fully opaque alpha says nothing; read the pixels instead
+            return alpha
+    return to_rgb(img).convert("L")
+
+
+def working_size(width: int, height: int, max_pixels: int) -> tuple[int, int]:
+    """The generation size for a `width` x `height` canvas: scaled down (never up) to fit `max_pixels`,
+    each side rounded down to a multiple of 16 (FLUX works in 16-pixel patches), at least 64."""
+    scale = min(1.0, (max_pixels / (width * height)) ** 0.5)
+    w, h = (max(MIN_INPUT_SIDE, int(side * scale) // 16 * 16) for side in (width, height))
+    return w, h
 
 
 def image_hash(image: Image.Image) -> str:

@@ -80,3 +80,30 @@ def check_number(field: str, value: object, low: float, high: float) -> float:
         raise InvalidInput(field, f"expected a number, got {value!r}")
     check_range(field, float(value), low, high)
     return float(value)
+
+
+def check_float(field: str, value: object) -> float:
+    """A finite number (ints too); bools and strings are refused."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise InvalidInput(field, f"expected a number, got {value!r}")
+    return float(value)
+
+
+def check_steps(value: object, default: int, settings: Settings) -> int:
+    """Denoising steps; None takes `default` (the variant's published value)."""
+    steps = default if value is None else check_int("steps", value)
+    check_range("steps", steps, 1, settings.max_steps)
+    return steps
+
+
+def check_guidance(value: object, default: float) -> float:
+    """Distilled guidance; None takes `default` (the variant's published value)."""
+    guidance = check_float("guidance", default if value is None else value)
+    check_range("guidance", guidance, 0.0, MAX_GUIDANCE)
+    return guidance
+
+
+def check_num_images(value: object, settings: Settings) -> int:
+    n = check_int("num_images", value)
+    check_range("num_images", n, 1, settings.max_images)
+    return n

@@ -24,14 +24,14 @@ from dataclasses import dataclass
 
 import torch
 
-from flux_ui import memory, sources, speed
+from flux_ui import control_lora, memory, sources, speed
 from flux_ui.lora_adapters import AdapterCache
 from flux_ui.loras import LoraLibrary, LoraRequest
 from flux_ui.memory import WORKSPACE_BYTES, module_bytes
 from flux_ui.params import InvalidInput
 from flux_ui.preview import LatentPreviewer
 from flux_ui.settings import Settings
-from flux_ui.variants import Variant, get_variant
+from flux_ui.variants import CONTROL_LORAS, Variant, get_variant
 
 log = logging.getLogger(__name__)
 
@@ -388,6 +388,15 @@ class Registry:
                     break
         return done
 
+    def _forget_transformer(self, name: str) -> None:
+        """Drop a cached transformer that can no longer be trusted; it is loaded afresh when next asked for."""
+        with self._lock:
+            if self._transformers.pop(name, None) is not None:
+                log.warning("dropping transformer:%s from the cache; it will be reloaded", name)
+            if self._active == name:
+                self._active = None
+            self._release_memory()
+
     def _release_memory(self) -> None:
         gc.collect()
         if torch.cuda.is_available():
@@ -404,7 +413,7 @@ class Registry:
     # -- lending -----------------------------------------------------------------------------------
 
     @contextmanager
-    def pipeline(self, name: str, loras: LoraRequest = ()) -> Iterator[object]:
+    def pipeline(self, name: str, loras: LoraRequest = (), pipeline_class: str | None = None) -> Iterator[object]:
         """Lend the assembled diffusers pipeline of variant `name`, holding the lock while in use.
 
         The pipeline is built fresh (construction only registers modules), from the shared parts and the
@@ -412,7 +421,8 @@ class Registry:
         LoRAs in `loras` ((name, weight) pairs) are active during the block; with none, the output is the
         base model's. An unknown, unsafe or unfitting LoRA raises InvalidInput and changes nothing. A
         variant without a transformer (Redux) lends its prior pipeline: image encoder parts plus the shared
-        text encoders.
+        text encoders. `pipeline_class` overrides the variant's (a FluxControlPipeline around [dev] for
+        control LoRAs).
         """
         import diffusers
 
@@ -423,7 +433,7 @@ class Registry:
             parts = [*SHARED_EVICTION_ORDER, f"transformer:{name}"]
             self.make_room(self._bytes_to_place(name) + WORKSPACE_BYTES, keep=parts)
             shared = self.shared()
-            pipe_cls = getattr(diffusers, variant.pipeline_class)
+            pipe_cls = getattr(diffusers, pipeline_class or variant.pipeline_class)
             text = {
                 "text_encoder": shared.text_encoder,
                 "tokenizer": shared.tokenizer,
@@ -470,6 +480,55 @@ class Registry:
         if name in self._transformers:
             modules.append(self._transformers[name])
         return sum(module_bytes(m) for m in modules if not self._on_device(m))
+
+    @contextmanager
+    def control_lora_pipeline(self, mode: str) -> Iterator[object]:
+        """Lend a FluxControlPipeline on the [dev] transformer with BFL's `mode` ("canny" or "depth") LoRA
+        applied, holding the lock; on leaving, the LoRA is removed and the transformer checked to be as it
+        was. If it cannot be restored exactly, it is dropped from the cache (and reloaded when next used).
+
+        No Canny/Depth transformer is loaded: the [dev] transformer (cached, or loaded as for text-to-image)
+        is borrowed. The LoRA file is read once and kept as an auxiliary entry.
+        """
+        lora = CONTROL_LORAS[mode]
+        src = self._source(lora.name, lora.repo_id)
+        with self._lock:
+            state_dict = self.aux(
+                f"lora:{lora.name}",
+                lora.label,
+                src,
+                f"--model {lora.name}=FOLDER",
+                lambda: control_lora.read(src, lora.weight_name),
+            )
+            with self.pipeline(lora.base, pipeline_class="FluxControlPipeline") as pipe:
+                before = control_lora.snapshot(pipe.transformer, lora.name)
+                try:
+                    control_lora.apply(pipe, state_dict, lora.name)
+                    yield pipe
+                finally:
+                    try:
+                        restored = control_lora.remove(pipe.transformer, before)
+                    except Exception:  # noqa: BLE001 - whatever failed, this transformer must not be lent again
+                        log.exception("removing control LoRA %s failed", lora.name)
+                        restored = False
+                    if not restored:
+                        self._forget_transformer(lora.base)
+
+    @contextmanager
+    def depth_estimator(self) -> Iterator[object]:
+        """Lend the depth-estimation model (an auxiliary entry: loaded once, evicted before FLUX parts),
+        holding the lock while in use."""
+        from flux_ui.control_maps import DEPTH_ESTIMATOR_REPO, load_depth_estimator
+
+        src = self._source("depth-estimator", DEPTH_ESTIMATOR_REPO)
+        with self._lock:
+            yield self.aux(
+                "depth-estimator",
+                "Depth estimator",
+                src,
+                "--model depth-estimator=FOLDER",
+                lambda: load_depth_estimator(src, self.settings.dtype),
+            )
 
     def status(self) -> dict:
         """What is loaded where: shared parts, cached transformers (LRU order) and the active one."""

@@ -6,6 +6,10 @@ as the real repos are laid out: model_index.json, transformer/, text_encoder/ (C
 feature_extractor/ and image_embedder/; the VQA model
 has its own layout (see tiny_vlm.py). The app then loads them with the same `from_pretrained` calls it
 uses for real weights. Their outputs are noise: they exist to exercise code.
+
+For Fill, Canny and Depth only transformer/ and scheduler/ are written (the registry reads nothing else
+from those repos); BFL's Canny/Depth LoRAs are written as the single safetensors file their repos hold;
+the depth estimator as a transformers DepthAnything model with its image processor.
 """
 
 from __future__ import annotations
@@ -15,12 +19,13 @@ import os
 import shutil
 import string
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import torch
 
 from flux_ui.settings import DEFAULT_VQA_MODEL
-from flux_ui.variants import VARIANTS, Variant
+from flux_ui.variants import CONTROL_LORAS, VARIANTS, Variant
 
 log = logging.getLogger(__name__)
 
@@ -239,18 +244,108 @@ def _write_once(folder: Path, label: str, write: Callable[[Path], None]) -> None
     tmp.rename(folder)
 
 
+# Transformer input channels of the tool variants: Fill concatenates the masked image's latents (64) and
+# the 8x8-packed mask (256) to the 64 latent channels; Canny/Depth concatenate the control map's latents.
+TOOL_IN_CHANNELS = {"fill": LATENT_CHANNELS * 4 + LATENT_CHANNELS * 4 + 8 * 8 * 4, "control": LATENT_CHANNELS * 8}
+
+
+def _write_tool_repo(folder: Path, in_channels: int, seed: int) -> None:
+    """transformer/ and scheduler/ of a Fill, Canny or Depth repo."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    torch.manual_seed(seed)
+    model = tiny_transformer(guidance_embeds=True, in_channels=in_channels, out_channels=LATENT_CHANNELS * 4)
+    model.save_pretrained(folder / "transformer", safe_serialization=True)
+    FlowMatchEulerDiscreteScheduler(**SCHEDULER_DEV).save_pretrained(folder / "scheduler")
+
+
+def _write_control_lora(folder: Path, weight_name: str, seed: int, rank: int = 4) -> None:
+    """A control LoRA for the tiny [dev] transformer: LoRA A/B (with B biases, as BFL trains them) on every
+    Linear layer, x_embedder widened to 128 inputs, and q/k norm scales, as the real file holds.
+
+    Keys are in diffusers' naming (what diffusers converts BFL's file to): its BFL converter hard-codes the
+    full model's 19 + 38 blocks and 3072 width, so BFL's own key layout cannot describe a tiny model.
+    """
+    from safetensors.torch import save_file
+
+    g = torch.Generator().manual_seed(seed)
+    tensors = {}
+    for name, module in tiny_transformer(guidance_embeds=True).named_modules():
+        if isinstance(module, torch.nn.Linear):
+            fan_in = TOOL_IN_CHANNELS["control"] if name == "x_embedder" else module.in_features
+            tensors[f"transformer.{name}.lora_A.weight"] = torch.randn(rank, fan_in, generator=g) / fan_in**0.5
+            tensors[f"transformer.{name}.lora_B.weight"] = torch.randn(module.out_features, rank, generator=g) * 0.1
+            tensors[f"transformer.{name}.lora_B.bias"] = torch.randn(module.out_features, generator=g) * 0.01
+        for norm in ("norm_q", "norm_k", "norm_added_q", "norm_added_k"):
+            if name.endswith(f"attn.{norm}"):
+                tensors[f"transformer.{name}.weight"] = 0.5 + torch.rand(module.weight.shape, generator=g)
+    folder.mkdir(parents=True)
+    save_file(tensors, folder / weight_name)
+
+
+def _write_depth_estimator(folder: Path, seed: int) -> None:
+    """A DepthAnything model (tiny DINOv2 backbone) with the DPT image processor the real one uses."""
+    from transformers import DepthAnythingConfig, DepthAnythingForDepthEstimation, Dinov2Config
+    from transformers.models.dpt.image_processing_pil_dpt import DPTImageProcessorPil
+
+    torch.manual_seed(seed)
+    backbone = Dinov2Config(
+        image_size=56,
+        patch_size=14,
+        hidden_size=32,
+        num_hidden_layers=4,
+        num_attention_heads=2,
+        intermediate_size=64,
+        out_indices=[1, 2, 3, 4],
+        reshape_hidden_states=False,
+    )
+    config = DepthAnythingConfig(
+        backbone_config=backbone,
+        reassemble_hidden_size=32,
+        neck_hidden_sizes=[8, 16, 32, 32],
+        fusion_hidden_size=16,
+        head_hidden_size=8,
+    )
+    DepthAnythingForDepthEstimation(config).save_pretrained(folder)
+    # As the real processor (518 px, aspect kept, multiples of 14, bicubic, ImageNet statistics), at 56 px.
+    DPTImageProcessorPil(
+        size={"height": 56, "width": 56},
+        keep_aspect_ratio=True,
+        ensure_multiple_of=14,
+        resample=3,
+        do_pad=False,
+        image_mean=[0.485, 0.456, 0.406],
+        image_std=[0.229, 0.224, 0.225],
+    ).save_pretrained(folder)
+
+
+def _tiny_repos() -> list[tuple[str, str, Callable[[Path], None]]]:
+    """(repo id, label, writer) for every tiny model; each writer gets its own seed."""
+    from flux_ui.control_maps import DEPTH_ESTIMATOR_REPO
+    from flux_ui.tiny_vlm import write_tiny_vlm
+
+    repos: list[tuple[str, str, Callable[[Path], None]]] = []
+    for i, v in enumerate(VARIANTS.values()):
+        if (write := _writer(v, seed=1000 + i)) is not None:
+            repos.append((v.repo_id, v.label, write))
+    for i, v in enumerate(v for v in VARIANTS.values() if v.task in TOOL_IN_CHANNELS):
+        write = partial(_write_tool_repo, in_channels=TOOL_IN_CHANNELS[v.task], seed=2000 + i)
+        repos.append((v.repo_id, v.label, write))
+    for i, lora in enumerate(CONTROL_LORAS.values()):
+        write = partial(_write_control_lora, weight_name=lora.weight_name, seed=3000 + i)
+        repos.append((lora.repo_id, lora.label, write))
+    repos.append((DEPTH_ESTIMATOR_REPO, "depth estimator", partial(_write_depth_estimator, seed=4000)))
+    # Under the default model's repo id, so --tiny finds it where --vqa-model points by default.
+    repos.append((DEFAULT_VQA_MODEL, "VQA model", write_tiny_vlm))
+    return repos
+
+
 def ensure_tiny_models(root: Path) -> Path:
     """Write the tiny repos under `root` unless they are already there; return `root`.
 
     Each repo gets its own seed, so variants differ as real ones do. Writing takes a few seconds on a
     CPU and happens once per folder.
     """
-    from flux_ui.tiny_vlm import write_tiny_vlm
-
-    for i, variant in enumerate(VARIANTS.values()):
-        write = _writer(variant, seed=1000 + i)
-        if write is not None:
-            _write_once(root / variant.repo_id, variant.label, write)
-    # Under the default model's repo id, so --tiny finds it where --vqa-model points by default.
-    _write_once(root / DEFAULT_VQA_MODEL, "VQA model", write_tiny_vlm)
+    for repo_id, label, write in _tiny_repos():
+        _write_once(root / repo_id, label, write)
     return root

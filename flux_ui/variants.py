@@ -174,6 +174,39 @@ VARIANTS: dict[str, Variant] = {
 }
 
 
+@dataclass(frozen=True)
+class ControlLora:
+    """BFL's structural-control LoRA: turns the [dev] transformer into a Canny or Depth model while loaded."""
+
+    name: str  # short key, also the --model NAME for its source
+    label: str  # human name shown in the UI and the metadata
+    repo_id: str  # Hugging Face repo holding the LoRA file
+    weight_name: str  # the safetensors file in that repo
+    base: str  # variant whose transformer it is applied to
+    full: str  # the full-transformer variant it stands in for (same guidance and steps)
+    default_scale: float = 0.85  # the LoRA scale BFL's reference CLI uses
+
+
+CONTROL_LORAS: dict[str, ControlLora] = {
+    "canny": ControlLora(
+        name="canny-dev-lora",
+        label="FLUX.1 Canny [dev] LoRA",
+        repo_id="black-forest-labs/FLUX.1-Canny-dev-lora",
+        weight_name="flux1-canny-dev-lora.safetensors",
+        base="dev",
+        full="canny-dev",
+    ),
+    "depth": ControlLora(
+        name="depth-dev-lora",
+        label="FLUX.1 Depth [dev] LoRA",
+        repo_id="black-forest-labs/FLUX.1-Depth-dev-lora",
+        weight_name="flux1-depth-dev-lora.safetensors",
+        base="dev",
+        full="depth-dev",
+    ),
+}
+
+
 def get_variant(name: str) -> Variant:
     """Return the variant called `name`; raise a ValueError that lists the valid names otherwise."""
     try:

@@ -136,3 +136,44 @@ def test_a_smaller_minimum_side_can_be_asked_for():
     with pytest.raises(InvalidInput, match="at least 64"):
         load_image(small, "image")
     assert load_image(small, "image", min_side=16).size == (20, 20)
+
+
+def test_numpy_arrays_are_images_too():
+    arr = np.zeros((64, 80, 3), dtype=np.uint8)
+    arr[..., 0] = 10
+    out = load_image(arr, "image")
+    assert out.size == (80, 64) and out.getpixel((0, 0)) == (10, 0, 0)
+
+
+def test_masks_read_alpha_when_it_means_something():
+    from flux_ui.images import alpha_or_luminance
+
+    painted = Image.new("RGBA", (64, 64), (255, 0, 255, 0))
+    painted.paste((255, 0, 255, 200), (0, 0, 10, 10))
+    assert alpha_or_luminance(painted).getpixel((0, 0)) == 200
+    assert alpha_or_luminance(painted).getpixel((20, 20)) == 0
+    opaque = Image.new("RGBA", (64, 64), (255, 255, 255, 255))
+    assert alpha_or_luminance(opaque).getpixel((0, 0)) == 255
+    assert alpha_or_luminance(Image.new("RGB", (64, 64))).getpixel((0, 0)) == 0
+
+
+def test_small_masks_can_be_opened_with_a_lower_minimum():
+    from flux_ui.images import open_image
+
+    assert open_image(Image.new("L", (8, 8)), "mask", min_side=1).size == (8, 8)
+
+
+@pytest.mark.parametrize(
+    ("size", "max_pixels", "expected"),
+    [
+        ((128, 96), 2_000_000, (128, 96)),
+        ((130, 100), 2_000_000, (128, 96)),  # multiples of 16, rounded down
+        ((4000, 3000), 1_000_000, (1152, 864)),  # scaled down to fit, aspect kept
+        ((64, 64), 2_000_000, (64, 64)),
+    ],
+)
+def test_working_size(size, max_pixels, expected):
+    from flux_ui.images import working_size
+
+    w, h = working_size(*size, max_pixels)
+    assert (w, h) == expected and w * h <= max_pixels and w % 16 == h % 16 == 0

@@ -41,6 +41,8 @@ TARGETS = (
     Target("kontext", "Edit in Kontext", "receive"),
     Target("redux", "Redux variations"),
     Target("vqa", "Ask about it (VQA)"),
+    Target("fill", "Inpaint / outpaint (Fill)"),
+    Target("control", "Use as control source"),
 )
 
 

@@ -1,0 +1,88 @@
+"""One prompt, several images: the generation loop the image-conditioned tasks (Fill, Control) share.
+
+The prompt is encoded once; image i is denoised from the noise of seed + i, drawn on the CPU so that a
+seed gives the same image on any device (as in text-to-image).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+from flux_ui.metadata import ImageMeta
+from flux_ui.registry import Registry
+from flux_ui.tasks import GeneratedImage, StepCallback, step_callback
+from flux_ui.variants import Variant
+
+
+@dataclass(frozen=True)
+class Batch:
+    """What every image of one request shares."""
+
+    prompt: str
+    variant: Variant  # recorded in the metadata (the base variant when a LoRA does the work)
+    seed: int  # resolved seed of the first image; image i uses seed + i
+    steps: int
+    guidance: float
+    num_images: int
+    size: tuple[int, int]  # (width, height) in pixels, multiples of 16
+    loras: tuple[tuple[str, float], ...] = ()  # (name, scale) for the metadata
+    extra: dict[str, str] = field(default_factory=dict)  # task-specific metadata
+
+
+def generate_batch(
+    registry: Registry,
+    pipe,
+    batch: Batch,
+    on_step: StepCallback | None,
+    should_stop: Callable[[], bool] | None,
+    **inputs,
+) -> tuple[list[GeneratedImage], dict[str, float]]:
+    """Run `pipe` once per image with the task's `inputs` (image, mask_image, control_image, ...);
+    return the images with their metadata, and the seconds spent encoding and generating."""
+    timings = {}
+    width, height = batch.size
+    t = time.perf_counter()
+    with torch.inference_mode():
+        prompt_embeds, pooled, _ = pipe.encode_prompt(
+            prompt=batch.prompt,
+            prompt_2=None,
+            device=registry.settings.device,
+            max_sequence_length=batch.variant.max_sequence_length,
+        )
+    timings["encode"] = time.perf_counter() - t
+    t = time.perf_counter()
+    images = []
+    total = batch.steps * batch.num_images
+    for i in range(batch.num_images):
+        callback = step_callback(registry, on_step, should_stop, i, batch.steps, total, batch.size)
+        with torch.inference_mode():
+            out = pipe(
+                prompt_embeds=prompt_embeds,
+                pooled_prompt_embeds=pooled,
+                width=width,
+                height=height,
+                num_inference_steps=batch.steps,
+                guidance_scale=batch.guidance,
+                generator=torch.Generator("cpu").manual_seed(batch.seed + i),
+                max_sequence_length=batch.variant.max_sequence_length,
+                callback_on_step_end=callback,
+                **inputs,
+            )
+        meta = ImageMeta(
+            prompt=batch.prompt,
+            variant=batch.variant.name,
+            seed=batch.seed + i,
+            steps=batch.steps,
+            guidance=batch.guidance,
+            width=width,
+            height=height,
+            loras=batch.loras,
+            extra=dict(batch.extra),
+        )
+        images.append(GeneratedImage(out.images[0], meta))
+    timings["generate"] = time.perf_counter() - t
+    return images, timings

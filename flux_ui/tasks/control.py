@@ -1,0 +1,180 @@
+"""Structure control with FLUX.1 Canny [dev] and Depth [dev], or BFL's Canny/Depth LoRAs on [dev].
+
+A control map (Canny edges, or depth from a small depth-estimation model) is computed from a source image
+at the output size, or taken as uploaded; the model then generates an image that follows it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+
+from PIL import Image
+
+from flux_ui.control_maps import CANNY_HIGH, CANNY_LOW, CANNY_MAX, canny
+from flux_ui.images import image_hash, load_image, working_size
+from flux_ui.params import (
+    InvalidInput,
+    check_float,
+    check_guidance,
+    check_int,
+    check_num_images,
+    check_prompt,
+    check_range,
+    check_seed,
+    check_steps,
+)
+from flux_ui.registry import Registry
+from flux_ui.settings import Settings
+from flux_ui.tasks import StepCallback, TaskResult, resolve_seed
+from flux_ui.tasks.batch import Batch, generate_batch
+from flux_ui.variants import CONTROL_LORAS, get_variant
+
+log = logging.getLogger(__name__)
+
+MODES = {"canny": "canny-dev", "depth": "depth-dev"}  # mode -> full-transformer variant
+ROUTES = ("full", "lora")  # the full Canny/Depth transformer, or BFL's LoRA on the [dev] transformer
+MAX_LORA_SCALE = 2.0
+
+
+@dataclass
+class ControlResult(TaskResult):
+    control_image: Image.Image | None = None  # the control map the images follow, at their size
+
+
+@dataclass(frozen=True)
+class ControlParams:
+    """One structure-control request. After `validate_control`, `image` and `control_image` are RGB PIL
+    images or None, and every default is filled in."""
+
+    prompt: str  # what to generate
+    image: object | None = None  # source image the control map is computed from
+    mode: str = "canny"  # canny (edges) or depth
+    route: str = "full"  # full: FLUX.1 Canny/Depth [dev]; lora: BFL's LoRA on FLUX.1 [dev]
+    control_image: object | None = None  # a ready control map; replaces the one computed from `image`
+    low_threshold: int = CANNY_LOW  # Canny: gradients above this are edges if connected to strong ones
+    high_threshold: int = CANNY_HIGH  # Canny: gradients above this are edges
+    lora_scale: float | None = None  # LoRA route: strength of the LoRA; None: 0.85, as BFL's reference
+    steps: int | None = None  # denoising steps; None: 50, as published
+    guidance: float | None = None  # distilled guidance; None: 30 for Canny, 10 for Depth, as published
+    seed: int = -1  # -1 picks a random seed; image i of a batch uses seed + i
+    num_images: int = 1
+
+
+def _check_choice(field: str, value: object, choices) -> str:
+    if value not in choices:
+        raise InvalidInput(field, f"unknown {field} {value!r}; choose one of: {', '.join(choices)}")
+    return value  # type: ignore[return-value]
+
+
+def validate_control(p: ControlParams, settings: Settings) -> ControlParams:
+    """Return `p` checked, images loaded and defaults filled in; raise InvalidInput on the first bad field."""
+    mode = _check_choice("mode", p.mode, MODES)
+    route = _check_choice("route", p.route, ROUTES)
+    variant = get_variant(MODES[mode])
+    if p.image is None and p.control_image is None:
+        raise InvalidInput("image", "is missing; upload a source image (or a ready map as control_image)")
+    image = None if p.image is None else load_image(p.image, "image")
+    control_image = None if p.control_image is None else load_image(p.control_image, "control_image")
+    prompt = check_prompt(p.prompt, settings)
+    low, high = check_int("low_threshold", p.low_threshold), check_int("high_threshold", p.high_threshold)
+    check_range("low_threshold", low, 0, CANNY_MAX)
+    check_range("high_threshold", high, 0, CANNY_MAX)
+    if low > high:
+        raise InvalidInput("low_threshold", f"{low} is above high_threshold ({high}); make it lower")
+    scale = CONTROL_LORAS[mode].default_scale if p.lora_scale is None else check_float("lora_scale", p.lora_scale)
+    check_range("lora_scale", scale, 0.0, MAX_LORA_SCALE)
+    return replace(
+        p,
+        prompt=prompt,
+        image=image,
+        mode=mode,
+        route=route,
+        control_image=control_image,
+        low_threshold=low,
+        high_threshold=high,
+        lora_scale=scale,
+        steps=check_steps(p.steps, variant.default_steps, settings),
+        guidance=check_guidance(p.guidance, variant.default_guidance),
+        seed=check_seed(p.seed),
+        num_images=check_num_images(p.num_images, settings),
+    )
+
+
+def control_map(
+    registry: Registry,
+    image: Image.Image,
+    mode: str,
+    size: tuple[int, int],
+    low: int = CANNY_LOW,
+    high: int = CANNY_HIGH,
+) -> Image.Image:
+    """The control map of an RGB `image` at `size` (width, height): Canny edges of the image resized to
+    `size`, or its depth map."""
+    if mode == "canny":
+        return canny(image.resize(size, Image.Resampling.LANCZOS), low, high)
+    with registry.depth_estimator() as estimator:
+        return estimator(image, size)
+
+
+def output_size(p: ControlParams, settings: Settings) -> tuple[int, int]:
+    """The source's (or the uploaded map's) size, scaled down to the megapixel limit, multiples of 16."""
+    reference: Image.Image = p.control_image if p.control_image is not None else p.image  # type: ignore[assignment]
+    return working_size(*reference.size, settings.max_pixels)
+
+
+def control(
+    registry: Registry,
+    params: ControlParams,
+    on_step: StepCallback | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> ControlResult:
+    """Generate images that follow the control map; `params` must have passed `validate_control`."""
+    start = time.perf_counter()
+    size = output_size(params, registry.settings)
+    extra = {"Control": params.mode, "Control route": params.route}
+    if params.control_image is not None:
+        cmap = params.control_image.resize(size, Image.Resampling.BICUBIC)  # type: ignore[union-attr]
+        extra["Control map"] = "uploaded"
+    else:
+        cmap = control_map(registry, params.image, params.mode, size, params.low_threshold, params.high_threshold)  # type: ignore[arg-type]
+        if params.mode == "canny":
+            extra["Canny thresholds"] = f"{params.low_threshold}/{params.high_threshold}"
+        extra["Source hash"] = image_hash(params.image)  # type: ignore[arg-type]
+    extra["Control hash"] = image_hash(cmap)
+    map_time = time.perf_counter() - start
+
+    lora = CONTROL_LORAS[params.mode]
+    use_lora = params.route == "lora"
+    batch = Batch(
+        prompt=params.prompt,
+        variant=get_variant(lora.base if use_lora else MODES[params.mode]),
+        seed=resolve_seed(params.seed),
+        steps=params.steps,  # type: ignore[arg-type]
+        guidance=params.guidance,  # type: ignore[arg-type]
+        num_images=params.num_images,
+        size=size,
+        loras=((lora.name, params.lora_scale),) if use_lora else (),  # type: ignore[arg-type]
+        extra=extra,
+    )
+    inputs = {"control_image": cmap}
+    if use_lora:
+        inputs["joint_attention_kwargs"] = {"scale": params.lora_scale}
+    t = time.perf_counter()
+    lend = registry.control_lora_pipeline(params.mode) if use_lora else registry.pipeline(MODES[params.mode])
+    with lend as pipe:
+        load = time.perf_counter() - t
+        images, timings = generate_batch(registry, pipe, batch, on_step, should_stop, **inputs)
+    timings = {"control_map": map_time, "load": load, **timings, "total": time.perf_counter() - start}
+    log.info(
+        "control %s (%s) %dx%d x%d, %d steps: %.2f s",
+        params.mode,
+        params.route,
+        *size,
+        batch.num_images,
+        batch.steps,
+        timings["total"],
+    )
+    return ControlResult(images=images, seed=batch.seed, timings=timings, control_image=cmap)

@@ -1,0 +1,128 @@
+"""A real browser (Debian's Chromium, driven by Playwright): paint a mask and Fill; compute a map and Control."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+
+import pytest
+from PIL import Image, ImageDraw
+
+from flux_ui.metadata import parse_parameters, read_parameters
+
+CHROMIUM = os.environ.get("FLUX_UI_CHROMIUM", "/usr/bin/chromium")
+pytestmark = pytest.mark.skipif(not shutil.which(CHROMIUM), reason=f"no Chromium at {CHROMIUM}")
+
+
+@pytest.fixture(scope="module")
+def picture(tmp_path_factory) -> str:
+    path = tmp_path_factory.mktemp("browser") / "picture.png"
+    img = Image.effect_noise((128, 96), 60).convert("RGB")
+    ImageDraw.Draw(img).ellipse((30, 20, 100, 80), fill="orange")
+    img.save(path)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def page(app_server):
+    from playwright.sync_api import sync_playwright
+
+    url, _ = app_server
+    with sync_playwright() as p:
+        browser = p.chromium.launch(
+            executable_path=CHROMIUM,
+            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update"],
+        )
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.goto(url)
+        page.wait_for_selector("#prompt textarea", timeout=60_000)
+        yield page
+        browser.close()
+
+
+def set_number(page, elem_id: str, value: int) -> None:
+    box = page.locator(f"#{elem_id} input[type=number]")
+    box.fill(str(value))
+    box.press("Enter")
+
+
+def wait_for_text(page, elem_id: str, text: str) -> str:
+    page.wait_for_function(
+        "([id, text]) => document.getElementById(id) && document.getElementById(id).innerText.includes(text)",
+        arg=[elem_id, text],
+        timeout=120_000,
+    )
+    return page.locator(f"#{elem_id}").inner_text()
+
+
+def saved(outputs, seed: int) -> str:
+    (path,) = outputs.rglob(f"*-{seed}.png")
+    with Image.open(path) as img:
+        return read_parameters(img)
+
+
+def test_paint_a_mask_and_fill(page, app_server, picture):
+    page.get_by_role("tab", name="Fill").click()
+    editor = page.locator("#fill-editor")
+    # The editor ignores uploads until its drawing canvas is laid out.
+    page.wait_for_function("() => document.querySelector('#fill-editor canvas')?.width > 0")
+    editor.locator("input[type=file]").first.set_input_files(picture)
+    editor.get_by_role("button", name="Color").wait_for(timeout=30_000)  # shown once the picture is in
+    canvas = editor.locator("canvas").first.bounding_box()
+    x, y = canvas["x"] + canvas["width"] / 2, canvas["y"] + canvas["height"] / 2
+    page.mouse.move(x - 50, y - 20)  # the brush is the active tool after an upload: one stroke
+    page.mouse.down()
+    for i in range(1, 11):
+        page.mouse.move(x - 50 + 10 * i, y - 20 + 4 * i)
+    page.mouse.up()
+    page.locator("#fill-prompt textarea").fill("a red fox")
+    set_number(page, "fill-steps", 2)
+    page.locator("#fill-seed input").fill("6061")
+    page.locator("#fill-run").click()
+    info = wait_for_text(page, "fill-info", "Seed 6061")
+    repainted = int(re.search(r"(\d+)% repainted", info).group(1))
+    assert 3 <= repainted <= 80  # the stroke, not nothing and not everything
+    assert page.locator("#fill-gallery img").count() >= 1
+    _, outputs = app_server
+    params = parse_parameters(saved(outputs, 6061))
+    assert params["Variant"] == "fill-dev" and "Mask hash" in params and params["Size"] == "128x96"
+
+
+def test_fill_without_paint_says_what_is_missing(page):
+    page.get_by_role("tab", name="Fill").click()
+    page.locator("#fill-editor").get_by_role("button", name="Clear canvas").click()
+    page.locator("#fill-run").click()
+    page.get_by_text("image: is missing").first.wait_for(timeout=30_000)
+
+
+def test_source_shows_its_map_and_control_generates(page, app_server, picture):
+    page.get_by_role("tab", name="Control").click()
+    page.locator("#control-image input[type=file]").set_input_files(picture)
+    page.locator("#control-map img").wait_for(state="visible", timeout=60_000)  # computed on upload
+    page.locator("#control-prompt textarea").fill("a robot made of gold")
+    set_number(page, "control-steps", 2)
+    page.locator("#control-seed input").fill("7071")
+    page.locator("#control-generate").click()
+    wait_for_text(page, "control-info", "Seed 7071")
+    assert page.locator("#control-gallery img").count() >= 1
+    _, outputs = app_server
+    params = parse_parameters(saved(outputs, 7071))
+    assert (params["Variant"], params["Control"], params["Canny thresholds"]) == ("canny-dev", "canny", "50/200")
+
+
+def test_an_uploaded_map_is_used_instead(page, app_server, tmp_path):
+    page.get_by_role("tab", name="Control").click()
+    custom = tmp_path / "edges.png"
+    img = Image.new("RGB", (128, 96), "black")
+    ImageDraw.Draw(img).rectangle((20, 20, 100, 70), outline="white", width=2)
+    img.save(custom)
+    page.locator("#control-map").get_by_role("button", name="Remove Image").click()
+    page.locator("#control-map input[type=file]").set_input_files(str(custom))
+    page.locator("#control-map img").wait_for(state="visible", timeout=30_000)
+    page.locator("#control-seed input").fill("7072")
+    page.locator("#control-generate").click()
+    wait_for_text(page, "control-info", "Seed 7072")
+    _, outputs = app_server
+    params = parse_parameters(saved(outputs, 7072))
+    assert params["Control map"] == "uploaded" and "Canny thresholds" not in params
