@@ -156,8 +156,8 @@ def test_the_size_follows_the_source_within_the_limit(registry, settings):
     [
         ({"prompt": ""}, "prompt", "is empty"),
         ({"image": None}, "image", "is missing"),
-        ({"image": b"nope"}, "image", "not an image file"),
-        ({"control_image": Image.new("RGB", (40, 40))}, "control_image", "at least 64 px"),
+        ({"image": b"nope"}, "image", "is not an image"),
+        ({"control_image": Image.new("RGB", (40, 40))}, "control_image", "at least 64 pixels"),
         ({"mode": "pose"}, "mode", "unknown mode 'pose'; choose one of: canny, depth"),
         ({"route": "controlnet"}, "route", "choose one of: full, lora"),
         ({"low_threshold": 300, "high_threshold": 200}, "low_threshold", "above high_threshold"),

@@ -67,7 +67,7 @@ def test_fill_outpaints_without_a_mask(client, files):
         ({"prompt": ""}, "prompt: is empty"),
         ({"mask": None}, "mask: is missing"),
         ({"mask": "empty"}, "mask: is empty"),
-        ({"image": "notes"}, "image: is not an image file"),
+        ({"image": "notes"}, "image: is not an image"),
         ({"left": 3000, "right": 3000}, "the canvas would be 6128 px wide"),
     ],
 )

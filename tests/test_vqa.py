@@ -111,7 +111,7 @@ def test_job_streams_answer_pieces(registry):
     ("change", "message"),
     [
         ({"image": None}, "image: is missing"),
-        ({"image": Image.new("RGB", (15, 40))}, "image: is 15x40 pixels; each side must be at least 16"),
+        ({"image": Image.new("RGB", (15, 40))}, "image: is 15x40; each side must be at least 16 pixels"),
         ({"question": "  "}, "question: is empty"),
         ({"question": "x" * 2001}, "question: is 2001 characters long"),
         ({"question": 7}, "question: expected text"),

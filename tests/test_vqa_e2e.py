@@ -77,7 +77,7 @@ def test_bad_input_is_named(client, chart, kwargs, message):
 def test_not_an_image(client, tmp_path):
     notes = tmp_path / "notes.png"
     notes.write_text("hello")
-    with pytest.raises(AppError, match="image: is not an image file"):
+    with pytest.raises(AppError, match="image: is not an image"):
         client.predict(image=handle_file(str(notes)), question="What is this?", api_name="/vqa")
 
 
