@@ -4,6 +4,7 @@ them, and a running `app.py --tiny --lora-dir ...` server for end-to-end and bro
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import struct
 import subprocess
@@ -157,3 +158,38 @@ def bad_images(tmp_path_factory) -> dict[str, Path]:
     files["bomb"].write_bytes(bomb_png(20_000, 20_000))
     files["bomb_108mp"].write_bytes(bomb_png(12_000, 9_000))
     return files
+
+
+CHROMIUM = os.environ.get("FLUX_UI_CHROMIUM", "/usr/bin/chromium")
+# Headless Chromium as root, with nothing that reaches out to the network by itself.
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update"]
+
+
+@pytest.fixture(scope="session")
+def browser():
+    """One Debian Chromium for the whole session, driven by Playwright (which downloads no browser)."""
+    if not shutil.which(CHROMIUM):
+        pytest.skip(f"no Chromium at {CHROMIUM}")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        chromium = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture(scope="module")
+def page(browser, app_server):
+    """A page of its own per test module on the running app, once the text-to-image tab is ready."""
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page.goto(app_server[0])
+    page.wait_for_selector("#prompt textarea", timeout=60_000)
+    yield page
+    page.close()
+
+
+def set_number(page, elem_id: str, value: int) -> None:
+    """Type into a slider's number box, as a user would."""
+    box = page.locator(f"#{elem_id} input[type=number]")
+    box.fill(str(value))
+    box.press("Enter")

@@ -3,37 +3,9 @@ tabs: text to image -> Kontext (edit, edit again, undo) -> Redux -> back to text
 
 from __future__ import annotations
 
-import os
-import shutil
+from conftest import set_number
 
-import pytest
-
-CHROMIUM = os.environ.get("FLUX_UI_CHROMIUM", "/usr/bin/chromium")
-pytestmark = pytest.mark.skipif(not shutil.which(CHROMIUM), reason=f"no Chromium at {CHROMIUM}")
 SLOW = 120_000  # ms: generous, the CPU is shared
-
-
-@pytest.fixture(scope="module")
-def page(app_server):
-    from playwright.sync_api import sync_playwright
-
-    url, _ = app_server
-    with sync_playwright() as p:
-        browser = p.chromium.launch(
-            executable_path=CHROMIUM,
-            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update"],
-        )
-        page = browser.new_page(viewport={"width": 1400, "height": 1000})
-        page.goto(url)
-        page.wait_for_selector("#prompt textarea", timeout=60_000)
-        yield page
-        browser.close()
-
-
-def set_number(page, elem_id: str, value: int) -> None:
-    box = page.locator(f"#{elem_id} input[type=number]")
-    box.fill(str(value))
-    box.press("Enter")
 
 
 def wait_text(page, elem_id: str, text: str) -> None:

@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
 
 import pytest
+from conftest import set_number
 from PIL import Image, ImageDraw
 
 from flux_ui.metadata import parse_parameters, read_parameters
-
-CHROMIUM = os.environ.get("FLUX_UI_CHROMIUM", "/usr/bin/chromium")
-pytestmark = pytest.mark.skipif(not shutil.which(CHROMIUM), reason=f"no Chromium at {CHROMIUM}")
 
 
 @pytest.fixture(scope="module")
@@ -22,29 +18,6 @@ def picture(tmp_path_factory) -> str:
     ImageDraw.Draw(img).ellipse((30, 20, 100, 80), fill="orange")
     img.save(path)
     return str(path)
-
-
-@pytest.fixture(scope="module")
-def page(app_server):
-    from playwright.sync_api import sync_playwright
-
-    url, _ = app_server
-    with sync_playwright() as p:
-        browser = p.chromium.launch(
-            executable_path=CHROMIUM,
-            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update"],
-        )
-        page = browser.new_page(viewport={"width": 1400, "height": 1000})
-        page.goto(url)
-        page.wait_for_selector("#prompt textarea", timeout=60_000)
-        yield page
-        browser.close()
-
-
-def set_number(page, elem_id: str, value: int) -> None:
-    box = page.locator(f"#{elem_id} input[type=number]")
-    box.fill(str(value))
-    box.press("Enter")
 
 
 def wait_for_text(page, elem_id: str, text: str) -> str:

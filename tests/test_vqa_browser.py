@@ -2,14 +2,8 @@
 
 from __future__ import annotations
 
-import os
-import shutil
-
 import pytest
 from PIL import Image
-
-CHROMIUM = os.environ.get("FLUX_UI_CHROMIUM", "/usr/bin/chromium")
-pytestmark = pytest.mark.skipif(not shutil.which(CHROMIUM), reason=f"no Chromium at {CHROMIUM}")
 
 # Records the text of the newest answer bubble on every change of the chat, to see it grow.
 WATCH_CHAT = """() => {
@@ -23,24 +17,14 @@ WATCH_CHAT = """() => {
 
 
 @pytest.fixture(scope="module")
-def page(app_server, tmp_path_factory):
-    from playwright.sync_api import sync_playwright
-
-    url, _ = app_server
+def page(page, tmp_path_factory):
+    """The shared page, on the VQA tab with an image uploaded."""
     image = tmp_path_factory.mktemp("vqa-browser") / "sign.png"
     Image.new("RGB", (200, 120), (240, 200, 40)).save(image)
-    with sync_playwright() as p:
-        browser = p.chromium.launch(
-            executable_path=CHROMIUM,
-            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update"],
-        )
-        page = browser.new_page(viewport={"width": 1400, "height": 1000})
-        page.goto(url)
-        page.get_by_role("tab", name="Ask about an image").click()
-        page.locator("#vqa-image input[type=file]").set_input_files(str(image))
-        page.locator("#vqa-image img").first.wait_for(state="visible", timeout=60_000)
-        yield page
-        browser.close()
+    page.get_by_role("tab", name="Ask about an image").click()
+    page.locator("#vqa-image input[type=file]").set_input_files(str(image))
+    page.locator("#vqa-image img").first.wait_for(state="visible", timeout=60_000)
+    return page
 
 
 def test_the_answer_streams_into_the_chat(page):
