@@ -1,4 +1,4 @@
-"""One prompt, several images: the generation loop the image-conditioned tasks (Fill, Control) share.
+"""One prompt, several images: the generation loop every FLUX task but Redux shares.
 
 The prompt is encoded once; image i is denoised from the noise of seed + i, drawn on the CPU so that a
 seed gives the same image on any device (as in text-to-image).
@@ -26,11 +26,12 @@ class Batch:
     variant: Variant  # recorded in the metadata (the base variant when a LoRA does the work)
     seed: int  # resolved seed of the first image; image i uses seed + i
     steps: int
-    guidance: float
+    guidance: float | None  # None for guidance-free variants ([schnell]): no guidance_scale is passed
     num_images: int
     size: tuple[int, int]  # (width, height) in pixels, multiples of 16
     loras: tuple[tuple[str, float], ...] = ()  # (name, scale) for the metadata
     extra: dict[str, str] = field(default_factory=dict)  # task-specific metadata
+    encoder_prompt: str | None = None  # what the text encoders see, when not `prompt` (LoRA tags stripped)
 
 
 def generate_batch(
@@ -48,7 +49,7 @@ def generate_batch(
     t = time.perf_counter()
     with torch.inference_mode():
         prompt_embeds, pooled, _ = pipe.encode_prompt(
-            prompt=batch.prompt,
+            prompt=batch.prompt if batch.encoder_prompt is None else batch.encoder_prompt,
             prompt_2=None,
             device=registry.settings.device,
             max_sequence_length=batch.variant.max_sequence_length,
@@ -57,6 +58,8 @@ def generate_batch(
     t = time.perf_counter()
     images = []
     total = batch.steps * batch.num_images
+    if batch.guidance is not None:
+        inputs["guidance_scale"] = batch.guidance
     for i in range(batch.num_images):
         callback = step_callback(registry, on_step, should_stop, i, batch.steps, total, batch.size)
         with torch.inference_mode():
@@ -66,7 +69,6 @@ def generate_batch(
                 width=width,
                 height=height,
                 num_inference_steps=batch.steps,
-                guidance_scale=batch.guidance,
                 generator=torch.Generator("cpu").manual_seed(batch.seed + i),
                 max_sequence_length=batch.variant.max_sequence_length,
                 callback_on_step_end=callback,

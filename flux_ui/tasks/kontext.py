@@ -15,11 +15,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
-import torch
 from PIL import Image
 
 from flux_ui.images import image_hash
-from flux_ui.metadata import ImageMeta
 from flux_ui.params import (
     MAX_GUIDANCE,
     InvalidInput,
@@ -32,7 +30,8 @@ from flux_ui.params import (
 )
 from flux_ui.registry import Registry
 from flux_ui.settings import Settings
-from flux_ui.tasks import GeneratedImage, StepCallback, TaskResult, resolve_seed, step_callback
+from flux_ui.tasks import StepCallback, TaskResult, resolve_seed
+from flux_ui.tasks.batch import Batch, generate_batch
 from flux_ui.variants import get_variant, nearest_resolution
 
 log = logging.getLogger(__name__)
@@ -120,48 +119,29 @@ def kontext_edit(
     }
     timings: dict[str, float] = {}
     start = time.perf_counter()
-    images: list[GeneratedImage] = []
+    batch = Batch(
+        prompt=params.instruction,
+        variant=variant,
+        seed=seed,
+        steps=params.steps,
+        guidance=params.guidance,
+        num_images=params.num_images,
+        size=size,
+        extra=extra,
+    )
     with registry.pipeline(variant.name) as pipe:
         timings["load"] = time.perf_counter() - start
-        t = time.perf_counter()
-        with torch.inference_mode():
-            prompt_embeds, pooled, _ = pipe.encode_prompt(
-                prompt=params.instruction,
-                prompt_2=None,
-                device=registry.settings.device,
-                max_sequence_length=variant.max_sequence_length,
-            )
-        timings["encode"] = time.perf_counter() - t
-        t = time.perf_counter()
-        total = params.steps * params.num_images
-        for i in range(params.num_images):
-            with torch.inference_mode():
-                out = pipe(
-                    image=params.image,  # resized by the pipeline to the context size
-                    prompt_embeds=prompt_embeds,
-                    pooled_prompt_embeds=pooled,
-                    width=params.width,
-                    height=params.height,
-                    # The pipeline rescales width x height to max_area; this keeps the size asked for.
-                    max_area=params.width * params.height,
-                    num_inference_steps=params.steps,
-                    guidance_scale=params.guidance,
-                    generator=torch.Generator("cpu").manual_seed(seed + i),
-                    max_sequence_length=variant.max_sequence_length,
-                    callback_on_step_end=step_callback(registry, on_step, should_stop, i, params.steps, total, size),
-                )
-            meta = ImageMeta(
-                prompt=params.instruction,
-                variant=variant.name,
-                seed=seed + i,
-                steps=params.steps,
-                guidance=params.guidance,
-                width=params.width,
-                height=params.height,
-                extra=extra,
-            )
-            images.append(GeneratedImage(out.images[0], meta))
-        timings["generate"] = time.perf_counter() - t
+        images, phases = generate_batch(
+            registry,
+            pipe,
+            batch,
+            on_step,
+            should_stop,
+            image=params.image,  # resized by the pipeline to the context size
+            # The pipeline rescales width x height to max_area; this keeps the size asked for.
+            max_area=params.width * params.height,
+        )
+        timings |= phases
     timings["total"] = time.perf_counter() - start
     log.info(
         "kontext_edit %dx%d -> %dx%d x%d, %d steps: %.2f s",

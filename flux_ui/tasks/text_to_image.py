@@ -8,10 +8,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
-import torch
-
 from flux_ui.loras import LoraLibrary, LoraRequest, check_request, parse_prompt
-from flux_ui.metadata import ImageMeta
 from flux_ui.params import (
     MAX_GUIDANCE,
     InvalidInput,
@@ -24,12 +21,11 @@ from flux_ui.params import (
 from flux_ui.registry import Registry
 from flux_ui.settings import Settings
 from flux_ui.tasks import (
-    GeneratedImage,
     StepCallback,
     TaskResult,
     resolve_seed,
-    step_callback,
 )
+from flux_ui.tasks.batch import Batch, generate_batch
 from flux_ui.variants import get_variant
 
 log = logging.getLogger(__name__)
@@ -116,56 +112,22 @@ def text_to_image(
     seed = resolve_seed(params.seed)
     timings: dict[str, float] = {}
     start = time.perf_counter()
-    images: list[GeneratedImage] = []
     text, _ = parse_prompt(params.prompt)
+    batch = Batch(
+        prompt=params.prompt,
+        encoder_prompt=text,
+        variant=variant,
+        seed=seed,
+        steps=params.steps,
+        guidance=params.guidance,
+        num_images=params.num_images,
+        size=(params.width, params.height),
+        loras=params.loras,
+    )
     with registry.pipeline(variant.name, loras=params.loras) as pipe:
         timings["load"] = time.perf_counter() - start
-        t = time.perf_counter()
-        with torch.inference_mode():
-            prompt_embeds, pooled, _ = pipe.encode_prompt(
-                prompt=text,
-                prompt_2=None,
-                device=registry.settings.device,
-                max_sequence_length=variant.max_sequence_length,
-            )
-        timings["encode"] = time.perf_counter() - t
-        t = time.perf_counter()
-        total = params.steps * params.num_images
-        for i in range(params.num_images):
-            callback = step_callback(
-                registry,
-                on_step,
-                should_stop,
-                i,
-                params.steps,
-                total,
-                (params.width, params.height),
-            )
-            kwargs = {} if params.guidance is None else {"guidance_scale": params.guidance}
-            with torch.inference_mode():
-                out = pipe(
-                    prompt_embeds=prompt_embeds,
-                    pooled_prompt_embeds=pooled,
-                    width=params.width,
-                    height=params.height,
-                    num_inference_steps=params.steps,
-                    generator=torch.Generator("cpu").manual_seed(seed + i),
-                    max_sequence_length=variant.max_sequence_length,
-                    callback_on_step_end=callback,
-                    **kwargs,
-                )
-            meta = ImageMeta(
-                prompt=params.prompt,
-                variant=variant.name,
-                seed=seed + i,
-                steps=params.steps,
-                guidance=params.guidance,
-                width=params.width,
-                height=params.height,
-                loras=params.loras,
-            )
-            images.append(GeneratedImage(out.images[0], meta))
-        timings["generate"] = time.perf_counter() - t
+        images, phases = generate_batch(registry, pipe, batch, on_step, should_stop)
+        timings |= phases
     timings["total"] = time.perf_counter() - start
     log.info(
         "text_to_image %s %dx%d x%d, %d steps: %.2f s",
