@@ -87,7 +87,7 @@ def lora_note(names: list[str], entries: list[LoraInfo]) -> str:
     for name in names:
         info = known.get(name)
         if info is None:
-            lines.append(f"- **{name}**: not in the LoRA folders (🔄 rescans them)")
+            lines.append(f"- **{name}**: not in the LoRA folders (Rescan looks again)")
         elif info.trigger_words:
             lines.append(f"- **{name}**: trigger words " + ", ".join(f"`{w}`" for w in info.trigger_words))
         else:
@@ -199,7 +199,7 @@ def build(ctx: UiContext) -> TextToImageTab:
                     elem_id="loras",
                     scale=4,
                 )
-                lora_refresh = gr.Button("🔄", scale=0, min_width=48, elem_id="loras-refresh")
+                lora_refresh = gr.Button("Rescan", scale=0, min_width=80, elem_id="loras-refresh")
             lora_info = gr.Markdown(elem_id="lora-info")
             with gr.Row():
                 choices = [(v.label, v.name) for v in variants_for("text_to_image")]
@@ -215,8 +215,8 @@ def build(ctx: UiContext) -> TextToImageTab:
             with gr.Row():
                 # No minimum/maximum here: the validator's message names the field and the fix.
                 seed = gr.Number(value=-1, label=f"Seed (-1 = random, up to {SEED_MAX})", elem_id="seed")
-                random_btn = gr.Button("🎲", scale=0, min_width=48)
-                reuse_btn = gr.Button("♻️", scale=0, min_width=48)
+                random_btn = gr.Button("Random", scale=0, min_width=80)  # words: not every system has emoji
+                reuse_btn = gr.Button("Reuse last", scale=0, min_width=80)
                 num_images = gr.Slider(1, settings.max_images, value=1, step=1, label="Images")
             with gr.Row():
                 generate_btn = gr.Button("Generate", variant="primary", elem_id="generate")
@@ -224,7 +224,7 @@ def build(ctx: UiContext) -> TextToImageTab:
             with gr.Accordion("Load parameters from image", open=False):
                 params_file = gr.File(label="PNG with parameters", file_types=[".png"], elem_id="params-file")
         with gr.Column(scale=1):
-            gallery = gr.Gallery(label="Images", columns=2, format="png", elem_id="gallery")
+            gallery = gr.Gallery(label="Images", columns=2, format="png", elem_id="gallery", interactive=False)
             send_row = gr.Row()  # hand-off buttons, added once every tab exists
             last_seed = gr.Number(label="Seed used", interactive=False, precision=0)
             info = gr.Markdown(label="info", elem_id="info")
