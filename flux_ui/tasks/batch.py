@@ -40,21 +40,26 @@ def generate_batch(
     batch: Batch,
     on_step: StepCallback | None,
     should_stop: Callable[[], bool] | None,
+    embeds: tuple[torch.Tensor, torch.Tensor] | None = None,
     **inputs,
 ) -> tuple[list[GeneratedImage], dict[str, float]]:
     """Run `pipe` once per image with the task's `inputs` (image, mask_image, control_image, ...);
-    return the images with their metadata, and the seconds spent encoding and generating."""
+    return the images with their metadata, and the seconds spent encoding (unless the caller brings its
+    own `embeds`, (prompt_embeds, pooled_prompt_embeds), as Redux does) and generating."""
     timings = {}
     width, height = batch.size
-    t = time.perf_counter()
-    with torch.inference_mode():
-        prompt_embeds, pooled, _ = pipe.encode_prompt(
-            prompt=batch.prompt if batch.encoder_prompt is None else batch.encoder_prompt,
-            prompt_2=None,
-            device=registry.settings.device,
-            max_sequence_length=batch.variant.max_sequence_length,
-        )
-    timings["encode"] = time.perf_counter() - t
+    if embeds is None:
+        t = time.perf_counter()
+        with torch.inference_mode():
+            prompt_embeds, pooled, _ = pipe.encode_prompt(
+                prompt=batch.prompt if batch.encoder_prompt is None else batch.encoder_prompt,
+                prompt_2=None,
+                device=registry.settings.device,
+                max_sequence_length=batch.variant.max_sequence_length,
+            )
+        timings["encode"] = time.perf_counter() - t
+    else:
+        prompt_embeds, pooled = embeds
     t = time.perf_counter()
     images = []
     total = batch.steps * batch.num_images

@@ -28,7 +28,6 @@ import torch
 from PIL import Image
 
 from flux_ui.images import image_hash
-from flux_ui.metadata import ImageMeta
 from flux_ui.params import (
     MAX_GUIDANCE,
     InvalidInput,
@@ -40,7 +39,8 @@ from flux_ui.params import (
 )
 from flux_ui.registry import Registry
 from flux_ui.settings import Settings
-from flux_ui.tasks import GeneratedImage, StepCallback, TaskResult, resolve_seed, step_callback
+from flux_ui.tasks import StepCallback, TaskResult, resolve_seed
+from flux_ui.tasks.batch import Batch, generate_batch
 from flux_ui.variants import get_variant
 
 log = logging.getLogger(__name__)
@@ -156,38 +156,23 @@ def redux_variation(
     }
     timings: dict[str, float] = {}
     start = time.perf_counter()
-    images: list[GeneratedImage] = []
+    batch = Batch(
+        prompt=params.prompt,
+        variant=variant,
+        seed=seed,
+        steps=params.steps,
+        guidance=params.guidance,
+        num_images=params.num_images,
+        size=size,
+        extra=extra,
+    )
     with registry.pipeline(variant.name) as prior, registry.pipeline(base.name) as pipe:
         timings["load"] = time.perf_counter() - start
         t = time.perf_counter()
-        prompt_embeds, pooled = redux_conditioning(prior, params, registry.settings.device, base.max_sequence_length)
+        embeds = redux_conditioning(prior, params, registry.settings.device, base.max_sequence_length)
         timings["encode"] = time.perf_counter() - t
-        t = time.perf_counter()
-        total = params.steps * params.num_images
-        for i in range(params.num_images):
-            with torch.inference_mode():
-                out = pipe(
-                    prompt_embeds=prompt_embeds,
-                    pooled_prompt_embeds=pooled,
-                    width=params.width,
-                    height=params.height,
-                    num_inference_steps=params.steps,
-                    guidance_scale=params.guidance,
-                    generator=torch.Generator("cpu").manual_seed(seed + i),
-                    callback_on_step_end=step_callback(registry, on_step, should_stop, i, params.steps, total, size),
-                )
-            meta = ImageMeta(
-                prompt=params.prompt,
-                variant=variant.name,
-                seed=seed + i,
-                steps=params.steps,
-                guidance=params.guidance,
-                width=params.width,
-                height=params.height,
-                extra=extra,
-            )
-            images.append(GeneratedImage(out.images[0], meta))
-        timings["generate"] = time.perf_counter() - t
+        images, phases = generate_batch(registry, pipe, batch, on_step, should_stop, embeds=embeds)
+        timings |= phases
     timings["total"] = time.perf_counter() - start
     log.info(
         "redux_variation %d reference(s) -> %dx%d x%d, %d steps: %.2f s",
