@@ -600,7 +600,7 @@ class Registry:
 
     def status(self) -> dict:
         """What is loaded where: shared parts, cached transformers (LRU order) and the active one, the
-        memory policy, and memory in use ("memory": GiB figures; "sizes_gib": each loaded model's weights).
+        memory policy, and memory in use ("memory": GiB figures; "sizes_mib": each loaded model's weights).
 
         A group-offloaded model's device reads "offloaded": its weights are in RAM, its hooks bring each
         block to the GPU as it runs."""
@@ -621,12 +621,12 @@ class Registry:
                 "memory": {
                     "gpu": memory.device_usage(self.settings.device),
                     "ram": memory.ram_usage(),
-                    "warm_tier_gib": round(self.warm_bytes() / memory.GIB, 2),
+                    "warm_tier_mib": round(self.warm_bytes() / 2**20, 1),
                     "ram_budget_gib": None if budget is None else round(budget / memory.GIB, 2),
                     "gpu_transformers": self.settings.gpu_transformers,
                     "transformer_cache": self.settings.transformer_cache,
                 },
-                "sizes_gib": {k: round(module_bytes(m) / memory.GIB, 3) for k, m in models.items()},
+                "sizes_mib": {k: round(module_bytes(m) / 2**20, 1) for k, m in models.items()},
                 "device": self.settings.device,
                 "dtype": str(self.settings.dtype).removeprefix("torch."),
                 "shared": shared,
