@@ -254,8 +254,8 @@ class Registry:
     def transformer(self, name: str) -> torch.nn.Module:
         """The transformer of variant `name`, loaded if needed, made active on the device.
 
-        The previously active transformer stays on the GPU while fewer than `gpu_transformers` are there
-        and the new one fits beside it; otherwise it goes to the warm tier (pinned CPU RAM). Beyond
+        Others stay on the GPU while fewer than `gpu_transformers` are there and the new one fits beside
+        them; otherwise the least recently used go to the warm tier (pinned CPU RAM). Beyond
         `transformer_cache` entries, or beyond `ram_budget_bytes` of warm weights, the least recently used
         ones are dropped.
         """
@@ -263,9 +263,7 @@ class Registry:
         if not variant.has_transformer:
             raise ValueError(f"variant: {variant.label} has no transformer of its own; use {variant.base!r}")
         with self._lock:
-            active = self._active
-            if active not in (None, name) and active in self._transformers and not self._keep_beside(name):
-                self._move(f"transformer:{active}", self._transformers[active], "cpu")
+            self._make_gpu_slot(name)
             if name in self._transformers:
                 self._transformers.move_to_end(name)
             else:
@@ -290,16 +288,18 @@ class Registry:
             if on_gpu and not policies.is_group_offloaded(m) and self._on_device(m)
         ]
 
-    def _keep_beside(self, name: str) -> bool:
-        """Whether the active transformer may stay on the GPU beside `name`'s: fewer than
-        `gpu_transformers` are there and the free memory holds `name`'s weights and a run's workspace
-        (an unloaded transformer is assumed as large as the active one)."""
-        if len(self._gpu_transformers()) >= self.settings.gpu_transformers:
-            return False
-        free = self._free_bytes()
-        incoming = self._transformers.get(name, self._transformers[self._active])
-        needed = 0 if self._on_device(incoming) else module_bytes(incoming)
-        return free is not None and free >= needed + WORKSPACE_BYTES
+    def _make_gpu_slot(self, name: str) -> None:
+        """Before `name`'s transformer is placed: move other transformers to the warm tier, least recently
+        used first, until fewer than `gpu_transformers` others are on the GPU and the free memory holds
+        `name`'s weights and a run's workspace (one not loaded yet is assumed as large as the last used)."""
+        while others := [n for n in self._gpu_transformers() if n != name]:
+            if len(others) < self.settings.gpu_transformers:
+                incoming = self._transformers.get(name, self._transformers[others[-1]])
+                needed = 0 if self._on_device(incoming) else module_bytes(incoming)
+                free = self._free_bytes()
+                if free is not None and free >= needed + WORKSPACE_BYTES:
+                    return
+            self._move(f"transformer:{others[0]}", self._transformers[others[0]], "cpu")
 
     def warm_bytes(self) -> int:
         """Bytes of cached transformers held in CPU RAM, the active one excepted (the warm tier)."""

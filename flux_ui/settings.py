@@ -274,6 +274,11 @@ def settings_from_args(argv: list[str] | None = None) -> Settings:
     # Regional compilation through offloading hooks is untested, and with weights streamed per block the
     # copies, not the matmuls, set the pace: offloading runs eager unless a profile is asked for.
     speed = "off" if policy.group_offload and a.speed == "auto" else resolve_profile(a.speed, device)
+    if policy.group_offload and speed != "off":
+        # The profiles replace and compile layers that the offloading hooks have already registered.
+        raise ValueError(
+            f"--speed: profile {speed!r} does not combine with --memory-policy {policy.name}; use --speed off (or auto)"
+        )
     return Settings(
         device=device,
         dtype=resolve_dtype(a.dtype, device),
