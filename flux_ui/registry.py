@@ -559,6 +559,15 @@ class Registry:
         is borrowed. The LoRA file is read once and kept as an auxiliary entry.
         """
         lora = CONTROL_LORAS[mode]
+        policy = self.settings.policy
+        if policy.fp8_at_load or policy.group_offload:
+            # The control LoRA widens the transformer's input layer (a new module, which the offloading hooks
+            # do not place) and adds LoRA layers to the float8 ones, which PEFT cannot wrap.
+            raise InvalidInput(
+                "route",
+                f"BFL's control LoRAs do not work with --memory-policy {policy.name}; use route 'full' "
+                f"(the FLUX.1 {mode.capitalize()} [dev] transformer)",
+            )
         src = self._source(lora.name, lora.repo_id)
         with self._lock:
             state_dict = self.aux(

@@ -144,3 +144,26 @@ def test_panel_lists_what_is_loaded_and_the_policy(settings, tiny_lora_dir):
     registry.free_memory()
     assert "transformer `" not in residency.markdown(registry.status())
     assert set(POLICIES) == {"resident", "fp8-24gb", "offload-12gb", "cpu"}
+
+
+def test_loras_under_group_offloading_give_the_resident_output(settings, tiny_lora_dir):
+    """diffusers takes its offloading hooks off while it loads an adapter and puts them back."""
+    lora = replace(settings, lora_dirs=(tiny_lora_dir,))
+    prompt = "a fox <lora:kohya-fox:0.8>"
+    reference = run(Registry(lora), prompt=prompt)
+    registry = Registry(replace(lora, memory_policy="offload-12gb"))
+    np.testing.assert_array_equal(run(registry, prompt=prompt), reference)
+    assert is_group_offloaded(registry.transformer("dev"))
+    np.testing.assert_array_equal(run(registry), run(Registry(settings)))  # and off again: the base output
+
+
+@pytest.mark.parametrize("policy", ["fp8-24gb", "offload-12gb"])
+def test_control_loras_are_refused_where_they_cannot_work(settings, policy):
+    from PIL import Image
+
+    from flux_ui.tasks.control import ControlParams, control, validate_control
+
+    params = ControlParams(prompt="a robot", image=Image.new("RGB", (64, 64)), steps=2, route="lora")
+    registry = Registry(replace(settings, memory_policy=policy))
+    with pytest.raises(InvalidInput, match=f"route: BFL's control LoRAs do not work with --memory-policy {policy}"):
+        control(registry, validate_control(params, registry.settings))
