@@ -77,6 +77,8 @@ def select_policy(device: str, total_bytes: int | None, fp8_capable: bool = True
     `fp8_capable`: the GPU has float8 tensor cores (compute capability 8.9+); a 24 GB card without them
     (an RTX 3090, say) gets the offloading policy instead.
     """
+    if torch.device(device).type == "mps":  # unified memory: the models sit where they always do
+        return POLICIES["resident"], "device mps (unified memory)"
     if torch.device(device).type != "cuda" or total_bytes is None:
         return POLICIES["cpu"], f"device {device}"
     gib = total_bytes / GIB
@@ -101,7 +103,7 @@ def resolve_policy(name: str, device: str) -> tuple[MemoryPolicy, str]:
     if name == "auto":
         return select_policy(device, total, fp8)
     policy = get_policy(name)
-    if policy.name != "cpu" and torch.device(device).type != "cuda":
+    if (policy.fp8_at_load or policy.group_offload) and torch.device(device).type != "cuda":
         raise ValueError(f"--memory-policy: {name!r} needs a CUDA GPU; use 'cpu' (or auto) on {device}")
     return policy, "--memory-policy"
 

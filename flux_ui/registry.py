@@ -299,7 +299,23 @@ class Registry:
                 free = self._free_bytes()
                 if free is not None and free >= needed + WORKSPACE_BYTES:
                     return
-            self._move(f"transformer:{others[0]}", self._transformers[others[0]], "cpu")
+            self._to_warm_tier(others[0])
+
+    def _to_warm_tier(self, name: str) -> None:
+        """Move transformer `name` from the GPU to pinned RAM, first dropping least recently used warm ones
+        so that the RAM budget holds it; one larger than the whole budget is dropped instead (pinning it
+        would cost seconds only to drop it)."""
+        model, budget = self._transformers[name], self.settings.ram_budget_bytes
+        size = module_bytes(model)
+        if budget is not None and size > budget:
+            log.info("dropping transformer:%s: %.1f GiB exceed the RAM budget", name, size / 2**30)
+            del self._transformers[name], model
+            if self._active == name:
+                self._active = None
+            self._release_memory()
+            return
+        self._enforce_ram_budget(incoming=size)
+        self._move(f"transformer:{name}", model, "cpu")
 
     def warm_bytes(self) -> int:
         """Bytes of cached transformers held in CPU RAM, the active one excepted (the warm tier)."""
@@ -309,12 +325,13 @@ class Registry:
             if n != self._active and (policies.is_group_offloaded(m) or _device_of(m).type == "cpu")
         )
 
-    def _enforce_ram_budget(self) -> None:
-        """Drop warm transformers, least recently used first, while the warm tier exceeds the RAM budget."""
+    def _enforce_ram_budget(self, incoming: int = 0) -> None:
+        """Drop warm transformers, least recently used first, while the warm tier (with `incoming` more
+        bytes about to join it) exceeds the RAM budget."""
         budget = self.settings.ram_budget_bytes
         if budget is None:
             return
-        while (warm := self.warm_bytes()) > budget:
+        while (warm := self.warm_bytes()) + incoming > budget:
             on_gpu = self._gpu_transformers()
             old = next(n for n in self._transformers if n != self._active and n not in on_gpu)
             log.info(

@@ -49,6 +49,7 @@ def test_small_and_old_gpus_are_told_why():
 def test_cpu_gets_the_cpu_policy():
     assert select_policy("cpu", None)[0].name == "cpu"
     assert select_policy("cpu", 64 * GIB)[0].name == "cpu"
+    assert select_policy("mps", None)[0].name == "resident"
     s = settings_from_args(["--device", "cpu"])
     assert (s.memory_policy, s.policy_reason, s.gpu_transformers) == ("cpu", "device cpu", 1)
 
