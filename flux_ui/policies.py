@@ -44,7 +44,7 @@ class MemoryPolicy:
     summary: str  # one line for the log and the Models tab
     fp8_at_load: bool = False  # quantise the transformer and T5 to float8 while moving them to the GPU
     group_offload: bool = False  # diffusers group offloading of the transformer and T5
-    blocks_per_group: int = 1  # transformer blocks per offload group: more = fewer, larger copies
+    blocks_per_group: int = 1  # transformer blocks per offload group; diffusers allows only 1 with a stream
     allows_loras: bool = True  # float8 layers take no LoRA
 
 
