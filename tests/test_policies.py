@@ -168,3 +168,35 @@ def test_control_loras_are_refused_where_they_cannot_work(settings, policy):
     registry = Registry(replace(settings, memory_policy=policy))
     with pytest.raises(InvalidInput, match=f"route: BFL's control LoRAs do not work with --memory-policy {policy}"):
         control(registry, validate_control(params, registry.settings))
+
+
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+@pytest.mark.gpu
+@needs_cuda
+def test_on_a_gpu_two_transformers_stay_and_the_least_recent_leaves(settings):
+    registry = Registry(replace(settings, device="cuda", dtype=torch.bfloat16, gpu_transformers=2))
+    for name in ("dev", "schnell", "dev", "krea-dev"):  # krea-dev takes schnell's place, not dev's
+        registry.transformer(name)
+    where = {t["variant"]: t["device"] for t in registry.status()["transformers"]}
+    assert where["schnell"] == "cpu" and where["dev"].startswith("cuda") and where["krea-dev"].startswith("cuda")
+    size = module_bytes(registry.transformer("krea-dev"))
+    tight = Registry(replace(registry.settings, gpu_transformers=1, ram_budget_bytes=size // 2))
+    tight.transformer("dev")
+    tight.transformer("schnell")  # dev exceeds the whole budget: dropped, never pinned
+    assert [t["variant"] for t in tight.status()["transformers"]] == ["schnell"]
+
+
+@pytest.mark.gpu
+@needs_cuda
+@pytest.mark.parametrize("policy", ["offload-12gb", "fp8-24gb"])
+def test_on_a_gpu_each_policy_serves_an_image_close_to_resident(settings, policy, monkeypatch):
+    monkeypatch.setattr(speed, "FP8_MIN_FEATURES", 16)
+    gpu = replace(settings, device="cuda", dtype=torch.bfloat16)
+    reference = run(Registry(gpu)).astype(float)
+    registry = Registry(replace(gpu, memory_policy=policy))
+    image = run(registry).astype(float)
+    assert np.abs(image - reference).mean() < (1.0 if policy == "offload-12gb" else 12.0)
+    devices = [t["device"] for t in registry.status()["transformers"]]
+    assert devices == (["offloaded"] if policy == "offload-12gb" else ["cuda:0"])
