@@ -24,7 +24,15 @@ def main(argv: list[str] | None = None) -> None:
         ensure_tiny_models(settings.tiny_dir)
         write_tiny_loras(settings.tiny_dir / TINY_LORA_SUBDIR)
         log.info("tiny mode: random-weight models from %s", settings.tiny_dir)
-    log.info("device %s, dtype %s", settings.device, settings.dtype)
+    log.info("device %s, dtype %s, speed profile %s", settings.device, settings.dtype, settings.speed)
+    log.info("memory policy %s: %s (%s)", settings.memory_policy, settings.policy_reason, settings.policy.summary)
+    budget = settings.ram_budget_bytes
+    log.info(
+        "warm tier RAM budget %s, %d transformer(s) on the GPU at once, %d cached",
+        "unlimited" if budget is None else f"{budget / 2**30:.1f} GiB",
+        settings.gpu_transformers,
+        settings.transformer_cache,
+    )
     registry = Registry(settings)
     demo = build_ui(registry)
     demo.queue(max_size=settings.queue_size, default_concurrency_limit=4)

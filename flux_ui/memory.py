@@ -13,6 +13,7 @@ import torch
 # with 22.3 GiB of transformer and VAE weights (DESIGN.md's anchor): about 2.4 GiB of activations and VAE
 # decoding, rounded up. A VLM answer about one image needs well under that.
 WORKSPACE_BYTES = 3 * 2**30
+GIB = 2**30
 
 
 def module_bytes(module: torch.nn.Module) -> int:
@@ -38,3 +39,27 @@ def device_free_bytes(device: str) -> int | None:
 def ram_free_bytes() -> int:
     """CPU RAM available to new allocations without swapping, in bytes."""
     return psutil.virtual_memory().available
+
+
+def device_usage(device: str) -> dict[str, float] | None:
+    """Memory of `device` in GiB: total, used by this process (allocated by PyTorch) and reserved by
+    its allocator; None on the CPU (see `ram_usage`) and where it cannot be known."""
+    dev = torch.device(device)
+    if dev.type != "cuda" or not torch.cuda.is_available():
+        return None
+    total = torch.cuda.get_device_properties(dev).total_memory
+    return {
+        "total_gib": round(total / GIB, 2),
+        "allocated_gib": round(torch.cuda.memory_allocated(dev) / GIB, 2),
+        "reserved_gib": round(torch.cuda.memory_reserved(dev) / GIB, 2),
+    }
+
+
+def ram_usage() -> dict[str, float]:
+    """CPU RAM in GiB: the machine's total and available, and this process's resident set."""
+    vm = psutil.virtual_memory()
+    return {
+        "total_gib": round(vm.total / GIB, 2),
+        "available_gib": round(vm.available / GIB, 2),
+        "process_gib": round(psutil.Process().memory_info().rss / GIB, 2),
+    }

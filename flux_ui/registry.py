@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import torch
 
-from flux_ui import control_lora, memory, sources, speed
+from flux_ui import control_lora, memory, policies, sources, speed
 from flux_ui.lora_adapters import AdapterCache
 from flux_ui.loras import LoraLibrary, LoraRequest
 from flux_ui.memory import WORKSPACE_BYTES, module_bytes
@@ -90,6 +90,7 @@ class Registry:
             if self._shared is None:
                 shared = self._load_shared()
                 for name, module in shared.modules().items():
+                    policies.prepare(self.settings.policy, name, module, self.settings.device)
                     self._move(name, module, self.settings.device)
                 speed.optimize_vae(shared.vae, self.settings.speed)
                 self._shared = shared
@@ -227,7 +228,12 @@ class Registry:
         back to the CPU just points its parameters at that copy (no transfer), and the next trip to the
         GPU is one full-speed copy from pinned memory. torch and accelerate offer moves and pinning, but
         not a pinned copy that outlives the move, which is what makes a variant switch cost one copy.
+
+        A group-offloaded module (policy offload-12gb) is never moved: diffusers' hooks place it block by
+        block, and its weights already live in pinned RAM.
         """
+        if policies.is_group_offloaded(module):
+            return
         current = next(module.parameters()).device
         if current == torch.device(device) or (current.type == device and device != "cpu"):
             return
@@ -248,19 +254,21 @@ class Registry:
     def transformer(self, name: str) -> torch.nn.Module:
         """The transformer of variant `name`, loaded if needed, made active on the device.
 
-        The previously active transformer goes first to the warm tier (CPU RAM), so two never share the
-        GPU; beyond `transformer_cache` entries the least recently used one is dropped.
+        Others stay on the GPU while fewer than `gpu_transformers` are there and the new one fits beside
+        them; otherwise the least recently used go to the warm tier (pinned CPU RAM). Beyond
+        `transformer_cache` entries, or beyond `ram_budget_bytes` of warm weights, the least recently used
+        ones are dropped.
         """
         variant = get_variant(name)
         if not variant.has_transformer:
             raise ValueError(f"variant: {variant.label} has no transformer of its own; use {variant.base!r}")
         with self._lock:
-            if self._active not in (None, name) and self._active in self._transformers:
-                self._move(f"transformer:{self._active}", self._transformers[self._active], "cpu")
+            self._make_gpu_slot(name)
             if name in self._transformers:
                 self._transformers.move_to_end(name)
             else:
                 model = self._load_transformer(variant)  # raises before the cache changes on failure
+                policies.prepare(self.settings.policy, "transformer", model, self.settings.device)
                 self._move(f"transformer:{name}", model, self.settings.device)
                 speed.optimize_transformer(model, self.settings.speed)
                 self._transformers[name] = model
@@ -268,7 +276,72 @@ class Registry:
             self._active = name
             model = self._transformers[name]
             self._move(f"transformer:{name}", model, self.settings.device)
+            self._enforce_ram_budget()
             return model
+
+    def _gpu_transformers(self) -> list[str]:
+        """Cached transformers whose weights are on the device, least recently used first."""
+        on_gpu = torch.device(self.settings.device).type != "cpu"
+        return [
+            n
+            for n, m in self._transformers.items()
+            if on_gpu and not policies.is_group_offloaded(m) and self._on_device(m)
+        ]
+
+    def _make_gpu_slot(self, name: str) -> None:
+        """Before `name`'s transformer is placed: move other transformers to the warm tier, least recently
+        used first, until fewer than `gpu_transformers` others are on the GPU and the free memory holds
+        `name`'s weights and a run's workspace (one not loaded yet is assumed as large as the last used)."""
+        while others := [n for n in self._gpu_transformers() if n != name]:
+            if len(others) < self.settings.gpu_transformers:
+                incoming = self._transformers.get(name, self._transformers[others[-1]])
+                needed = 0 if self._on_device(incoming) else module_bytes(incoming)
+                free = self._free_bytes()
+                if free is not None and free >= needed + WORKSPACE_BYTES:
+                    return
+            self._to_warm_tier(others[0])
+
+    def _to_warm_tier(self, name: str) -> None:
+        """Move transformer `name` from the GPU to pinned RAM, first dropping least recently used warm ones
+        so that the RAM budget holds it; one larger than the whole budget is dropped instead (pinning it
+        would cost seconds only to drop it)."""
+        model, budget = self._transformers[name], self.settings.ram_budget_bytes
+        size = module_bytes(model)
+        if budget is not None and size > budget:
+            log.info("dropping transformer:%s: %.1f GiB exceed the RAM budget", name, size / 2**30)
+            del self._transformers[name], model
+            if self._active == name:
+                self._active = None
+            self._release_memory()
+            return
+        self._enforce_ram_budget(incoming=size)
+        self._move(f"transformer:{name}", model, "cpu")
+
+    def warm_bytes(self) -> int:
+        """Bytes of cached transformers held in CPU RAM, the active one excepted (the warm tier)."""
+        return sum(
+            module_bytes(m)
+            for n, m in self._transformers.items()
+            if n != self._active and (policies.is_group_offloaded(m) or _device_of(m).type == "cpu")
+        )
+
+    def _enforce_ram_budget(self, incoming: int = 0) -> None:
+        """Drop warm transformers, least recently used first, while the warm tier (with `incoming` more
+        bytes about to join it) exceeds the RAM budget."""
+        budget = self.settings.ram_budget_bytes
+        if budget is None:
+            return
+        while (warm := self.warm_bytes()) + incoming > budget:
+            on_gpu = self._gpu_transformers()
+            old = next(n for n in self._transformers if n != self._active and n not in on_gpu)
+            log.info(
+                "dropping transformer:%s: warm tier %.1f GiB over the RAM budget of %.1f GiB",
+                old,
+                warm / 2**30,
+                budget / 2**30,
+            )
+            del self._transformers[old]
+            self._release_memory()
 
     def _evict_beyond(self, keep: int) -> None:
         while len(self._transformers) > max(keep, 1):
@@ -326,6 +399,9 @@ class Registry:
         return dropped
 
     def _on_device(self, module: torch.nn.Module) -> bool:
+        """Whether the module is placed for a run: on the device, or placed there by offloading hooks."""
+        if policies.is_group_offloaded(module):
+            return True
         current, device = _device_of(module), torch.device(self.settings.device)
         return current == device or (current.type == device.type and device.index is None)
 
@@ -375,11 +451,14 @@ class Registry:
             if on_cpu:
                 return done  # the FLUX parts have nowhere slower to go
             parts = self._shared.modules() if self._shared else {}
-            candidates = [(name, parts[name]) for name in SHARED_EVICTION_ORDER if name in parts]
+            # Transformers kept beside the active one go first: each is a whole copy back from pinned RAM.
+            beside = [n for n in self._gpu_transformers() if n != self._active]
+            candidates = [(f"transformer:{n}", self._transformers[n]) for n in beside]
+            candidates += [(name, parts[name]) for name in SHARED_EVICTION_ORDER if name in parts]
             if self._active is not None and self._active in self._transformers:
                 candidates.append((f"transformer:{self._active}", self._transformers[self._active]))
             for name, module in candidates:
-                if name in keep or not self._on_device(module):
+                if name in keep or policies.is_group_offloaded(module) or not self._on_device(module):
                     continue
                 self._move(name, module, "cpu")
                 done.append(f"{name} -> cpu")
@@ -461,6 +540,12 @@ class Registry:
                 raise InvalidInput(
                     "prompt", "LoRAs cannot be applied to the float8 layers of --speed fp8; use --speed compile"
                 )
+            if files and not self.settings.policy.allows_loras:
+                raise InvalidInput(
+                    "prompt",
+                    f"LoRAs cannot be applied to the float8 layers of --memory-policy {self.settings.policy.name}; "
+                    "use a GPU of 40 GB or more, or --memory-policy offload-12gb",
+                )
             self._adapters.activate(pipe, variant.label, files, self.load_counts)
             try:
                 yield pipe
@@ -491,6 +576,15 @@ class Registry:
         is borrowed. The LoRA file is read once and kept as an auxiliary entry.
         """
         lora = CONTROL_LORAS[mode]
+        policy = self.settings.policy
+        if policy.fp8_at_load or policy.group_offload:
+            # The control LoRA widens the transformer's input layer (a new module, which the offloading hooks
+            # do not place) and adds LoRA layers to the float8 ones, which PEFT cannot wrap.
+            raise InvalidInput(
+                "route",
+                f"BFL's control LoRAs do not work with --memory-policy {policy.name}; use route 'full' "
+                f"(the FLUX.1 {mode.capitalize()} [dev] transformer)",
+            )
         src = self._source(lora.name, lora.repo_id)
         with self._lock:
             state_dict = self.aux(
@@ -531,14 +625,34 @@ class Registry:
             )
 
     def status(self) -> dict:
-        """What is loaded where: shared parts, cached transformers (LRU order) and the active one."""
+        """What is loaded where: shared parts, cached transformers (LRU order) and the active one, the
+        memory policy, and memory in use ("memory": GiB figures; "sizes_mib": each loaded model's weights).
+
+        A group-offloaded model's device reads "offloaded": its weights are in RAM, its hooks bring each
+        block to the GPU as it runs."""
         with self._lock:
 
             def where(module: torch.nn.Module) -> str:
-                return str(next(module.parameters()).device)
+                return "offloaded" if policies.is_group_offloaded(module) else str(next(module.parameters()).device)
 
             shared = {k: where(m) for k, m in self._shared.modules().items()} if self._shared else {}
+            models = {**(self._shared.modules() if self._shared else {})}
+            models |= {f"transformer:{n}": m for n, m in self._transformers.items()}
+            models |= {k: m for k, m in self._aux.items() if isinstance(m, torch.nn.Module)}
+            budget = self.settings.ram_budget_bytes
             return {
+                "policy": self.settings.memory_policy,
+                "policy_reason": self.settings.policy_reason,
+                "speed": self.settings.speed,
+                "memory": {
+                    "gpu": memory.device_usage(self.settings.device),
+                    "ram": memory.ram_usage(),
+                    "warm_tier_mib": round(self.warm_bytes() / 2**20, 1),
+                    "ram_budget_gib": None if budget is None else round(budget / memory.GIB, 2),
+                    "gpu_transformers": self.settings.gpu_transformers,
+                    "transformer_cache": self.settings.transformer_cache,
+                },
+                "sizes_mib": {k: round(module_bytes(m) / 2**20, 1) for k, m in models.items()},
                 "device": self.settings.device,
                 "dtype": str(self.settings.dtype).removeprefix("torch."),
                 "shared": shared,

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import torch
 
+from flux_ui.policies import GIB, MemoryPolicy, get_policy, resolve_policy
+
 DTYPES = {
     "bfloat16": torch.bfloat16,
     "float16": torch.float16,
@@ -46,6 +48,10 @@ class Settings:
     max_images: int = 4  # most images per request
     max_prompt_chars: int = 4000  # longest prompt accepted, in characters
     transformer_cache: int = 2  # transformers kept loaded (LRU); the rest are dropped
+    memory_policy: str = "resident"  # how models sit in GPU memory: a name of flux_ui.policies.POLICIES
+    policy_reason: str = "default"  # why that policy, for the log and the Models tab ("23.6 GiB GPU")
+    ram_budget_bytes: int | None = None  # most bytes of warm (RAM-held) transformers; None: no limit
+    gpu_transformers: int = 1  # transformers kept on the GPU at once (the active one included)
     vqa_model: str = DEFAULT_VQA_MODEL  # repo id or local folder of the VQA tab's vision-language model
     max_answer_tokens: int = 1024  # longest VQA answer accepted, in generated tokens
     preview_every: int = 4  # decode a live preview every N steps; 0 turns previews off
@@ -60,6 +66,10 @@ class Settings:
     @property
     def max_pixels(self) -> int:
         return int(self.max_megapixels * 1_000_000)
+
+    @property
+    def policy(self) -> MemoryPolicy:
+        return get_policy(self.memory_policy)
 
 
 def resolve_device(name: str) -> str:
@@ -146,6 +156,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-images", type=int, default=int(_env("max_images", "4")))
     p.add_argument("--transformer-cache", type=int, default=int(_env("transformer_cache", "2")))
     p.add_argument(
+        "--memory-policy",
+        default=_env("memory_policy", "auto"),
+        help="auto, resident, fp8-24gb, offload-12gb or cpu; auto picks from the GPU's memory (see README)",
+    )
+    p.add_argument(
+        "--ram-budget-gb",
+        default=_env("ram_budget_gb", "auto"),
+        help="GiB of CPU RAM for warm transformers; auto: 70%% of the RAM available at start-up",
+    )
+    p.add_argument(
+        "--gpu-transformers",
+        default=_env("gpu_transformers", "auto"),
+        help="transformers kept on the GPU at once; auto: as many as the GPU's free memory holds",
+    )
+    p.add_argument(
         "--vqa-model",
         default=_env("vqa_model", DEFAULT_VQA_MODEL),
         help="repo id or local folder of the vision-language model for the VQA tab",
@@ -192,18 +217,76 @@ def lora_dirs(given: list[str], tiny: bool, tiny_dir: Path) -> tuple[Path, ...]:
     return tuple(dict.fromkeys(dirs))
 
 
+# Share of the RAM available at start-up that warm transformers may take by default: pinned memory cannot
+# be swapped out, so the rest stays for the OS, the page cache and this process's other allocations.
+RAM_BUDGET_SHARE = 0.7
+# A bf16 FLUX.1 transformer (23.8 GB), and what a run needs beside it: T5-XXL, CLIP, VAE and activations.
+TRANSFORMER_GIB, BESIDE_GIB = 22.2, 14.0
+
+
+def default_ram_budget(available_bytes: int) -> int:
+    """The warm tier's default RAM budget, from the RAM available at start-up."""
+    return int(available_bytes * RAM_BUDGET_SHARE)
+
+
+def default_gpu_transformers(policy: str, free_bytes: int | None) -> int:
+    """Transformers kept on the GPU at once by default: under `resident`, as many bf16 transformers as the
+    free memory holds beside the shared parts and a run's workspace (2 on an 80 GB card); else 1."""
+    if policy != "resident" or free_bytes is None:
+        return 1
+    return max(1, int((free_bytes / GIB - BESIDE_GIB) // TRANSFORMER_GIB))
+
+
+def _budget(a: argparse.Namespace) -> int | None:
+    from flux_ui.memory import ram_free_bytes
+
+    if a.ram_budget_gb == "auto":
+        return default_ram_budget(ram_free_bytes())
+    try:
+        gib = float(a.ram_budget_gb)
+    except ValueError:
+        gib = -1.0
+    if gib < 0:
+        raise ValueError(f"--ram-budget-gb: expected auto or a number of GiB >= 0, got {a.ram_budget_gb!r}")
+    return int(gib * GIB)
+
+
+def _gpu_transformers(a: argparse.Namespace, policy: str, device: str) -> int:
+    if a.gpu_transformers == "auto":
+        from flux_ui.memory import device_free_bytes
+
+        return default_gpu_transformers(policy, device_free_bytes(device) if device.startswith("cuda") else None)
+    if not a.gpu_transformers.isdigit() or int(a.gpu_transformers) < 1:
+        raise ValueError(f"--gpu-transformers: expected auto or a whole number >= 1, got {a.gpu_transformers!r}")
+    return int(a.gpu_transformers)
+
+
 def settings_from_args(argv: list[str] | None = None) -> Settings:
-    """Parse the command line (and environment) into Settings, resolving device and dtype once."""
+    """Parse the command line (and environment) into Settings, resolving device, dtype, speed profile and
+    memory policy once."""
     a = build_parser().parse_args(argv)
     from flux_ui.speed import resolve_profile
 
     device = resolve_device(a.device)
     if a.lora_cache < 1:
         raise ValueError(f"--lora-cache: expected at least 1, got {a.lora_cache}")
+    policy, reason = resolve_policy(a.memory_policy, device)
+    # Regional compilation through offloading hooks is untested, and with weights streamed per block the
+    # copies, not the matmuls, set the pace: offloading runs eager unless a profile is asked for.
+    speed = "off" if policy.group_offload and a.speed == "auto" else resolve_profile(a.speed, device)
+    if policy.group_offload and speed != "off":
+        # The profiles replace and compile layers that the offloading hooks have already registered.
+        raise ValueError(
+            f"--speed: profile {speed!r} does not combine with --memory-policy {policy.name}; use --speed off (or auto)"
+        )
     return Settings(
         device=device,
         dtype=resolve_dtype(a.dtype, device),
-        speed=resolve_profile(a.speed, device),
+        speed=speed,
+        memory_policy=policy.name,
+        policy_reason=reason,
+        ram_budget_bytes=_budget(a),
+        gpu_transformers=_gpu_transformers(a, policy.name, device),
         tiny=a.tiny,
         tiny_dir=Path(a.tiny_dir),
         # Tiny models live in their own folder in hub layout and are loaded like any local model.

@@ -96,13 +96,20 @@ class Float8RowwiseLinear(torch.nn.Module):
         return out.reshape(*shape[:-1], self.out_features)
 
 
-def quantize_fp8(model: torch.nn.Module) -> int:
-    """Replace the model's large linear layers by Float8RowwiseLinear, in place; returns how many."""
+def quantize_fp8(model: torch.nn.Module, device: str | None = None) -> int:
+    """Replace the model's large linear layers by Float8RowwiseLinear, in place; returns how many.
+
+    With `device`, each layer is moved there before it is quantised (and the float8 layer stays there), so
+    a model loaded into RAM reaches the GPU with at most one of its layers in its original dtype at a time.
+    """
     targets = [(name, m) for name, m in model.named_modules() if _fp8_filter(m, name)]
     for name, linear in targets:
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
+        if device is not None:
+            linear = linear.to(device)
         setattr(parent, child, Float8RowwiseLinear.from_linear(linear))
+        del linear  # the original-dtype copy on the device goes now, not at the end of the loop
     return len(targets)
 
 

@@ -14,7 +14,7 @@ from typing import TypeVar
 
 import gradio as gr
 
-from flux_ui import __version__
+from flux_ui import __version__, residency
 from flux_ui.jobs import Job
 from flux_ui.outputs import save_image
 from flux_ui.params import InvalidInput
@@ -126,23 +126,37 @@ def summary(result: TaskResult, notes: list[str]) -> str:
 
 
 def _models_tab(ctx: UiContext) -> None:
+    """The residency panel: what is loaded where, memory in use, the policy; and a button that frees memory.
+
+    The API endpoints (`/status`, `/free_memory`) return the raw status JSON, as before; the readable
+    panel is rendered from that JSON in a follow-up event that is not part of the API.
+    """
+
     def status():
-        """What the registry has loaded, and where."""
+        """What the registry has loaded, and where, with the memory policy and memory in use."""
         return ctx.registry.status()
 
     def free_memory():
-        """Drop cached transformers (the shared encoders and VAE stay)."""
+        """Drop cached transformers and auxiliary models (the shared encoders and VAE stay)."""
         ctx.registry.free_memory()
         return ctx.registry.status()
 
     with gr.Tab("Models", id="models") as tab:
-        status_json = gr.JSON(label="Registry")
+        gr.Markdown(
+            f"Memory policy **{ctx.settings.memory_policy}** ({ctx.settings.policy_reason}): "
+            f"{ctx.settings.policy.summary}. Speed profile **{ctx.settings.speed}**.",
+            elem_id="memory-policy",
+        )
+        panel = gr.Markdown(elem_id="residency")
         with gr.Row():
             refresh_btn = gr.Button("Refresh")
             free_btn = gr.Button("Free memory")
-    refresh_btn.click(status, None, status_json, api_name="status")
-    free_btn.click(free_memory, None, status_json, api_name="free_memory", concurrency_id=GPU)
-    tab.select(status, None, status_json, api_visibility="private")
+        with gr.Accordion("Raw status (JSON)", open=False):
+            status_json = gr.JSON(label="Registry")
+    render = {"fn": residency.markdown, "inputs": status_json, "outputs": panel, "api_visibility": "private"}
+    refresh_btn.click(status, None, status_json, api_name="status").then(**render)
+    free_btn.click(free_memory, None, status_json, api_name="free_memory", concurrency_id=GPU).then(**render)
+    tab.select(status, None, status_json, api_visibility="private").then(**render)
 
 
 def build_ui(registry: Registry) -> gr.Blocks:

@@ -112,3 +112,7 @@ def test_status_reports_loaded_models(client):
     assert status["device"] == "cpu"
     assert set(status["shared"]) == {"text_encoder", "text_encoder_2", "vae"}
     assert any(t["variant"] == "dev" for t in status["transformers"])
+    assert status["policy"] == "cpu" and status["policy_reason"] == "device cpu"
+    assert status["memory"]["ram"]["total_gib"] > 0 and status["sizes_mib"]["transformer:dev"] > 0
+    freed = client.predict(api_name="/free_memory")
+    assert freed["transformers"] == [] and set(freed["shared"]) == {"text_encoder", "text_encoder_2", "vae"}

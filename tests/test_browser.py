@@ -52,3 +52,16 @@ def test_picking_a_lora_tags_the_prompt_and_shows_its_trigger_words(page):
     page.wait_for_function(
         "() => document.querySelector('#prompt textarea').value === 'a red fox <lora:bfl-neon:0.5>'", timeout=30_000
     )
+
+
+def test_models_tab_shows_residency_and_frees_memory(page):
+    page.get_by_role("tab", name="Models").click()
+    panel = page.locator("#residency")
+    panel.get_by_text("transformer dev (active)").wait_for(timeout=30_000)
+    assert "Memory policy" in panel.inner_text() and "T5-XXL text encoder" in panel.inner_text()
+    assert "cpu" in page.locator("#memory-policy").inner_text()
+    page.get_by_role("button", name="Free memory").click()
+    page.wait_for_function(
+        "() => !document.querySelector('#residency').innerText.includes('transformer dev')", timeout=30_000
+    )
+    page.get_by_role("tab", name="Text to image").click()

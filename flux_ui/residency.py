@@ -1,0 +1,84 @@
+"""The residency panel's text: `Registry.status()` as Markdown a person reads at a glance.
+
+Plain formatting, no gradio, so the tests check the words the Models tab shows.
+"""
+
+from __future__ import annotations
+
+# Readable names of the shared parts in the table.
+PART_LABELS = {
+    "text_encoder": "CLIP-L text encoder",
+    "text_encoder_2": "T5-XXL text encoder",
+    "vae": "VAE",
+}
+
+
+def tier(device: str) -> str:
+    """Where a model's weights are, in the words of the tiers: GPU, RAM, or offloaded per block."""
+    if device == "offloaded":
+        return "RAM, offloaded (each block copied to the GPU as it runs)"
+    if device.startswith(("cuda", "mps")):
+        return f"GPU ({device})"
+    return "RAM"
+
+
+def _gib(value: float | None) -> str:
+    return "?" if value is None else f"{value:.2f} GiB"
+
+
+def _size(mib: float | None) -> str:
+    """A model's size: GiB for FLUX-size models, MiB for small (and tiny) ones."""
+    if mib is None:
+        return "-"
+    return f"{mib / 1024:.2f} GiB" if mib >= 1024 else f"{mib:.1f} MiB"
+
+
+def memory_lines(status: dict) -> list[str]:
+    mem = status.get("memory", {})
+    lines = [
+        f"**Memory policy:** `{status.get('policy')}` ({status.get('policy_reason')}) · "
+        f"**speed profile:** `{status.get('speed')}` · **device:** `{status.get('device')}`"
+    ]
+    if gpu := mem.get("gpu"):
+        lines.append(
+            f"**GPU:** {_gib(gpu['allocated_gib'])} in use of {_gib(gpu['total_gib'])} "
+            f"({_gib(gpu['reserved_gib'])} reserved by PyTorch)"
+        )
+    if ram := mem.get("ram"):
+        lines.append(
+            f"**RAM:** this process {_gib(ram['process_gib'])}; {_gib(ram['available_gib'])} available of "
+            f"{_gib(ram['total_gib'])}"
+        )
+    budget = mem.get("ram_budget_gib")
+    lines.append(
+        f"**Warm tier:** {_size(mem.get('warm_tier_mib'))} of transformers in RAM, budget "
+        f"{'unlimited' if budget is None else _gib(budget)} · up to {mem.get('gpu_transformers')} transformer(s) "
+        f"on the GPU, {mem.get('transformer_cache')} cached"
+    )
+    return lines
+
+
+def model_rows(status: dict) -> list[tuple[str, str, str, str]]:
+    """(model, where, size, LoRAs loaded) for every loaded model: transformers, shared parts, auxiliary."""
+    sizes, loras = status.get("sizes_mib", {}), status.get("loras", {})
+    rows = []
+    for t in status.get("transformers", []):
+        key = f"transformer:{t['variant']}"
+        label = f"transformer `{t['variant']}`" + (" (active)" if t["active"] else "")
+        rows.append((label, tier(t["device"]), _size(sizes.get(key)), ", ".join(loras.get(key, [])) or "-"))
+    for name, device in status.get("shared", {}).items():
+        lora = ", ".join(loras.get(name, [])) or "-"
+        rows.append((PART_LABELS.get(name, name), tier(device), _size(sizes.get(name)), lora))
+    for key, device in status.get("aux", {}).items():
+        rows.append((f"auxiliary `{key}`", tier(device), _size(sizes.get(key)), "-"))
+    return rows
+
+
+def markdown(status: dict) -> str:
+    """The panel: memory figures, then one table row per loaded model."""
+    lines = memory_lines(status)
+    rows = model_rows(status)
+    table = ["| model | where | weights | LoRAs loaded |", "|---|---|---|---|"]
+    table += [f"| {' | '.join(row)} |" for row in rows]
+    body = "\n".join(table) if rows else "_No model loaded yet: the first request loads what it needs._"
+    return "\n\n".join([*lines, body])
