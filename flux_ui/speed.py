@@ -106,10 +106,14 @@ def quantize_fp8(model: torch.nn.Module, device: str | None = None) -> int:
     for name, linear in targets:
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
+        weight, bias = linear.weight, linear.bias
         if device is not None:
-            linear = linear.to(device)
-        setattr(parent, child, Float8RowwiseLinear.from_linear(linear))
-        del linear  # the original-dtype copy on the device goes now, not at the end of the loop
+            # Copies, not `linear.to(device)`: that moves the module itself, which `targets` keeps alive to
+            # the end of the loop, so every original-dtype layer would pile up on the device.
+            weight = weight.to(device)
+            bias = None if bias is None else bias.to(device)
+        setattr(parent, child, Float8RowwiseLinear(weight, bias))
+        del weight, bias  # the original-dtype copies on the device go now, not at the end of the loop
     return len(targets)
 
 

@@ -176,7 +176,7 @@ needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a C
 @pytest.mark.gpu
 @needs_cuda
 def test_on_a_gpu_two_transformers_stay_and_the_least_recent_leaves(settings):
-    registry = Registry(replace(settings, device="cuda", dtype=torch.bfloat16, gpu_transformers=2))
+    registry = Registry(replace(settings, device="cuda", dtype=torch.bfloat16, gpu_transformers=2, transformer_cache=3))
     for name in ("dev", "schnell", "dev", "krea-dev"):  # krea-dev takes schnell's place, not dev's
         registry.transformer(name)
     where = {t["variant"]: t["device"] for t in registry.status()["transformers"]}
