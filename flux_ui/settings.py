@@ -56,6 +56,11 @@ class Settings:
     host: str = "127.0.0.1"  # address the server binds to
     port: int = 7860  # port the server listens on
     share: bool = False  # open a public share link
+    # Serving (flux_ui/serve.py, flux_ui/api.py): who may reach the GPU, and through what.
+    auth: tuple[str, str] | None = None  # (user, password) for the UI; None: see serve.resolve_auth
+    no_auth: bool = False  # serve a share link or a non-loopback host without a password (explicit opt-out)
+    api_key: str | None = None  # required in the X-API-Key header of REST calls when set
+    mcp: bool = False  # expose the tasks as MCP tools through Gradio's MCP server
 
     @property
     def max_pixels(self) -> int:
@@ -111,6 +116,25 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         default=_env_flag("share"),
         help="open a share link",
+    )
+    p.add_argument(
+        "--auth",
+        default=_env("auth", ""),
+        metavar="USER:PASSWORD",
+        help="require this login for the UI (and REST, as HTTP Basic)",
+    )
+    p.add_argument(
+        "--no-auth",
+        action="store_true",
+        default=_env_flag("no_auth"),
+        help="no generated password for --share or a non-loopback --host",
+    )
+    p.add_argument("--api-key", default=_env("api_key", ""), help="key the REST API requires in X-API-Key")
+    p.add_argument(
+        "--mcp",
+        action="store_true",
+        default=_env_flag("mcp"),
+        help="serve the tasks as MCP tools (needs gradio[mcp])",
     )
     p.add_argument("--device", default=_env("device", "auto"), help="auto, cuda, mps or cpu")
     p.add_argument(
@@ -182,6 +206,16 @@ def parse_model_paths(items: list[str]) -> dict[str, str]:
     return out
 
 
+def parse_auth(value: str) -> tuple[str, str] | None:
+    """ "user:password" -> ("user", "password"); "" -> None. The password may contain colons."""
+    if not value:
+        return None
+    user, sep, password = value.partition(":")
+    if not sep or not user or not password:
+        raise ValueError("--auth: expected USER:PASSWORD with both parts non-empty")
+    return user, password
+
+
 def lora_dirs(given: list[str], tiny: bool, tiny_dir: Path) -> tuple[Path, ...]:
     """The LoRA folders: those given (or the default one), then in tiny mode the tiny LoRAs' folder."""
     dirs = [Path(d).expanduser() for d in given] or [Path(DEFAULT_LORA_DIR)]
@@ -225,4 +259,8 @@ def settings_from_args(argv: list[str] | None = None) -> Settings:
         host=a.host,
         port=a.port,
         share=a.share,
+        auth=parse_auth(a.auth),
+        no_auth=a.no_auth,
+        api_key=a.api_key or None,
+        mcp=a.mcp,
     )

@@ -13,8 +13,10 @@ from dataclasses import dataclass, field
 from typing import TypeVar
 
 import gradio as gr
+import torch
 
 from flux_ui import __version__
+from flux_ui.faults import out_of_memory_message, recover_from_oom
 from flux_ui.jobs import Job
 from flux_ui.outputs import save_image
 from flux_ui.params import InvalidInput
@@ -89,6 +91,9 @@ class UiContext:
             raise gr.Error(str(err), title="Model not available", duration=None) from None
         except InvalidInput as err:
             raise invalid(err) from None
+        except torch.OutOfMemoryError:
+            recover_from_oom(self.registry)
+            raise gr.Error(out_of_memory_message(), title="Out of memory", duration=None) from None
         finally:
             if key:
                 with self.lock:

@@ -18,6 +18,7 @@ from dataclasses import dataclass, replace
 import torch
 from PIL import Image
 
+from flux_ui.gpu import on_gpu
 from flux_ui.images import image_hash
 from flux_ui.metadata import ImageMeta
 from flux_ui.params import (
@@ -99,6 +100,7 @@ def validate_kontext(p: KontextParams, settings: Settings) -> KontextParams:
     )
 
 
+@on_gpu
 def kontext_edit(
     registry: Registry,
     params: KontextParams,

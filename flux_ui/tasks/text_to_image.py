@@ -10,6 +10,7 @@ from dataclasses import dataclass, replace
 
 import torch
 
+from flux_ui.gpu import on_gpu
 from flux_ui.loras import LoraLibrary, LoraRequest, check_request, parse_prompt
 from flux_ui.metadata import ImageMeta
 from flux_ui.params import (
@@ -100,6 +101,7 @@ def validate_text_to_image(
     )
 
 
+@on_gpu
 def text_to_image(
     registry: Registry,
     params: TextToImageParams,
