@@ -42,9 +42,12 @@ def is_loopback(host: str) -> bool:
 
 def resolve_auth(settings: Settings) -> Login:
     """`--auth` if given; else a generated password when the GPU is reachable beyond this machine (a share
-    link, or a host other than loopback), unless `--no-auth` says otherwise; else no login."""
+    link, or a host other than loopback), unless `--no-auth` says otherwise or this is a Hugging Face Space;
+    else no login."""
     if settings.auth is not None:
         return Login(settings.auth)
+    if settings.on_space:  # a Space is private or public by its own settings; a password would lock all out
+        return Login(None)
     exposed = settings.share or not is_loopback(settings.host)
     if exposed and not settings.no_auth:
         return Login((GENERATED_USER, secrets.token_urlsafe(12)), generated=True)

@@ -61,6 +61,7 @@ class Settings:
     no_auth: bool = False  # serve a share link or a non-loopback host without a password (explicit opt-out)
     api_key: str | None = None  # required in the X-API-Key header of REST calls when set
     mcp: bool = False  # expose the tasks as MCP tools through Gradio's MCP server
+    on_space: bool = False  # running on a Hugging Face Space (SPACE_ID is set): the Space decides access
 
     @property
     def max_pixels(self) -> int:
@@ -109,7 +110,9 @@ def build_parser() -> argparse.ArgumentParser:
         default=_env("tiny_dir", "models/tiny"),
         help="where tiny models are written",
     )
-    p.add_argument("--host", default=_env("host", "127.0.0.1"), help="address to bind")
+    # A Space sets GRADIO_SERVER_NAME=0.0.0.0 and expects the app there.
+    host = _env("host", os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"))
+    p.add_argument("--host", default=host, help="address to bind")
     p.add_argument("--port", type=int, default=int(_env("port", "7860")), help="port to listen on")
     p.add_argument(
         "--share",
@@ -263,4 +266,5 @@ def settings_from_args(argv: list[str] | None = None) -> Settings:
         no_auth=a.no_auth,
         api_key=a.api_key or None,
         mcp=a.mcp,
+        on_space=bool(os.environ.get("SPACE_ID")),
     )
