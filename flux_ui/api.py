@@ -286,6 +286,9 @@ def router(registry: Registry, auth: tuple[str, str] | None = None) -> APIRouter
             try:
                 result = _run(registry, req)
             except InvalidInput as err:
+                if err.field in ("width", "height", "size") and req.resolution is not None:
+                    # The task names its own parameter; this caller sent `resolution`.
+                    return _error(422, f"resolution: {str(err).partition(': ')[2]}", "resolution")
                 return _error(422, str(err), err.field)
             except ModelUnavailableError as err:
                 return _error(503, str(err))
