@@ -31,6 +31,7 @@ from flux_ui.metadata import format_parameters, png_info
 from flux_ui.outputs import save_image
 from flux_ui.params import InvalidInput
 from flux_ui.registry import Registry
+from flux_ui.safety import screen
 from flux_ui.sources import ModelUnavailableError
 from flux_ui.tasks import TaskResult
 
@@ -206,7 +207,7 @@ def _png(result_image, meta) -> str:
 def _respond(registry: Registry, req: GenerateRequest, result: TaskResult | str) -> GenerateResponse:
     if isinstance(result, str):
         return GenerateResponse(task=req.task, answer=result)
-    images, warnings = [], []
+    images, warnings = [], screen(registry, result)  # --safety-checker: flagged images are blurred first
     for item in result.images:
         try:  # as in the UI: an image that cannot be saved is still returned, with a warning
             saved = str(save_image(item.image, item.meta, registry.settings.outputs_dir))

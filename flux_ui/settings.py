@@ -26,6 +26,8 @@ DEFAULT_LORA_DIR = "models/loras"  # searched when no --lora-dir is given
 # The vision-language model of the VQA tab: Apache-2.0, trained on documents (Docmatix) and charts, 5 GB of
 # GPU memory, and its processor needs no torchvision (README, "Visual question answering", says more).
 DEFAULT_VQA_MODEL = "HuggingFaceTB/SmolVLM-Instruct"
+# The NSFW classifier of --safety-checker: the one the FLUX authors' reference code uses (flux_ui/safety.py).
+DEFAULT_SAFETY_MODEL = "Falconsai/nsfw_image_detection"
 
 
 @dataclass(frozen=True)
@@ -61,6 +63,9 @@ class Settings:
     no_auth: bool = False  # serve a share link or a non-loopback host without a password (explicit opt-out)
     api_key: str | None = None  # required in the X-API-Key header of REST calls when set
     mcp: bool = False  # expose the tasks as MCP tools through Gradio's MCP server
+    safety_checker: bool = False  # blur generated images that the safety classifier flags
+    safety_model: str = DEFAULT_SAFETY_MODEL  # repo id or folder of that image classifier
+    safety_threshold: float = 0.85  # flag at or above this probability of the "nsfw" label
     on_space: bool = False  # running on a Hugging Face Space (SPACE_ID is set): the Space decides access
 
     @property
@@ -139,6 +144,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=_env_flag("mcp"),
         help="serve the tasks as MCP tools (needs gradio[mcp])",
     )
+    p.add_argument(
+        "--safety-checker",
+        action="store_true",
+        default=_env_flag("safety_checker"),
+        help="blur generated images an NSFW classifier flags",
+    )
+    p.add_argument("--safety-model", default=_env("safety_model", DEFAULT_SAFETY_MODEL))
+    p.add_argument("--safety-threshold", type=float, default=float(_env("safety_threshold", "0.85")))
     p.add_argument("--device", default=_env("device", "auto"), help="auto, cuda, mps or cpu")
     p.add_argument(
         "--dtype",
@@ -266,5 +279,8 @@ def settings_from_args(argv: list[str] | None = None) -> Settings:
         no_auth=a.no_auth,
         api_key=a.api_key or None,
         mcp=a.mcp,
+        safety_checker=a.safety_checker,
+        safety_model=a.safety_model,
+        safety_threshold=a.safety_threshold,
         on_space=bool(os.environ.get("SPACE_ID")),
     )

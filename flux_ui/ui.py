@@ -21,6 +21,7 @@ from flux_ui.jobs import Job
 from flux_ui.outputs import save_image
 from flux_ui.params import InvalidInput
 from flux_ui.registry import Registry
+from flux_ui.safety import screen
 from flux_ui.settings import Settings
 from flux_ui.sources import ModelUnavailableError
 from flux_ui.tasks import Cancelled, StepCallback, StepEvent, TaskResult
@@ -110,7 +111,8 @@ class UiContext:
     def save(self, result: TaskResult) -> tuple[list[tuple[object, str]], list[str]]:
         """Save every image; return gallery items and warnings. An image that cannot be saved (a full
         disk, say) is still returned, as a picture, with a warning that it was not saved."""
-        gallery, notes = [], []
+        notes = screen(self.registry, result)  # --safety-checker: flagged images are blurred first
+        gallery = []
         for item in result.images:
             try:
                 path = save_image(item.image, item.meta, self.settings.outputs_dir)
