@@ -193,7 +193,8 @@ def _run(registry: Registry, req: GenerateRequest) -> TaskResult | str:
             num_images=req.num_images,
         )
         return control.control(registry, control.validate_control(raw, settings))
-    tokens = vqa.DEFAULT_ANSWER_TOKENS if req.max_new_tokens is None else req.max_new_tokens
+    default_tokens = min(vqa.DEFAULT_ANSWER_TOKENS, settings.max_answer_tokens)  # as the UI's slider
+    tokens = default_tokens if req.max_new_tokens is None else req.max_new_tokens
     params = vqa.validate_vqa(vqa.VqaParams(image, req.prompt, (), tokens), settings)
     return vqa.answer_question(registry, params).answer
 
