@@ -287,6 +287,7 @@ def router(registry: Registry, auth: tuple[str, str] | None = None) -> APIRouter
         with gate:
             try:
                 result = _run(registry, req)
+                response = _respond(registry, req, result)  # inside: the safety classifier may fail to load
             except InvalidInput as err:
                 if err.field in ("width", "height", "size") and req.resolution is not None:
                     # The task names its own parameter; this caller sent `resolution`.
@@ -297,7 +298,7 @@ def router(registry: Registry, auth: tuple[str, str] | None = None) -> APIRouter
             except torch.OutOfMemoryError:
                 recover_from_oom(registry)
                 return _error(503, out_of_memory_message())
-        return _respond(registry, req, result)
+        return response
 
     return api
 

@@ -111,7 +111,10 @@ class UiContext:
     def save(self, result: TaskResult) -> tuple[list[tuple[object, str]], list[str]]:
         """Save every image; return gallery items and warnings. An image that cannot be saved (a full
         disk, say) is still returned, as a picture, with a warning that it was not saved."""
-        notes = screen(self.registry, result)  # --safety-checker: flagged images are blurred first
+        try:  # --safety-checker: flagged images are blurred first; without the classifier, nothing is shown
+            notes = screen(self.registry, result)
+        except ModelUnavailableError as err:
+            raise gr.Error(str(err), title="Safety classifier not available", duration=None) from None
         gallery = []
         for item in result.images:
             try:

@@ -58,3 +58,13 @@ def test_rest_returns_the_blurred_image_with_a_warning(settings):
     blurred = Image.open(io.BytesIO(base64.b64decode(body["images"][0]["png"])))
     with Image.open(body["images"][0]["saved"]) as saved:  # what was saved is the blurred image too
         assert ImageChops.difference(blurred.convert("RGB"), saved.convert("RGB")).getbbox() is None
+
+
+def test_a_missing_classifier_withholds_the_images(settings, tmp_path):
+    """Fail closed: with the filter on and its model unavailable, no unscreened image is returned."""
+    app = FastAPI()
+    broken = replace(settings, safety_checker=True, safety_model=str(tmp_path / "no-classifier"))
+    api.install(app, Registry(broken))
+    job = {"task": "text_to_image", "prompt": "a fox", "resolution": "64x64", "steps": 1, "seed": 3}
+    r = TestClient(app).post("/generate", json=job)
+    assert r.status_code == 503 and "--safety-model" in r.json()["error"]
