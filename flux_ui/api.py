@@ -8,6 +8,7 @@ is answered 503 at once rather than left to pile up threads (Gradio's queue does
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import io
@@ -19,6 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
+import anyio
 import torch
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
@@ -33,7 +35,7 @@ from flux_ui.params import InvalidInput
 from flux_ui.registry import Registry
 from flux_ui.safety import screen
 from flux_ui.sources import ModelUnavailableError
-from flux_ui.tasks import TaskResult
+from flux_ui.tasks import Cancelled, TaskResult
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +43,7 @@ Task = Literal["text_to_image", "kontext_edit", "redux_variation", "fill", "cont
 MAX_BODY_BYTES = 64 * 1024 * 1024  # a request body; four 20 MP PNGs in base64 fit, a runaway upload does not
 MAX_IMAGE_CHARS = 40_000_000  # one base64 image (about 30 MB of file); the decoder checks pixels after
 MAX_TEXT_CHARS = 20_000  # pydantic's bound; the tasks' own, lower limits give the precise message
+DISCONNECT_POLL_S = 0.25  # how often a running job checks that its client is still there
 _RESOLUTION = re.compile(r"^\s*(\d{1,5})\s*[x×X]\s*(\d{1,5})\s*$")
 Number = StrictInt | StrictFloat  # strict: "28" or true is a type error naming the field, not coerced
 
@@ -129,8 +132,9 @@ def parse_resolution(value: str | None, default: tuple[int, int]) -> tuple[int, 
     return int(m.group(1)), int(m.group(2))
 
 
-def _run(registry: Registry, req: GenerateRequest) -> TaskResult | str:
-    """Validate `req` with the task's own validator and run it; return its result (the answer for vqa)."""
+def _run(registry: Registry, req: GenerateRequest, stop: Callable[[], bool]) -> TaskResult | str:
+    """Validate `req` with the task's own validator and run it; return its result (the answer for vqa).
+    `stop()` is checked between steps (tokens for vqa): true, the task raises Cancelled."""
     from flux_ui.images import load_image
     from flux_ui.tasks import control, fill, kontext, redux, text_to_image, vqa
 
@@ -142,12 +146,12 @@ def _run(registry: Registry, req: GenerateRequest) -> TaskResult | str:
             req.prompt, req.variant or "dev", w, h, req.steps, req.guidance, req.seed, req.num_images
         )
         params = text_to_image.validate_text_to_image(raw, settings, registry.loras)
-        return text_to_image.text_to_image(registry, params)
+        return text_to_image.text_to_image(registry, params, None, stop)
     if req.task == "kontext_edit":
         picture = load_image(image, "image")
         size = req.resolution or kontext.AUTO
         raw = kontext.KontextParams(picture, req.prompt, size, req.steps, req.guidance, req.seed, req.num_images)
-        return kontext.kontext_edit(registry, kontext.validate_kontext(raw, settings))
+        return kontext.kontext_edit(registry, kontext.validate_kontext(raw, settings), None, stop)
     if req.task == "redux_variation":
         blobs = [image, *(decode_image(v, f"images[{i}]") for i, v in enumerate(req.images))]
         refs = tuple(None if b is None else load_image(b, f"image_{i + 1}") for i, b in enumerate(blobs))
@@ -164,7 +168,7 @@ def _run(registry: Registry, req: GenerateRequest) -> TaskResult | str:
             seed=req.seed,
             num_images=req.num_images,
         )
-        return redux.redux_variation(registry, redux.validate_redux(raw, settings))
+        return redux.redux_variation(registry, redux.validate_redux(raw, settings), None, stop)
     if req.task == "fill":
         raw = fill.FillParams(
             image,
@@ -179,7 +183,7 @@ def _run(registry: Registry, req: GenerateRequest) -> TaskResult | str:
             req.seed,
             req.num_images,
         )
-        return fill.fill(registry, fill.validate_fill(raw, settings))
+        return fill.fill(registry, fill.validate_fill(raw, settings), None, stop)
     if req.task == "control":
         raw = control.ControlParams(
             req.prompt,
@@ -192,11 +196,11 @@ def _run(registry: Registry, req: GenerateRequest) -> TaskResult | str:
             seed=req.seed,
             num_images=req.num_images,
         )
-        return control.control(registry, control.validate_control(raw, settings))
+        return control.control(registry, control.validate_control(raw, settings), None, stop)
     default_tokens = min(vqa.DEFAULT_ANSWER_TOKENS, settings.max_answer_tokens)  # as the UI's slider
     tokens = default_tokens if req.max_new_tokens is None else req.max_new_tokens
     params = vqa.validate_vqa(vqa.VqaParams(image, req.prompt, (), tokens), settings)
-    return vqa.answer_question(registry, params).answer
+    return vqa.answer_question(registry, params, None, stop).answer
 
 
 def _png(result_image, meta) -> str:
@@ -279,26 +283,38 @@ def router(registry: Registry, auth: tuple[str, str] | None = None) -> APIRouter
         }
 
     @api.post("/generate", response_model=GenerateResponse, dependencies=[guard], summary="Run one task")
-    def generate(req: GenerateRequest):
+    async def generate(req: GenerateRequest, request: Request):
         """Run `task` and return its images as base64 PNGs with their parameters (or, for vqa, the answer).
 
         Errors: 401 without the key, 413 for a body over 64 MB, 422 for a bad field (the message names
-        it), 503 when the queue is full or memory ran out, 500 for anything else."""
+        it), 503 when the queue is full or memory ran out, 500 for anything else. A client that
+        disconnects cancels its job after the current step, so the GPU is not spent on nobody."""
         with gate:
-            try:
-                result = _run(registry, req)
-                response = _respond(registry, req, result)  # inside: the safety classifier may fail to load
-            except InvalidInput as err:
-                if err.field in ("width", "height", "size") and req.resolution is not None:
-                    # The task names its own parameter; this caller sent `resolution`.
-                    return _error(422, f"resolution: {str(err).partition(': ')[2]}", "resolution")
-                return _error(422, str(err), err.field)
-            except ModelUnavailableError as err:
-                return _error(503, str(err))
-            except torch.OutOfMemoryError:
-                recover_from_oom(registry)
-                return _error(503, out_of_memory_message())
-        return response
+            stop = threading.Event()
+            work = asyncio.ensure_future(anyio.to_thread.run_sync(lambda: _serve(req, stop.is_set)))
+            while not work.done():
+                await asyncio.wait({work}, timeout=DISCONNECT_POLL_S)
+                if not work.done() and not stop.is_set() and await request.is_disconnected():
+                    log.info("REST client disconnected: cancelling its %s job", req.task)
+                    stop.set()
+            return work.result()
+
+    def _serve(req: GenerateRequest, stop: Callable[[], bool]) -> GenerateResponse | JSONResponse:
+        try:
+            result = _run(registry, req, stop)
+            return _respond(registry, req, result)  # inside: the safety classifier may fail to load
+        except InvalidInput as err:
+            if err.field in ("width", "height", "size") and req.resolution is not None:
+                # The task names its own parameter; this caller sent `resolution`.
+                return _error(422, f"resolution: {str(err).partition(': ')[2]}", "resolution")
+            return _error(422, str(err), err.field)
+        except ModelUnavailableError as err:
+            return _error(503, str(err))
+        except Cancelled:
+            return _error(499, "cancelled: the client disconnected")  # nginx's code; nobody is listening
+        except torch.OutOfMemoryError:
+            recover_from_oom(registry)
+            return _error(503, out_of_memory_message())
 
     return api
 
@@ -317,12 +333,25 @@ def install(app: FastAPI, registry: Registry, auth: tuple[str, str] | None = Non
             field = "body"
         return JSONResponse({"error": f"{field}: {first.get('msg')}", "field": field, "details": jsonable(errors)}, 422)
 
-    @app.middleware("http")
-    async def limit_body(request: Request, call_next):
-        length = request.headers.get("content-length")
-        if request.url.path == "/generate" and length and length.isdigit() and int(length) > MAX_BODY_BYTES:
-            return _error(413, f"body: {int(length)} bytes is over the limit of {MAX_BODY_BYTES}")
-        return await call_next(request)
+    app.add_middleware(BodyLimit)
+
+
+class BodyLimit:
+    """Refuse a /generate body over MAX_BODY_BYTES by its Content-Length, before it is read. Plain ASGI
+    rather than `@app.middleware("http")`, whose wrapping of `receive` hides a client's disconnect from
+    the endpoint."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http" and scope["path"] == "/generate":
+            length = dict(scope["headers"]).get(b"content-length", b"")
+            if length.isdigit() and int(length) > MAX_BODY_BYTES:
+                response = _error(413, f"body: {int(length)} bytes is over the limit of {MAX_BODY_BYTES}")
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
 
 
 def jsonable(errors: list) -> list:

@@ -150,3 +150,27 @@ def _png_b64() -> str:
     buf = io.BytesIO()
     Image.new("RGB", (64, 64), "red").save(buf, format="PNG")
     return base64.b64encode(buf.getvalue()).decode()
+
+
+def test_a_rest_client_that_disconnects_cancels_its_job(live):
+    """A 100-step 512 px job (about 30 s here) is dropped by its client after a second; the next
+    request runs at once instead of waiting for it."""
+    import json
+    import socket
+    import urllib.request
+
+    url, registry = live
+    port = registry.settings.port
+    body = json.dumps({**JOB, "resolution": "512x512", "steps": 100}).encode()
+    with socket.create_connection(("127.0.0.1", port)) as sock:
+        head = "POST /generate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        head += f"Content-Length: {len(body)}\r\n\r\n"
+        sock.sendall(head.encode() + body)
+        time.sleep(1.5)  # the job is denoising
+    start = time.monotonic()
+    request = urllib.request.Request(
+        url + "generate", json.dumps({**JOB, "seed": 6}).encode(), {"Content-Type": "application/json"}
+    )
+    with urllib.request.urlopen(request, timeout=120) as r:
+        assert json.loads(r.read())["seed"] == 6
+    assert time.monotonic() - start < 10, "the abandoned job was not cancelled"
