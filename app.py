@@ -1,4 +1,4 @@
-"""FLUX UI: parse settings, build the registry and the web UI, launch. See README.md for the options."""
+"""FLUX UI: parse settings, build the registry, serve the web UI and the REST API. See README.md for the options."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ def main(argv: list[str] | None = None) -> None:
     settings = settings_from_args(argv)
 
     from flux_ui.registry import Registry
-    from flux_ui.ui import build_ui
+    from flux_ui.serve import resolve_auth, serve
 
     if settings.tiny:
         from flux_ui.tiny import ensure_tiny_models
@@ -33,16 +33,7 @@ def main(argv: list[str] | None = None) -> None:
         settings.gpu_transformers,
         settings.transformer_cache,
     )
-    registry = Registry(settings)
-    demo = build_ui(registry)
-    demo.queue(max_size=settings.queue_size, default_concurrency_limit=4)
-    demo.launch(
-        server_name=settings.host,
-        server_port=settings.port,
-        share=settings.share,
-        allowed_paths=[str(settings.outputs_dir.resolve())],
-        footer_links=["api", "settings"],
-    )
+    serve(Registry(settings), resolve_auth(settings))
 
 
 if __name__ == "__main__":

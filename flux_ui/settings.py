@@ -28,6 +28,8 @@ DEFAULT_LORA_DIR = "models/loras"  # searched when no --lora-dir is given
 # The vision-language model of the VQA tab: Apache-2.0, trained on documents (Docmatix) and charts, 5 GB of
 # GPU memory, and its processor needs no torchvision (README, "Visual question answering", says more).
 DEFAULT_VQA_MODEL = "HuggingFaceTB/SmolVLM-Instruct"
+# The NSFW classifier of --safety-checker: the one the FLUX authors' reference code uses (flux_ui/safety.py).
+DEFAULT_SAFETY_MODEL = "Falconsai/nsfw_image_detection"
 
 
 @dataclass(frozen=True)
@@ -62,6 +64,15 @@ class Settings:
     host: str = "127.0.0.1"  # address the server binds to
     port: int = 7860  # port the server listens on
     share: bool = False  # open a public share link
+    # Serving (flux_ui/serve.py, flux_ui/api.py): who may reach the GPU, and through what.
+    auth: tuple[str, str] | None = None  # (user, password) for the UI; None: see serve.resolve_auth
+    no_auth: bool = False  # serve a share link or a non-loopback host without a password (explicit opt-out)
+    api_key: str | None = None  # required in the X-API-Key header of REST calls when set
+    mcp: bool = False  # expose the tasks as MCP tools through Gradio's MCP server
+    safety_checker: bool = False  # blur generated images that the safety classifier flags
+    safety_model: str = DEFAULT_SAFETY_MODEL  # repo id or folder of that image classifier
+    safety_threshold: float = 0.85  # flag at or above this probability of the "nsfw" label
+    on_space: bool = False  # running on a Hugging Face Space (SPACE_ID is set): the Space decides access
 
     @property
     def max_pixels(self) -> int:
@@ -114,7 +125,9 @@ def build_parser() -> argparse.ArgumentParser:
         default=_env("tiny_dir", "models/tiny"),
         help="where tiny models are written",
     )
-    p.add_argument("--host", default=_env("host", "127.0.0.1"), help="address to bind")
+    # A Space sets GRADIO_SERVER_NAME=0.0.0.0 and expects the app there.
+    host = _env("host", os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"))
+    p.add_argument("--host", default=host, help="address to bind")
     p.add_argument("--port", type=int, default=int(_env("port", "7860")), help="port to listen on")
     p.add_argument(
         "--share",
@@ -122,6 +135,33 @@ def build_parser() -> argparse.ArgumentParser:
         default=_env_flag("share"),
         help="open a share link",
     )
+    p.add_argument(
+        "--auth",
+        default=_env("auth", ""),
+        metavar="USER:PASSWORD",
+        help="require this login for the UI (and REST, as HTTP Basic)",
+    )
+    p.add_argument(
+        "--no-auth",
+        action="store_true",
+        default=_env_flag("no_auth"),
+        help="no generated password for --share or a non-loopback --host",
+    )
+    p.add_argument("--api-key", default=_env("api_key", ""), help="key the REST API requires in X-API-Key")
+    p.add_argument(
+        "--mcp",
+        action="store_true",
+        default=_env_flag("mcp"),
+        help="serve the tasks as MCP tools (needs gradio[mcp])",
+    )
+    p.add_argument(
+        "--safety-checker",
+        action="store_true",
+        default=_env_flag("safety_checker"),
+        help="blur generated images an NSFW classifier flags",
+    )
+    p.add_argument("--safety-model", default=_env("safety_model", DEFAULT_SAFETY_MODEL))
+    p.add_argument("--safety-threshold", type=float, default=float(_env("safety_threshold", "0.85")))
     p.add_argument("--device", default=_env("device", "auto"), help="auto, cuda, mps or cpu")
     p.add_argument(
         "--dtype",
@@ -205,6 +245,16 @@ def parse_model_paths(items: list[str]) -> dict[str, str]:
             raise ValueError(f"--model: expected NAME=SOURCE, got {item!r}")
         out[name.strip()] = source.strip()
     return out
+
+
+def parse_auth(value: str) -> tuple[str, str] | None:
+    """ "user:password" -> ("user", "password"); "" -> None. The password may contain colons."""
+    if not value:
+        return None
+    user, sep, password = value.partition(":")
+    if not sep or not user or not password:
+        raise ValueError("--auth: expected USER:PASSWORD with both parts non-empty")
+    return user, password
 
 
 def lora_dirs(given: list[str], tiny: bool, tiny_dir: Path) -> tuple[Path, ...]:
@@ -308,4 +358,12 @@ def settings_from_args(argv: list[str] | None = None) -> Settings:
         host=a.host,
         port=a.port,
         share=a.share,
+        auth=parse_auth(a.auth),
+        no_auth=a.no_auth,
+        api_key=a.api_key or None,
+        mcp=a.mcp,
+        safety_checker=a.safety_checker,
+        safety_model=a.safety_model,
+        safety_threshold=a.safety_threshold,
+        on_space=bool(os.environ.get("SPACE_ID")),
     )

@@ -322,6 +322,7 @@ def _write_depth_estimator(folder: Path, seed: int) -> None:
 def _tiny_repos() -> list[tuple[str, str, Callable[[Path], None]]]:
     """(repo id, label, writer) for every tiny model; each writer gets its own seed."""
     from flux_ui.control_maps import DEPTH_ESTIMATOR_REPO
+    from flux_ui.safety import SAFETY_MODEL, write_tiny_safety_classifier
     from flux_ui.tiny_vlm import write_tiny_vlm
 
     repos: list[tuple[str, str, Callable[[Path], None]]] = []
@@ -337,6 +338,7 @@ def _tiny_repos() -> list[tuple[str, str, Callable[[Path], None]]]:
     repos.append((DEPTH_ESTIMATOR_REPO, "depth estimator", partial(_write_depth_estimator, seed=4000)))
     # Under the default model's repo id, so --tiny finds it where --vqa-model points by default.
     repos.append((DEFAULT_VQA_MODEL, "VQA model", write_tiny_vlm))
+    repos.append((SAFETY_MODEL, "safety classifier", write_tiny_safety_classifier))
     return repos
 
 

@@ -13,12 +13,15 @@ from dataclasses import dataclass, field
 from typing import TypeVar
 
 import gradio as gr
+import torch
 
 from flux_ui import __version__, residency
+from flux_ui.faults import out_of_memory_message, recover_from_oom
 from flux_ui.jobs import Job
 from flux_ui.outputs import save_image
 from flux_ui.params import InvalidInput
 from flux_ui.registry import Registry
+from flux_ui.safety import screen
 from flux_ui.settings import Settings
 from flux_ui.sources import ModelUnavailableError
 from flux_ui.tasks import Cancelled, StepCallback, StepEvent, TaskResult
@@ -89,6 +92,9 @@ class UiContext:
             raise gr.Error(str(err), title="Model not available", duration=None) from None
         except InvalidInput as err:
             raise invalid(err) from None
+        except torch.OutOfMemoryError:
+            recover_from_oom(self.registry)
+            raise gr.Error(out_of_memory_message(), title="Out of memory", duration=None) from None
         finally:
             if key:
                 with self.lock:
@@ -105,7 +111,11 @@ class UiContext:
     def save(self, result: TaskResult) -> tuple[list[tuple[object, str]], list[str]]:
         """Save every image; return gallery items and warnings. An image that cannot be saved (a full
         disk, say) is still returned, as a picture, with a warning that it was not saved."""
-        gallery, notes = [], []
+        try:  # --safety-checker: flagged images are blurred first; without the classifier, nothing is shown
+            notes = screen(self.registry, result)
+        except ModelUnavailableError as err:
+            raise gr.Error(str(err), title="Safety classifier not available", duration=None) from None
+        gallery = []
         for item in result.images:
             try:
                 path = save_image(item.image, item.meta, self.settings.outputs_dir)

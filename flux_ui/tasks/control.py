@@ -14,6 +14,7 @@ from dataclasses import dataclass, replace
 from PIL import Image
 
 from flux_ui.control_maps import CANNY_HIGH, CANNY_LOW, CANNY_MAX, canny
+from flux_ui.gpu import on_gpu
 from flux_ui.images import image_hash, load_image, working_size
 from flux_ui.params import (
     InvalidInput,
@@ -125,6 +126,7 @@ def output_size(p: ControlParams, settings: Settings) -> tuple[int, int]:
     return working_size(*reference.size, settings.max_pixels)
 
 
+@on_gpu
 def control(
     registry: Registry,
     params: ControlParams,

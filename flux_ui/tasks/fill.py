@@ -10,6 +10,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 from PIL import Image
 
+from flux_ui.gpu import on_gpu
 from flux_ui.images import alpha_or_luminance, image_hash, load_image, open_image, working_size
 from flux_ui.params import (
     MAX_SIDE,
@@ -135,6 +136,7 @@ def build_canvas(p: FillParams, max_pixels: int) -> tuple[Image.Image, Image.Ima
     return canvas, mask
 
 
+@on_gpu
 def fill(
     registry: Registry,
     params: FillParams,

@@ -17,6 +17,7 @@ from dataclasses import dataclass, replace
 
 from PIL import Image
 
+from flux_ui.gpu import on_gpu
 from flux_ui.images import image_hash
 from flux_ui.params import (
     MAX_GUIDANCE,
@@ -98,6 +99,7 @@ def validate_kontext(p: KontextParams, settings: Settings) -> KontextParams:
     )
 
 
+@on_gpu
 def kontext_edit(
     registry: Registry,
     params: KontextParams,

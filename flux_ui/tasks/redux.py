@@ -27,6 +27,7 @@ from dataclasses import dataclass, replace
 import torch
 from PIL import Image
 
+from flux_ui.gpu import on_gpu
 from flux_ui.images import image_hash
 from flux_ui.params import (
     MAX_GUIDANCE,
@@ -133,6 +134,7 @@ def redux_conditioning(prior, params: ReduxParams, device: str, max_sequence_len
     return prompt_embeds, pooled * params.pooled_prompt_embeds_scale
 
 
+@on_gpu
 def redux_variation(
     registry: Registry,
     params: ReduxParams,

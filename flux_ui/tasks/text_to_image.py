@@ -8,6 +8,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
+from flux_ui.gpu import on_gpu
 from flux_ui.loras import LoraLibrary, LoraRequest, check_request, parse_prompt
 from flux_ui.params import (
     MAX_GUIDANCE,
@@ -96,6 +97,7 @@ def validate_text_to_image(
     )
 
 
+@on_gpu
 def text_to_image(
     registry: Registry,
     params: TextToImageParams,

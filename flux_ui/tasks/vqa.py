@@ -16,6 +16,7 @@ import torch
 from PIL import Image
 
 from flux_ui import sources
+from flux_ui.gpu import on_gpu
 from flux_ui.images import load_image
 from flux_ui.params import InvalidInput, check_int, check_range
 from flux_ui.registry import Registry
@@ -187,6 +188,7 @@ def _stop_when(should_stop: Callable[[], bool]):
     return StoppingCriteriaList([StopWhen()])
 
 
+@on_gpu
 def answer_question(
     registry: Registry,
     params: VqaParams,

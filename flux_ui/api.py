@@ -1,0 +1,361 @@
+"""The REST API beside the UI: `GET /health` and `POST /generate`, on the same port (FastAPI, pydantic).
+
+Requests run the same task functions as the UI (flux_ui/tasks/*), so validation, metadata and saved files
+are the same. GPU work is serialised by the registry's lock, which every task holds while its pipeline is
+lent; on top of that at most `--queue-size` REST requests may be waiting or running at once, and the next
+is answered 503 at once rather than left to pile up threads (Gradio's queue does the same for the UI).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import io
+import logging
+import re
+import secrets
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal
+
+import anyio
+import torch
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt
+
+from flux_ui import __version__
+from flux_ui.faults import out_of_memory_message, recover_from_oom
+from flux_ui.metadata import format_parameters, png_info
+from flux_ui.outputs import save_image
+from flux_ui.params import InvalidInput
+from flux_ui.registry import Registry
+from flux_ui.safety import screen
+from flux_ui.sources import ModelUnavailableError
+from flux_ui.tasks import Cancelled, TaskResult
+
+log = logging.getLogger(__name__)
+
+Task = Literal["text_to_image", "kontext_edit", "redux_variation", "fill", "control", "vqa"]
+MAX_BODY_BYTES = 64 * 1024 * 1024  # a request body; four 20 MP PNGs in base64 fit, a runaway upload does not
+MAX_IMAGE_CHARS = 40_000_000  # one base64 image (about 30 MB of file); the decoder checks pixels after
+MAX_TEXT_CHARS = 20_000  # pydantic's bound; the tasks' own, lower limits give the precise message
+DISCONNECT_POLL_S = 0.25  # how often a running job checks that its client is still there
+_RESOLUTION = re.compile(r"^\s*(\d{1,5})\s*[x×X]\s*(\d{1,5})\s*$")
+Number = StrictInt | StrictFloat  # strict: "28" or true is a type error naming the field, not coerced
+
+
+class GenerateRequest(BaseModel):
+    """One job. Fields a task does not use are ignored by it; unknown fields are refused."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    task: Task
+    prompt: str = Field("", max_length=MAX_TEXT_CHARS, description="the prompt, instruction or VQA question")
+    image: str | None = Field(None, max_length=MAX_IMAGE_CHARS, description="base64 (or data: URL) PNG/JPEG/WebP")
+    images: list[str] = Field([], max_length=3, description="Redux: up to three more references, base64 like `image`")
+    strengths: list[Number] = Field([], max_length=4, description="Redux: one strength per reference, 0-2")
+    mask: str | None = Field(None, max_length=MAX_IMAGE_CHARS, description="Fill: white = repaint, base64")
+    control_image: str | None = Field(None, max_length=MAX_IMAGE_CHARS, description="Control: a ready map")
+    resolution: str | None = Field(None, max_length=32, description='"WIDTHxHEIGHT"; Kontext also "auto"')
+    variant: str | None = Field(None, max_length=64, description="text_to_image: dev, schnell or krea-dev")
+    steps: StrictInt | None = None
+    guidance: Number | None = None
+    seed: StrictInt = -1
+    num_images: StrictInt = 1
+    mode: Literal["canny", "depth"] = "canny"
+    route: Literal["full", "lora"] = "full"
+    left: StrictInt = 0
+    right: StrictInt = 0
+    top: StrictInt = 0
+    bottom: StrictInt = 0
+    max_new_tokens: StrictInt | None = None
+
+
+class ImageOut(BaseModel):
+    png: str  # base64 PNG with the `parameters` text chunk embedded
+    seed: int
+    parameters: str  # the same text as embedded in the PNG
+    saved: str | None  # path under the outputs folder, None if it could not be saved
+
+
+class GenerateResponse(BaseModel):
+    task: Task
+    images: list[ImageOut] = []
+    answer: str | None = None  # vqa only
+    seed: int | None = None
+    timings: dict[str, float] = {}
+    warnings: list[str] = []
+
+
+@dataclass
+class Gate:
+    """At most `size` REST jobs waiting or running; the next is refused at once."""
+
+    size: int
+
+    def __post_init__(self) -> None:
+        self._slots = threading.BoundedSemaphore(max(1, self.size))
+
+    def __enter__(self) -> Gate:
+        if not self._slots.acquire(blocking=False):
+            raise HTTPException(
+                503,
+                f"Queue full: {self.size} requests are already waiting or running; try again in a moment.",
+            )
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._slots.release()
+
+
+def decode_image(value: str | None, field: str) -> bytes | None:
+    """Raw bytes from base64 or a data: URL; the image decoder (images.load_image) checks the rest."""
+    if value is None or value == "":
+        return None
+    text = value.partition(",")[2] if value.startswith("data:") else value
+    try:
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        raise InvalidInput(field, "is not valid base64") from None
+
+
+def parse_resolution(value: str | None, default: tuple[int, int]) -> tuple[int, int]:
+    if value is None:
+        return default
+    m = _RESOLUTION.match(value)
+    if not m:
+        raise InvalidInput("resolution", f'expected "WIDTHxHEIGHT" such as "1024x1024", got {value!r}')
+    return int(m.group(1)), int(m.group(2))
+
+
+def _run(registry: Registry, req: GenerateRequest, stop: Callable[[], bool]) -> TaskResult | str:
+    """Validate `req` with the task's own validator and run it; return its result (the answer for vqa).
+    `stop()` is checked between steps (tokens for vqa): true, the task raises Cancelled."""
+    from flux_ui.images import load_image
+    from flux_ui.tasks import control, fill, kontext, redux, text_to_image, vqa
+
+    settings = registry.settings
+    image = decode_image(req.image, "image")
+    if req.task == "text_to_image":
+        w, h = parse_resolution(req.resolution, (1024, 1024))
+        raw = text_to_image.TextToImageParams(
+            req.prompt, req.variant or "dev", w, h, req.steps, req.guidance, req.seed, req.num_images
+        )
+        params = text_to_image.validate_text_to_image(raw, settings, registry.loras)
+        return text_to_image.text_to_image(registry, params, None, stop)
+    if req.task == "kontext_edit":
+        picture = load_image(image, "image")
+        size = req.resolution or kontext.AUTO
+        raw = kontext.KontextParams(picture, req.prompt, size, req.steps, req.guidance, req.seed, req.num_images)
+        return kontext.kontext_edit(registry, kontext.validate_kontext(raw, settings), None, stop)
+    if req.task == "redux_variation":
+        blobs = [image, *(decode_image(v, f"images[{i}]") for i, v in enumerate(req.images))]
+        refs = tuple(None if b is None else load_image(b, f"image_{i + 1}") for i, b in enumerate(blobs))
+        strengths = tuple(req.strengths) or (1.0,) * len(refs)
+        w, h = parse_resolution(req.resolution, (1024, 1024))
+        raw = redux.ReduxParams(
+            refs,
+            strengths,
+            req.prompt,
+            width=w,
+            height=h,
+            steps=req.steps,
+            guidance=req.guidance,
+            seed=req.seed,
+            num_images=req.num_images,
+        )
+        return redux.redux_variation(registry, redux.validate_redux(raw, settings), None, stop)
+    if req.task == "fill":
+        raw = fill.FillParams(
+            image,
+            req.prompt,
+            decode_image(req.mask, "mask"),
+            req.left,
+            req.right,
+            req.top,
+            req.bottom,
+            req.steps,
+            req.guidance,
+            req.seed,
+            req.num_images,
+        )
+        return fill.fill(registry, fill.validate_fill(raw, settings), None, stop)
+    if req.task == "control":
+        raw = control.ControlParams(
+            req.prompt,
+            image,
+            req.mode,
+            req.route,
+            decode_image(req.control_image, "control_image"),
+            steps=req.steps,
+            guidance=req.guidance,
+            seed=req.seed,
+            num_images=req.num_images,
+        )
+        return control.control(registry, control.validate_control(raw, settings), None, stop)
+    default_tokens = min(vqa.DEFAULT_ANSWER_TOKENS, settings.max_answer_tokens)  # as the UI's slider
+    tokens = default_tokens if req.max_new_tokens is None else req.max_new_tokens
+    params = vqa.validate_vqa(vqa.VqaParams(image, req.prompt, (), tokens), settings)
+    return vqa.answer_question(registry, params, None, stop).answer
+
+
+def _png(result_image, meta) -> str:
+    buf = io.BytesIO()
+    result_image.save(buf, format="PNG", pnginfo=png_info(meta))
+    return base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def _respond(registry: Registry, req: GenerateRequest, result: TaskResult | str) -> GenerateResponse:
+    if isinstance(result, str):
+        return GenerateResponse(task=req.task, answer=result)
+    images, warnings = [], screen(registry, result)  # --safety-checker: flagged images are blurred first
+    for item in result.images:
+        try:  # as in the UI: an image that cannot be saved is still returned, with a warning
+            saved = str(save_image(item.image, item.meta, registry.settings.outputs_dir))
+        except OSError as err:
+            log.error("could not save image (seed %d): %s", item.meta.seed, err)
+            warnings.append(f"image with seed {item.meta.seed} was not saved to disk ({err.strerror or err})")
+            saved = None
+        images.append(
+            ImageOut(
+                png=_png(item.image, item.meta),
+                seed=item.meta.seed,
+                parameters=format_parameters(item.meta),
+                saved=saved,
+            )
+        )
+    return GenerateResponse(task=req.task, images=images, seed=result.seed, timings=result.timings, warnings=warnings)
+
+
+def _error(status: int, message: str, field: str | None = None) -> JSONResponse:
+    return JSONResponse({"error": message, "field": field}, status_code=status)
+
+
+def key_checker(api_key: str | None, auth: tuple[str, str] | None) -> Callable[[Request], None]:
+    """A dependency that lets a REST call through with the API key (X-API-Key) or, when the UI has a
+    login, that login as HTTP Basic; with neither configured, every call passes."""
+
+    def check(request: Request) -> None:
+        if api_key is None and auth is None:
+            return
+        given = request.headers.get("x-api-key")
+        if api_key is not None and given is not None and secrets.compare_digest(given, api_key):
+            return
+        basic = request.headers.get("authorization", "")
+        if auth is not None and basic.lower().startswith("basic "):
+            try:
+                user, _, password = base64.b64decode(basic[6:]).decode().partition(":")
+            except (binascii.Error, ValueError):
+                user, password = "", ""
+            if secrets.compare_digest(user, auth[0]) and secrets.compare_digest(password, auth[1]):
+                return
+        how = "an X-API-Key header" if api_key is not None else "HTTP Basic auth with the UI's login"
+        raise HTTPException(401, f"Unauthorized: send {how}.", headers={"WWW-Authenticate": "Basic"})
+
+    return check
+
+
+def router(registry: Registry, auth: tuple[str, str] | None = None) -> APIRouter:
+    """The REST routes over `registry`; `auth` is the UI's login, which also opens the REST API."""
+    settings = registry.settings
+    gate = Gate(settings.queue_size)
+    guard = Depends(key_checker(settings.api_key, auth))
+    api = APIRouter()
+
+    @api.get("/health", summary="Liveness, device and what is loaded")
+    def health() -> dict:
+        status = registry.status()
+        return {
+            "status": "healthy",
+            "version": __version__,
+            "device": settings.device,
+            "dtype": status["dtype"],
+            "speed": settings.speed,
+            "memory_policy": settings.memory_policy,
+            "memory": status.get("memory"),
+            "loaded": {
+                "shared": status["shared"],
+                "transformers": status["transformers"],
+                "aux": sorted(status["aux"]),
+            },
+        }
+
+    @api.post("/generate", response_model=GenerateResponse, dependencies=[guard], summary="Run one task")
+    async def generate(req: GenerateRequest, request: Request):
+        """Run `task` and return its images as base64 PNGs with their parameters (or, for vqa, the answer).
+
+        Errors: 401 without the key, 413 for a body over 64 MB, 422 for a bad field (the message names
+        it), 503 when the queue is full or memory ran out, 500 for anything else. A client that
+        disconnects cancels its job after the current step, so the GPU is not spent on nobody."""
+        with gate:
+            stop = threading.Event()
+            work = asyncio.ensure_future(anyio.to_thread.run_sync(lambda: _serve(req, stop.is_set)))
+            while not work.done():
+                await asyncio.wait({work}, timeout=DISCONNECT_POLL_S)
+                if not work.done() and not stop.is_set() and await request.is_disconnected():
+                    log.info("REST client disconnected: cancelling its %s job", req.task)
+                    stop.set()
+            return work.result()
+
+    def _serve(req: GenerateRequest, stop: Callable[[], bool]) -> GenerateResponse | JSONResponse:
+        try:
+            result = _run(registry, req, stop)
+            return _respond(registry, req, result)  # inside: the safety classifier may fail to load
+        except InvalidInput as err:
+            if err.field in ("width", "height", "size") and req.resolution is not None:
+                # The task names its own parameter; this caller sent `resolution`.
+                return _error(422, f"resolution: {str(err).partition(': ')[2]}", "resolution")
+            return _error(422, str(err), err.field)
+        except ModelUnavailableError as err:
+            return _error(503, str(err))
+        except Cancelled:
+            return _error(499, "cancelled: the client disconnected")  # nginx's code; nobody is listening
+        except torch.OutOfMemoryError:
+            recover_from_oom(registry)
+            return _error(503, out_of_memory_message())
+
+    return api
+
+
+def install(app: FastAPI, registry: Registry, auth: tuple[str, str] | None = None) -> None:
+    """Add the REST routes, the body-size limit and field-naming validation errors to `app`."""
+    app.include_router(router(registry, auth))
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = exc.errors()
+        first = errors[0] if errors else {"loc": (), "msg": "invalid request"}
+        loc = [str(p) for p in first.get("loc", ()) if p != "body"]
+        field = ".".join(loc) or "body"
+        if first.get("type") == "json_invalid":  # its loc is a character position, not a field
+            field = "body"
+        return JSONResponse({"error": f"{field}: {first.get('msg')}", "field": field, "details": jsonable(errors)}, 422)
+
+    app.add_middleware(BodyLimit)
+
+
+class BodyLimit:
+    """Refuse a /generate body over MAX_BODY_BYTES by its Content-Length, before it is read. Plain ASGI
+    rather than `@app.middleware("http")`, whose wrapping of `receive` hides a client's disconnect from
+    the endpoint."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http" and scope["path"] == "/generate":
+            length = dict(scope["headers"]).get(b"content-length", b"")
+            if length.isdigit() and int(length) > MAX_BODY_BYTES:
+                response = _error(413, f"body: {int(length)} bytes is over the limit of {MAX_BODY_BYTES}")
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+def jsonable(errors: list) -> list:
+    """pydantic error details without the raw input (which may be megabytes of base64) or exceptions."""
+    return [{"loc": list(e.get("loc", ())), "msg": str(e.get("msg")), "type": e.get("type")} for e in errors]
