@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import torch
 
-from flux_ui import control_lora, memory, policies, sources, speed
+from flux_ui import control_lora, memory, policies, sources, speed, tiers
 from flux_ui.lora_adapters import AdapterCache
 from flux_ui.loras import LoraLibrary, LoraRequest
 from flux_ui.memory import WORKSPACE_BYTES, module_bytes
@@ -223,11 +223,9 @@ class Registry:
     def _move(self, name: str, module: torch.nn.Module, device: str) -> None:
         """The one path for moving a model between devices; every move is logged and recorded.
 
-        With a CUDA device, a model's first trip to the GPU leaves a page-locked (pinned) copy of its
-        weights in CPU RAM (the warm tier). Weights never change during inference, so moving the model
-        back to the CPU just points its parameters at that copy (no transfer), and the next trip to the
-        GPU is one full-speed copy from pinned memory. torch and accelerate offer moves and pinning, but
-        not a pinned copy that outlives the move, which is what makes a variant switch cost one copy.
+        With a CUDA device, a model's first trip to or from the GPU leaves a pinned copy of its weights in
+        CPU RAM (the warm tier, `flux_ui.tiers`): going back to the CPU then costs no copy, and coming back
+        to the GPU one.
 
         A group-offloaded module (policy offload-12gb) is never moved: diffusers' hooks place it block by
         block, and its weights already live in pinned RAM.
@@ -238,10 +236,10 @@ class Registry:
         if current == torch.device(device) or (current.type == device and device != "cpu"):
             return
         start = time.perf_counter()
-        pinned = _valid_pinned(module)
+        pinned = tiers.valid_pinned(module)
         to_gpu = device.startswith("cuda")
         if pinned is None and torch.cuda.is_available() and (device == "cpu" or current.type == "cpu"):
-            pinned = _pin(module)  # to pinned CPU memory, from wherever it is
+            pinned = tiers.pin(module)  # to pinned CPU memory, from wherever it is
         if pinned is not None:
             pinned.place(module, device)
         else:
@@ -664,66 +662,3 @@ class Registry:
                 "loras": self._loaded_loras(),
                 "load_counts": dict(self.load_counts),
             }
-
-
-def _tensors(module: torch.nn.Module) -> list[tuple[str, torch.Tensor]]:
-    return [*module.named_parameters(), *module.named_buffers()]
-
-
-class PinnedWeights:
-    """All of a module's tensors packed into one page-locked CPU buffer (the warm tier).
-
-    One buffer means one host-to-device copy per move, at the link's full speed, instead of a thousand
-    small ones; the module's tensors become views of that buffer (or of its copy on the GPU).
-    """
-
-    ALIGN = 256  # bytes; keeps every view aligned for vectorised kernels
-
-    def __init__(self, module: torch.nn.Module, pin: bool = True):
-        tensors = _tensors(module)
-        self.layout: dict[str, tuple[int, torch.dtype, torch.Size]] = {}
-        offset = 0
-        for key, t in tensors:
-            self.layout[key] = (offset, t.dtype, t.shape)
-            offset += -(-t.numel() * t.element_size() // self.ALIGN) * self.ALIGN
-        self.buffer = torch.empty(offset, dtype=torch.uint8, pin_memory=pin)
-        for key, t in tensors:
-            view = self._view(self.buffer, key)
-            view.copy_(t.data)
-            t.data = view
-
-    def _view(self, buffer: torch.Tensor, key: str) -> torch.Tensor:
-        offset, dtype, shape = self.layout[key]
-        nbytes = shape.numel() * torch.empty((), dtype=dtype).element_size()
-        return buffer[offset : offset + nbytes].view(dtype).view(shape)
-
-    def matches(self, module: torch.nn.Module) -> bool:
-        tensors = _tensors(module)
-        return len(tensors) == len(self.layout) and all(
-            key in self.layout and type(t.data) is torch.Tensor and self.layout[key][1:] == (t.dtype, t.shape)
-            for key, t in tensors
-        )
-
-    def place(self, module: torch.nn.Module, device: str) -> None:
-        """Point the module's tensors at the pinned buffer (device "cpu": no copy) or at one copy of it."""
-        buffer = self.buffer if device == "cpu" else self.buffer.to(device, non_blocking=True)
-        for key, t in _tensors(module):
-            t.data = self._view(buffer, key)
-
-
-def _pin(module: torch.nn.Module) -> PinnedWeights | None:
-    """Pack a module's tensors into pinned memory and keep that as its warm tier; None, with the module
-    moved to the CPU, where a tensor cannot be packed (quantised tensor subclasses, say): its moves are
-    then plain copies."""
-    if any(type(t.data) is not torch.Tensor for _, t in _tensors(module)):
-        log.info("weights of %s cannot be pinned; its moves will be plain copies", type(module).__name__)
-        module.to("cpu")
-        return None
-    module._flux_ui_pinned = PinnedWeights(module)
-    return module._flux_ui_pinned
-
-
-def _valid_pinned(module: torch.nn.Module) -> PinnedWeights | None:
-    """The module's pinned copy if it still matches its tensors (fusing or quantising replaces them)."""
-    pinned = getattr(module, "_flux_ui_pinned", None)
-    return pinned if pinned is not None and pinned.matches(module) else None
