@@ -129,6 +129,19 @@ class UiContext:
         return gallery, notes
 
 
+def gallery_preview(noun: str = "image", others: int = 2) -> Callable[[StepEvent], tuple | None]:
+    """A `show` for `UiContext.follow`: each step's live preview goes to the gallery (the event's first
+    output) until the images arrive; the `others` outputs are left as they are."""
+
+    def show(ev: StepEvent) -> tuple | None:
+        if ev.preview is None:
+            return None
+        caption = f"preview · {noun} {ev.image_index + 1}, step {ev.step}/{ev.steps}"
+        return ([(ev.preview, caption)], *(gr.skip(),) * others)
+
+    return show
+
+
 def summary(result: TaskResult, notes: list[str]) -> str:
     t = result.timings
     line = f"Seed {result.seed} · {t['total']:.1f} s (models {t['load']:.1f} s, generation {t['generate']:.1f} s)"

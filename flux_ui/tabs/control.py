@@ -23,7 +23,7 @@ from flux_ui.tasks.control import (
     output_size,
     validate_control,
 )
-from flux_ui.ui import GPU, UiContext, invalid, summary
+from flux_ui.ui import GPU, UiContext, gallery_preview, invalid, summary
 from flux_ui.variants import CONTROL_LORAS, get_variant
 
 MODE_CHOICES = [("Canny edges", "canny"), ("Depth", "depth")]
@@ -107,15 +107,7 @@ def build(ctx: UiContext) -> ControlTab:
         except InvalidInput as err:
             raise invalid(err) from None
 
-        def show(ev):
-            if ev.preview is None:
-                return None
-            return (
-                [(ev.preview, f"preview · image {ev.image_index + 1}, step {ev.step}/{ev.steps}")],
-                gr.skip(),
-                gr.skip(),
-                gr.skip(),
-            )
+        show = gallery_preview(others=3)
 
         result = yield from ctx.follow(
             lambda on_step, stop: control(ctx.registry, params, on_step, stop), request, progress, show

@@ -16,7 +16,7 @@ from PIL import Image
 from flux_ui.params import SEED_MAX, InvalidInput
 from flux_ui.tabs.handoff import track_selection
 from flux_ui.tasks.fill import FillParams, fill, validate_fill
-from flux_ui.ui import GPU, UiContext, invalid, summary
+from flux_ui.ui import GPU, UiContext, gallery_preview, invalid, summary
 from flux_ui.variants import get_variant
 
 MAX_SLIDER_OUTPAINT = 1024  # pixels per side on the sliders; the API accepts more, up to the size limit
@@ -90,14 +90,7 @@ def build(ctx: UiContext) -> FillTab:
         except InvalidInput as err:
             raise invalid(err) from None
 
-        def show(ev):  # the gallery shows the live preview until the images arrive
-            if ev.preview is None:
-                return None
-            return (
-                [(ev.preview, f"preview · image {ev.image_index + 1}, step {ev.step}/{ev.steps}")],
-                gr.skip(),
-                gr.skip(),
-            )
+        show = gallery_preview()
 
         result = yield from ctx.follow(
             lambda on_step, stop: fill(ctx.registry, params, on_step, stop), request, progress, show

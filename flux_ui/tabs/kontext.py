@@ -12,7 +12,7 @@ from flux_ui.metadata import parse_parameters, read_parameters
 from flux_ui.params import SEED_MAX, InvalidInput
 from flux_ui.tabs.handoff import Receiver, pick, track_selection
 from flux_ui.tasks.kontext import AUTO, KontextParams, context_size, kontext_edit, output_size, validate_kontext
-from flux_ui.ui import GPU, UiContext, invalid, summary
+from flux_ui.ui import GPU, UiContext, gallery_preview, invalid, summary
 from flux_ui.variants import get_variant
 
 VARIANT = get_variant("kontext-dev")
@@ -103,11 +103,7 @@ def build(ctx: UiContext) -> KontextTab:
         except InvalidInput as err:
             raise invalid(err) from None
 
-        def show(ev):
-            if ev.preview is None:
-                return None
-            caption = f"preview · edit {ev.image_index + 1}, step {ev.step}/{ev.steps}"
-            return [(ev.preview, caption)], gr.skip(), gr.skip()
+        show = gallery_preview("edit")
 
         result = yield from ctx.follow(
             lambda on_step, stop: kontext_edit(ctx.registry, params, on_step, stop), request, progress, show

@@ -11,7 +11,7 @@ from flux_ui.params import SEED_MAX, InvalidInput
 from flux_ui.tabs.handoff import track_selection
 from flux_ui.tabs.text_to_image import CUSTOM, MAX_SLIDER_SIDE, PRESETS
 from flux_ui.tasks.redux import MAX_REFERENCES, MAX_SCALE, ReduxParams, redux_variation, validate_redux
-from flux_ui.ui import GPU, UiContext, invalid, summary
+from flux_ui.ui import GPU, UiContext, gallery_preview, invalid, summary
 from flux_ui.variants import get_variant
 
 VARIANT = get_variant("redux-dev")
@@ -98,11 +98,7 @@ def build(ctx: UiContext) -> ReduxTab:
         except InvalidInput as err:
             raise invalid(err) from None
 
-        def show(ev):
-            if ev.preview is None:
-                return None
-            caption = f"preview · variation {ev.image_index + 1}, step {ev.step}/{ev.steps}"
-            return [(ev.preview, caption)], gr.skip(), gr.skip()
+        show = gallery_preview("variation")
 
         result = yield from ctx.follow(
             lambda on_step, stop: redux_variation(ctx.registry, params, on_step, stop), request, progress, show

@@ -12,7 +12,7 @@ from flux_ui.metadata import meta_from_parameters, read_parameters
 from flux_ui.params import SEED_MAX, InvalidInput
 from flux_ui.tabs.handoff import Receiver, track_selection
 from flux_ui.tasks.text_to_image import TextToImageParams, text_to_image, validate_text_to_image
-from flux_ui.ui import GPU, UiContext, invalid, summary
+from flux_ui.ui import GPU, UiContext, gallery_preview, invalid, summary
 from flux_ui.variants import SQUARE_AND_WIDE, Variant, get_variant, variants_for
 
 ASPECTS = ("1:1", "4:3", "3:4", "3:2", "2:3", "16:9", "9:16", "21:9", "9:21")  # of SQUARE_AND_WIDE, in order
@@ -129,14 +129,7 @@ def build(ctx: UiContext) -> TextToImageTab:
         except InvalidInput as err:
             raise invalid(err) from None
 
-        def show(ev):  # the gallery shows the live preview until the images arrive
-            if ev.preview is None:
-                return None
-            return (
-                [(ev.preview, f"preview · image {ev.image_index + 1}, step {ev.step}/{ev.steps}")],
-                gr.skip(),
-                gr.skip(),
-            )
+        show = gallery_preview()
 
         result = yield from ctx.follow(
             lambda on_step, stop: text_to_image(ctx.registry, params, on_step, stop), request, progress, show
