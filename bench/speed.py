@@ -10,6 +10,7 @@ trained ones; error figures on them show numerical drift, not image quality.
     python bench/speed.py --phase restart --out restart.json   # a restarted process, warm compile cache
     python bench/speed.py --phase extra --out extra.json       # resolutions, Kontext, schnell, 24 GB cap
     python bench/speed.py --phase switch --out switch.json     # variant switching through the registry
+    python bench/speed.py --phase lora-fast --out lf.json      # LoRAs merged into the fp8 profile's weights
 
 Needs a CUDA GPU with about 40 GB free (the 24 GB row caps itself).
 """
@@ -495,6 +496,116 @@ def phase_lora(args) -> dict:
     return {"lora_file_bytes": sizes, "steps": steps, "file_reads": reads}
 
 
+def lora_effect(args) -> dict:
+    """Quality of LoRAs merged into float8 weights: one transformer forward with a rank-64 LoRA merged
+    into bf16 weights (the reference) and into the fp8 profile's float8 weights, by stochastic rounding
+    (the app's) and by rounding to nearest (for comparison)."""
+    from safetensors.torch import load_file
+
+    from flux_ui import lora_merge
+
+    tr = build_transformer()
+    path = Path(args.scratch) / "loras" / "effect.safetensors"
+    write_lora(path, tr, seed=7)
+    deltas = lora_merge.parse(load_file(str(path)), None, None)
+    loras = [(deltas, 1.0)]
+
+    def with_lora(merge_seed: int = 1) -> torch.Tensor:
+        merged = lora_merge.merge(tr, loras, merge_seed)
+        try:
+            return transformer_output(tr)
+        finally:
+            lora_merge.restore(tr, merged)
+
+    ref_base, ref_lora = transformer_output(tr), with_lora()
+    speed.quantize_fp8(tr)
+    fp8_base, fp8_lora = transformer_output(tr), with_lora()
+    stochastic = lora_merge.round_fp8_stochastic
+    lora_merge.round_fp8_stochastic = lambda x, generator: x.clamp(-speed.FP8_MAX, speed.FP8_MAX).to(
+        torch.float8_e4m3fn
+    )
+    try:
+        fp8_lora_nearest = with_lora()
+    finally:
+        lora_merge.round_fp8_stochastic = stochastic
+    effect = (ref_lora - ref_base).flatten()
+
+    def kept(out: torch.Tensor) -> dict:
+        change = (out - fp8_base).flatten()
+        return {
+            "rel_err_vs_bf16_with_lora": round(rel_err(out, ref_lora), 4),
+            "lora_effect_cosine": round(float(torch.nn.functional.cosine_similarity(change, effect, dim=0)), 4),
+            "lora_effect_norm_ratio": round(float(change.norm() / effect.norm()), 4),
+        }
+
+    out = {
+        "lora_effect_rel_to_output": round(float(effect.norm() / ref_base.norm()), 4),
+        "fp8_base_rel_err_vs_bf16_base": round(rel_err(fp8_base, ref_base), 4),
+        "fp8_merged_stochastic_rounding": kept(fp8_lora),
+        "fp8_merged_round_to_nearest": kept(fp8_lora_nearest),
+    }
+    log.info("%s", out)
+    return out
+
+
+def phase_lora_fast(args) -> dict:
+    """LoRAs with the default speed profile (fp8, compiled blocks) through the registry and the task:
+    merged into the float8 weights per request. Times the merge and restore, images with and without
+    LoRAs, counts recompiles across LoRA changes, and measures the merged model against bf16."""
+    from flux_ui.tasks.text_to_image import TextToImageParams, text_to_image, validate_text_to_image
+
+    out = {"quality": lora_effect(args)}
+    checkpoint("quality", out["quality"])
+    free()  # the quality check's transformer is gone with its frame
+    folder = Path(args.scratch) / "loras"
+    vae = build_vae()
+    registry = random_registry(vae, speed.resolve_profile("auto", DEV), lora_dirs=(folder,))
+    registry.shared()
+    tr = registry.transformer("dev")
+    out["lora_file_bytes"] = {
+        n: write_lora(folder / f"{n}.safetensors", tr, seed=i) for i, n in enumerate(("style_a", "style_b"))
+    }
+    registry.loras.refresh()
+
+    def image(prompt: str) -> dict:
+        params = TextToImageParams(prompt=prompt, width=SIZE, height=SIZE, steps=STEPS, seed=1)
+        start = time.perf_counter()
+        result = text_to_image(registry, validate_text_to_image(params, registry.settings, registry.loras))
+        return {"prompt": prompt, "s": round(time.perf_counter() - start, 3), "timings": result.timings}
+
+    def assembly(loras) -> float:
+        start = sync_time()
+        with registry.pipeline("dev", loras=loras):
+            sync_time()
+        return round(sync_time() - start, 3)
+
+    out["first_image"] = image("a red fox")  # compiles
+    graphs = dict(torch._dynamo.utils.counters["stats"])
+    prompts = [
+        "a red fox <lora:style_a:1>",  # reads the file
+        "a red fox <lora:style_a:1>",
+        "a red fox <lora:style_a:0.6> <lora:style_b:0.8>",  # reads the second
+        "a red fox <lora:style_a:0.6> <lora:style_b:0.8>",
+        "a red fox",
+        "a red fox",
+        "a red fox <lora:style_b:1>",
+    ]
+    out["images"] = [image(p) for p in prompts]
+    for row in out["images"]:
+        log.info("%s", row)
+    out["dynamo_stats_before"] = graphs
+    out["dynamo_stats_after"] = dict(torch._dynamo.utils.counters["stats"])
+    out["recompiles"] = dict(torch._dynamo.utils.counters["recompiles"])
+    out["assembly_s"] = {
+        "no LoRA": assembly(()),
+        "one loaded rank-64 LoRA (merge + restore)": assembly((("style_a", 1.0),)),
+        "two loaded rank-64 LoRAs (merge + restore)": assembly((("style_a", 0.6), ("style_b", 0.8))),
+    }
+    log.info("%s", out["assembly_s"])
+    out["peak_vram_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
+    return out
+
+
 def phase_nofuse(args) -> dict:
     """fp8 profile with and without fused QKV projections (fusing keeps the unfused weights too)."""
     out = {}
@@ -558,7 +669,9 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     p = argparse.ArgumentParser()
     p.add_argument(
-        "--phase", choices=["main", "restart", "extra", "24gb", "switch", "dynamic", "lora", "nofuse"], required=True
+        "--phase",
+        choices=["main", "restart", "extra", "24gb", "switch", "dynamic", "lora", "lora-fast", "nofuse"],
+        required=True,
     )
     p.add_argument("--no-disk", action="store_true", help="switch phase: skip the from_pretrained baseline")
     p.add_argument("--scratch", default="bench-scratch", help="folder for the switch phase's files")
@@ -578,6 +691,7 @@ def main() -> None:
     phases["switch"] = phase_switch
     phases["dynamic"] = phase_dynamic
     phases["lora"] = phase_lora
+    phases["lora-fast"] = phase_lora_fast
     phases["nofuse"] = phase_nofuse
     global OUT_PATH
     OUT_PATH = Path(args.out)

@@ -15,6 +15,10 @@ Why not `pipe.load_lora_weights`: it loads the CLIP part again for each variant 
 CLIP already holding that adapter), and for Control LoRAs it widens the transformer's input layer and
 overwrites norm weights in place, which no later "disable" undoes. So the two parts are loaded separately
 here, and Control LoRAs are refused before anything is touched.
+
+A compiled or float8 transformer (the speed profiles, the fp8-24gb policy) takes no PEFT layers: there a
+LoRA's transformer part is kept as low-rank factors and merged into the weights for the request
+(`lora_merge`); its CLIP part is a PEFT adapter as above.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from weakref import WeakKeyDictionary
 
 import torch
 
+from flux_ui import lora_merge
 from flux_ui.loras import LoraFile, header_metadata
 from flux_ui.params import InvalidInput
 
@@ -73,6 +78,7 @@ class Loaded:
     adapter: str  # its PEFT adapter name
     signature: tuple[str, int, int]  # the file it came from (path, mtime, size)
     has_text_encoder: bool = False  # the LoRA also carries CLIP weights (recorded on transformer entries)
+    deltas: dict[str, lora_merge.Delta] | None = None  # merged per request instead of a PEFT adapter
 
 
 class AdapterCache:
@@ -84,6 +90,7 @@ class AdapterCache:
     def __init__(self, keep: int):
         self.keep = max(keep, 1)
         self._loaded: WeakKeyDictionary[torch.nn.Module, OrderedDict[str, Loaded]] = WeakKeyDictionary()
+        self._merged: WeakKeyDictionary[torch.nn.Module, lora_merge.Merged] = WeakKeyDictionary()
 
     def loaded(self, module: torch.nn.Module) -> list[str]:
         """Names of the LoRAs loaded into `module`, least recently used first."""
@@ -100,35 +107,51 @@ class AdapterCache:
 
         LoRAs not yet in these modules are read (counted in `reads["lora:NAME"]`) and loaded; with nothing
         requested every adapter is disabled, so the output is the base model's, bit for bit. A LoRA that
-        does not fit raises InvalidInput (field `prompt`) and leaves the modules as they were.
+        does not fit raises InvalidInput (field `prompt`) and leaves the modules as they were. For a
+        compiled or float8 transformer the LoRAs are merged into its weights until `deactivate`.
         """
         transformer, clip = pipe.transformer, pipe.text_encoder
+        merging = lora_merge.needs_merge(transformer)
         for lora, _ in requested:
-            self._ensure(pipe, model_label, lora, reads)
+            self._ensure(pipe, model_label, lora, reads, merging)
         names = {lora.name for lora, _ in requested}
         self._evict(transformer, names)
         self._evict(clip, names)
         on_transformer = self._loaded.get(transformer, {})
         on_clip = self._loaded.get(clip, {})
-        _apply(transformer, [(on_transformer[lora.name].adapter, w) for lora, w in requested])
+        self._unmerge(transformer)
+        if merging:
+            entries = [(on_transformer[lora.name], w) for lora, w in requested]
+            seed = lora_merge.seed_of([(e.signature, w) for e, w in entries])
+            self._merged[transformer] = lora_merge.merge(transformer, [(e.deltas, w) for e, w in entries], seed)
+        else:
+            _apply(transformer, [(on_transformer[lora.name].adapter, w) for lora, w in requested])
         _apply(clip, [(on_clip[lora.name].adapter, w) for lora, w in requested if lora.name in on_clip])
 
     def deactivate(self, pipe) -> None:
-        """Disable every adapter of `pipe`'s transformer and CLIP (the shared CLIP above all)."""
+        """Disable every adapter of `pipe`'s transformer and CLIP (the shared CLIP above all), and take merged
+        LoRAs out of the transformer's weights."""
+        self._unmerge(pipe.transformer)
         _apply(pipe.transformer, [])
         _apply(pipe.text_encoder, [])
 
+    def _unmerge(self, transformer: torch.nn.Module) -> None:
+        merged = self._merged.pop(transformer, None)
+        if merged is not None:
+            lora_merge.restore(transformer, merged)
+
     # -- loading ----------------------------------------------------------------------------------------
 
-    def _ensure(self, pipe, label: str, lora: LoraFile, reads: Counter[str]) -> None:
-        """Load `lora` into the transformer (and its CLIP part into the CLIP) unless it is there already."""
+    def _ensure(self, pipe, label: str, lora: LoraFile, reads: Counter[str], merging: bool) -> None:
+        """Load `lora` into the transformer (and its CLIP part into the CLIP) unless it is there already;
+        `merging`: keep the transformer part as factors to merge, checked against the transformer."""
         on_transformer = self._loaded.setdefault(pipe.transformer, OrderedDict())
         on_clip = self._loaded.setdefault(pipe.text_encoder, OrderedDict())
         for module, cache in ((pipe.transformer, on_transformer), (pipe.text_encoder, on_clip)):
             old = cache.get(lora.name)
             if old is not None and old.signature != lora.signature:
                 log.info("LoRA %r changed on disk: loading it afresh", lora.name)
-                _purge(module, cache.pop(lora.name).adapter)
+                _drop(module, cache.pop(lora.name))
             elif old is not None:
                 cache.move_to_end(lora.name)
         entry = on_transformer.get(lora.name)
@@ -138,7 +161,11 @@ class AdapterCache:
         adapter = adapter_name(lora.name)
         has_te = any(k.startswith("text_encoder.") for k in sd)
         loaded_now = entry is None
-        if loaded_now:
+        if loaded_now and merging:
+            on_transformer[lora.name] = Loaded(
+                adapter, lora.signature, has_te, _merge_factors(pipe.transformer, label, lora.name, sd, alphas, meta)
+            )
+        elif loaded_now:
             _load_transformer_part(pipe, label, lora.name, adapter, sd, alphas, meta)
             on_transformer[lora.name] = Loaded(adapter, lora.signature, has_te)
         if has_te and lora.name not in on_clip:
@@ -146,7 +173,7 @@ class AdapterCache:
                 _load_clip_part(pipe, label, lora.name, adapter, sd, alphas, meta)
             except InvalidInput:
                 if loaded_now:  # all or nothing: take the transformer part out again
-                    _purge(pipe.transformer, on_transformer.pop(lora.name).adapter)
+                    _drop(pipe.transformer, on_transformer.pop(lora.name))
                 raise
             on_clip[lora.name] = Loaded(adapter, lora.signature, True)
 
@@ -157,7 +184,7 @@ class AdapterCache:
             if victim is None:
                 return
             log.info("dropping LoRA %r from %s (least recently used)", victim, type(module).__name__)
-            _purge(module, cache.pop(victim).adapter)
+            _drop(module, cache.pop(victim))
 
 
 def _read(pipe, lora: LoraFile, reads: Counter[str]) -> tuple[dict, dict | None, dict | None]:
@@ -248,6 +275,18 @@ def _load_transformer_part(pipe, label: str, name: str, adapter: str, sd: dict, 
         )
 
 
+def _merge_factors(transformer, label: str, name: str, sd: dict, alphas, meta) -> dict[str, lora_merge.Delta]:
+    """The transformer part as factors to merge, checked to fit `transformer` (kept in RAM)."""
+    try:
+        deltas = lora_merge.parse(sd, alphas, meta)
+        lora_merge.check_fit(transformer, deltas)
+    except lora_merge.MergeError as err:
+        raise _misfit(name, label, str(err)) from None
+    except LOAD_ERRORS as err:
+        raise _misfit(name, label, _brief(err)) from None
+    return deltas
+
+
 def _load_clip_part(pipe, label: str, name: str, adapter: str, sd: dict, alphas, meta) -> None:
     clip = pipe.text_encoder
     expected = sum(1 for k in sd if k.startswith("text_encoder.") and _TE_DOWN.search(k))
@@ -294,6 +333,12 @@ def _apply(module: torch.nn.Module, active: list[tuple[str, float]]) -> None:
     active = sorted(active)
     set_weights_and_activate_adapters(module, [a for a, _ in active], [w for _, w in active])
     set_adapter_layers(module, enabled=True)
+
+
+def _drop(module: torch.nn.Module, entry: Loaded) -> None:
+    """Forget a loaded LoRA: factors kept for merging just go; a PEFT adapter is purged from `module`."""
+    if entry.deltas is None:
+        _purge(module, entry.adapter)
 
 
 def _purge(module: torch.nn.Module, adapter: str) -> None:

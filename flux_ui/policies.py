@@ -9,7 +9,8 @@ model as it is loaded (`prepare`):
 - `fp8-24gb` (24 GB class): the transformer's and T5-XXL's large linear layers in float8
   (`speed.quantize_fp8`), quantised layer by layer while moving to the GPU, so the bf16 weights are never
   all on the GPU at once; all resident. Measured on an H100 capped at 24 GiB: 3.18 s per [dev] image,
-  peak 20.6 GiB. float8 layers take no LoRA. Needs compute capability 8.9 (Ada, Hopper).
+  peak 20.6 GiB. LoRAs are merged into the float8 weights per request (`lora_merge`). Needs compute
+  capability 8.9 (Ada, Hopper).
 - `offload-12gb` (12-16 GB class, and smaller GPUs at best effort): diffusers group offloading of the
   transformer and T5, one block per group, prefetched on a CUDA stream from pinned RAM; CLIP and the VAE
   stay resident. The registry never moves these modules: their hooks place them.
@@ -45,16 +46,13 @@ class MemoryPolicy:
     fp8_at_load: bool = False  # quantise the transformer and T5 to float8 while moving them to the GPU
     group_offload: bool = False  # diffusers group offloading of the transformer and T5
     blocks_per_group: int = 1  # transformer blocks per offload group; diffusers allows only 1 with a stream
-    allows_loras: bool = True  # float8 layers take no LoRA
 
 
 POLICIES: dict[str, MemoryPolicy] = {
     p.name: p
     for p in (
         MemoryPolicy("resident", "every model resident on the GPU"),
-        MemoryPolicy(
-            "fp8-24gb", "float8 transformer and T5, all resident; no LoRAs", fp8_at_load=True, allows_loras=False
-        ),
+        MemoryPolicy("fp8-24gb", "float8 transformer and T5, all resident", fp8_at_load=True),
         MemoryPolicy(
             "offload-12gb",
             "transformer and T5 group-offloaded from pinned RAM, one block at a time; CLIP and VAE resident",

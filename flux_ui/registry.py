@@ -534,16 +534,6 @@ class Registry:
                     raise InvalidInput("prompt", f"LoRAs apply to a transformer; {variant.label} has none")
                 yield pipe
                 return
-            if files and self.settings.speed == "fp8":
-                raise InvalidInput(
-                    "prompt", "LoRAs cannot be applied to the float8 layers of --speed fp8; use --speed compile"
-                )
-            if files and not self.settings.policy.allows_loras:
-                raise InvalidInput(
-                    "prompt",
-                    f"LoRAs cannot be applied to the float8 layers of --memory-policy {self.settings.policy.name}; "
-                    "use a GPU of 40 GB or more, or --memory-policy offload-12gb",
-                )
             self._adapters.activate(pipe, variant.label, files, self.load_counts)
             try:
                 yield pipe

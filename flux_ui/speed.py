@@ -9,7 +9,10 @@ to every model it loads:
   costs seconds to tens of seconds instead of minutes, and the inductor cache makes restarts cheap).
 - `fp8`: `compile` plus float8 row-wise dynamic quantisation of the transformer's large linear layers
   (weights and activations in float8 on the tensor cores, bf16 out). Needs compute capability 8.9+
-  (Ada, Hopper); LoRAs cannot be applied to float8 layers.
+  (Ada, Hopper).
+
+With either compiled profile, LoRAs are merged into the weights per request (`lora_merge`), so changing
+LoRAs never recompiles.
 
 Every piece but the float8 linear layer is a library feature (see Float8RowwiseLinear for why that one
 is not); this module decides which ones and in what order (quantise before compiling, so the compiled

@@ -20,7 +20,8 @@ GIB = 2**30
 
 def run(registry, variant="dev", seed=3, prompt="a red fox"):
     params = TextToImageParams(prompt=prompt, variant=variant, width=64, height=64, steps=2, seed=seed)
-    return np.asarray(text_to_image(registry, validate_text_to_image(params, registry.settings)).images[0].image)
+    params = validate_text_to_image(params, registry.settings, registry.loras)
+    return np.asarray(text_to_image(registry, params).images[0].image)
 
 
 @pytest.mark.parametrize(
@@ -92,7 +93,7 @@ def test_group_offloading_gives_the_same_image(settings):
     assert run(registry, "dev").tobytes() == reference.tobytes()
 
 
-def test_fp8_policy_quantises_at_load_and_refuses_loras(settings, tiny_lora_dir, monkeypatch):
+def test_fp8_policy_quantises_at_load_and_merges_loras(settings, tiny_lora_dir, monkeypatch):
     # The tiny models' layers are 32 wide; real FLUX layers are 3072 and up.
     monkeypatch.setattr(speed, "FP8_MIN_FEATURES", 16)
     registry = Registry(replace(settings, memory_policy="fp8-24gb", lora_dirs=(tiny_lora_dir,)))
@@ -104,8 +105,12 @@ def test_fp8_policy_quantises_at_load_and_refuses_loras(settings, tiny_lora_dir,
         assert layers and all(m.weight_fp8.dtype == torch.float8_e4m3fn for m in layers)
     assert not any(isinstance(m, Float8RowwiseLinear) for m in registry.shared().text_encoder.modules())
     assert registry.status()["policy"] == "fp8-24gb"
-    with pytest.raises(InvalidInput, match="--memory-policy fp8-24gb"), registry.pipeline("dev", (("kohya-fox", 1),)):
-        pass
+    before = {k: v.clone() for k, v in transformer.state_dict().items()}
+    with_lora = run(registry, prompt="a fox <lora:kohya-fox:1>")
+    assert np.abs(with_lora.astype(int) - image.astype(int)).mean() > 1  # merged into the float8 weights
+    after = transformer.state_dict()
+    assert all(torch.equal(before[k].view(torch.uint8), after[k].view(torch.uint8)) for k in before)
+    np.testing.assert_array_equal(run(registry), image)
 
 
 def test_ram_budget_drops_the_least_recently_used_warm_transformer(settings):
