@@ -454,7 +454,8 @@ def write_lora(path: Path, transformer, rank: int = 64, seed: int = 0) -> int:
     g = torch.Generator().manual_seed(seed)
     tensors = {}
     for name, module in transformer.named_modules():
-        if not isinstance(module, torch.nn.Linear) or "transformer_blocks" not in name or ".norm" in name:
+        linear = isinstance(module, torch.nn.Linear | speed.Float8RowwiseLinear)
+        if not linear or "transformer_blocks" not in name or ".norm" in name:
             continue
         a = torch.randn(rank, module.in_features, generator=g) * 0.01
         b = torch.randn(module.out_features, rank, generator=g) * 0.01
