@@ -90,7 +90,8 @@ class AdapterCache:
     def __init__(self, keep: int):
         self.keep = max(keep, 1)
         self._loaded: WeakKeyDictionary[torch.nn.Module, OrderedDict[str, Loaded]] = WeakKeyDictionary()
-        self._merged: WeakKeyDictionary[torch.nn.Module, lora_merge.Merged] = WeakKeyDictionary()
+        # Per merging transformer: the LoRA set merged into its weights now, and what to copy back.
+        self._merged: WeakKeyDictionary[torch.nn.Module, tuple[tuple, lora_merge.Merged]] = WeakKeyDictionary()
 
     def loaded(self, module: torch.nn.Module) -> list[str]:
         """Names of the LoRAs loaded into `module`, least recently used first."""
@@ -107,8 +108,11 @@ class AdapterCache:
 
         LoRAs not yet in these modules are read (counted in `reads["lora:NAME"]`) and loaded; with nothing
         requested every adapter is disabled, so the output is the base model's, bit for bit. A LoRA that
-        does not fit raises InvalidInput (field `prompt`) and leaves the modules as they were. For a
-        compiled or float8 transformer the LoRAs are merged into its weights until `deactivate`.
+        does not fit raises InvalidInput (field `prompt`) and leaves the modules as they were.
+
+        A compiled or float8 transformer gets the LoRAs merged into its weights, and they stay merged after
+        the request, until a request asks for another set (or none) or `release` is called: the same LoRAs
+        again cost nothing.
         """
         transformer, clip = pipe.transformer, pipe.text_encoder
         merging = lora_merge.needs_merge(transformer)
@@ -119,26 +123,38 @@ class AdapterCache:
         self._evict(clip, names)
         on_transformer = self._loaded.get(transformer, {})
         on_clip = self._loaded.get(clip, {})
-        self._unmerge(transformer)
         if merging:
-            entries = [(on_transformer[lora.name], w) for lora, w in requested]
-            seed = lora_merge.seed_of([(e.signature, w) for e, w in entries])
-            self._merged[transformer] = lora_merge.merge(transformer, [(e.deltas, w) for e, w in entries], seed)
+            entries = [(on_transformer[lora.name], w) for lora, w in requested if w]
+            key = tuple(sorted((e.signature, w) for e, w in entries))
+            if key != self._merged.get(transformer, ((), None))[0]:
+                self.release(transformer)
+                if entries:
+                    merged = lora_merge.merge(transformer, [(e.deltas, w) for e, w in entries], lora_merge.seed_of(key))
+                    self._merged[transformer] = (key, merged)
         else:
             _apply(transformer, [(on_transformer[lora.name].adapter, w) for lora, w in requested])
         _apply(clip, [(on_clip[lora.name].adapter, w) for lora, w in requested if lora.name in on_clip])
 
     def deactivate(self, pipe) -> None:
-        """Disable every adapter of `pipe`'s transformer and CLIP (the shared CLIP above all), and take merged
-        LoRAs out of the transformer's weights."""
-        self._unmerge(pipe.transformer)
+        """Disable every adapter of `pipe`'s transformer and CLIP (the shared CLIP above all). LoRAs merged
+        into the transformer stay until the next `activate` or `release`."""
         _apply(pipe.transformer, [])
         _apply(pipe.text_encoder, [])
 
-    def _unmerge(self, transformer: torch.nn.Module) -> None:
-        merged = self._merged.pop(transformer, None)
-        if merged is not None:
-            lora_merge.restore(transformer, merged)
+    def release(self, module: torch.nn.Module) -> bool:
+        """Copy the original weights back into `module` if LoRAs are merged into it; True if it had some.
+        The registry calls this before moving a transformer and when it needs the device memory the
+        originals take."""
+        key_merged = self._merged.pop(module, None)
+        if key_merged is None:
+            return False
+        lora_merge.restore(module, key_merged[1])
+        return True
+
+    def release_all(self) -> bool:
+        """`release` every transformer with merged LoRAs; True if there was one."""
+        released = [self.release(m) for m in list(self._merged.keys())]  # all of them, not up to the first
+        return any(released)
 
     # -- loading ----------------------------------------------------------------------------------------
 
@@ -276,9 +292,10 @@ def _load_transformer_part(pipe, label: str, name: str, adapter: str, sd: dict, 
 
 
 def _merge_factors(transformer, label: str, name: str, sd: dict, alphas, meta) -> dict[str, lora_merge.Delta]:
-    """The transformer part as factors to merge, checked to fit `transformer` (kept in RAM)."""
+    """The transformer part as factors to merge, checked to fit `transformer` (kept in RAM, pinned when
+    there is a GPU, so merging copies them to it asynchronously)."""
     try:
-        deltas = lora_merge.parse(sd, alphas, meta)
+        deltas = lora_merge.pin(lora_merge.parse(sd, alphas, meta))
         lora_merge.check_fit(transformer, deltas)
     except lora_merge.MergeError as err:
         raise _misfit(name, label, str(err)) from None

@@ -103,6 +103,13 @@ def parse(state_dict: dict, network_alphas: dict | None, metadata: dict | None) 
     return deltas
 
 
+def pin(deltas: dict[str, Delta]) -> dict[str, Delta]:
+    """The same factors in page-locked RAM when CUDA is available (asynchronous copies to the GPU)."""
+    if not torch.cuda.is_available():
+        return deltas
+    return {name: Delta(d.down.pin_memory(), d.up.pin_memory(), d.scale) for name, d in deltas.items()}
+
+
 def check_fit(transformer: torch.nn.Module, deltas: dict[str, Delta]) -> None:
     """Raise MergeError unless every layer the LoRA changes is a linear layer of `transformer` of its shape."""
     missing, wrong = [], []
@@ -133,12 +140,17 @@ def seed_of(request: list[tuple[str, float]]) -> int:
 
 def round_fp8_stochastic(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """float32 `x` (within +-FP8_MAX) to float8 e4m3, rounding up or down at random in proportion to the
-    distance, so the expected result is `x`: random bits are added below the 3 mantissa bits e4m3 keeps and
-    then cut off. (Below e4m3's normal range, 2**-6, the final conversion rounds to nearest.)"""
-    bits = x.float().contiguous().view(torch.int32)
+    distance, so the expected result is `x`. (Below e4m3's normal range, 2**-6, it rounds to nearest.)"""
+    return _onto_fp8_grid_(x.float().clone(), generator).to(torch.float8_e4m3fn)
+
+
+def _onto_fp8_grid_(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Round float32 `x` in place, stochastically, to values float8 e4m3 holds exactly: random bits are
+    added below the 3 mantissa bits e4m3 keeps and then cut off (a carry rounds up). Returns `x`."""
+    bits = x.view(torch.int32)
     noise = torch.randint(0, 1 << _FP32_DROPPED_BITS, x.shape, generator=generator, device=x.device, dtype=torch.int32)
-    kept = (bits + noise) & ~((1 << _FP32_DROPPED_BITS) - 1)
-    return kept.view(torch.float32).clamp(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn)
+    bits.add_(noise).bitwise_and_(~((1 << _FP32_DROPPED_BITS) - 1))
+    return x.clamp_(-FP8_MAX, FP8_MAX)
 
 
 @torch.inference_mode()
@@ -157,8 +169,8 @@ def merge(transformer: torch.nn.Module, loras: list[tuple[dict[str, Delta], floa
             change = None
             for deltas, weight in loras:
                 if (delta := deltas.get(name)) is not None and weight:
-                    up = delta.up.to(device, torch.float32) * (weight * delta.scale)
-                    part = up @ delta.down.to(device, torch.float32)
+                    up = delta.up.to(device, torch.float32, non_blocking=True) * (weight * delta.scale)
+                    part = up @ delta.down.to(device, torch.float32, non_blocking=True)
                     change = part if change is None else change.add_(part)
             if change is None:
                 continue
@@ -167,13 +179,13 @@ def merge(transformer: torch.nn.Module, loras: list[tuple[dict[str, Delta], floa
                     "weight_fp8": module.weight_fp8.to(keep_on, copy=True),
                     "weight_scale": module.weight_scale.to(keep_on, copy=True),
                 }
-                w = module.weight_fp8.float() * module.weight_scale.t() + change
-                scale = w.abs().amax(dim=1, keepdim=True).clamp(min=1e-12) / FP8_MAX
-                module.weight_fp8.copy_(round_fp8_stochastic(w / scale, generator))
+                w = change.addcmul_(module.weight_fp8.float(), module.weight_scale.t())  # in place: one buffer
+                scale = torch.linalg.vector_norm(w, math.inf, dim=1, keepdim=True).clamp_(min=1e-12) / FP8_MAX
+                module.weight_fp8.copy_(_onto_fp8_grid_(w.div_(scale), generator))
                 module.weight_scale.copy_(scale.t())
             else:
                 merged.saved[name] = {"weight": module.weight.to(keep_on, copy=True)}
-                module.weight.copy_((module.weight.float() + change).to(module.weight.dtype))
+                module.weight.copy_(change.add_(module.weight))
             del change
     except BaseException:
         restore(transformer, merged)

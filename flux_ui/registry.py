@@ -235,6 +235,7 @@ class Registry:
         current = next(module.parameters()).device
         if current == torch.device(device) or (current.type == device and device != "cpu"):
             return
+        self._adapters.release(module)  # merged LoRAs out first: the warm tier keeps the base weights
         start = time.perf_counter()
         pinned = tiers.valid_pinned(module)
         to_gpu = device.startswith("cuda")
@@ -430,6 +431,11 @@ class Registry:
 
             if enough():
                 return done
+            if self._adapters.release_all():  # originals kept beside merged LoRAs go first
+                done.append("merged LoRAs restored")
+                self._release_memory()
+                if enough():
+                    return done
             on_cpu = torch.device(self.settings.device).type == "cpu"
             for key in list(self._aux):  # keys only: a list of the models would keep dropped ones alive
                 model = self._aux[key]

@@ -68,9 +68,9 @@ def test_compiled_transformer_gets_loras_merged_and_matching_peft(lora_settings)
         assert np.abs(merged - base).mean() > 1, f"{name} changed nothing"
         # The same LoRA, merged into bf16 weights vs added beside them: bf16 rounding apart, the same image.
         assert np.abs(merged - reference).mean() < 0.25 * np.abs(reference - base).mean(), name
-        assert_state(before, transformer)  # and the base weights are back, bit for bit
         assert not any("lora" in n for n, _ in transformer.named_modules())  # no PEFT layers
-    np.testing.assert_array_equal(run(fast), base)
+        np.testing.assert_array_equal(run(fast), base)
+        assert_state(before, transformer)  # without LoRAs the base weights are back, bit for bit
 
 
 def test_switching_loras_on_a_compiled_transformer_never_recompiles(lora_settings):
@@ -97,8 +97,8 @@ def test_float8_transformer_takes_loras(lora_settings, monkeypatch):
     base, before = run(fp8), state(transformer)
     prompt = "a red fox <lora:kohya-fox:1> <lora:xlabs-glow:0.7>"
     with_loras = run(fp8, prompt)
-    assert_state(before, transformer)
     np.testing.assert_array_equal(run(fp8), base)
+    assert_state(before, transformer)
     np.testing.assert_array_equal(run(fp8, prompt), with_loras)  # seeded rounding: the same image again
     reference = run(bf16, prompt)
     # The LoRAs move the float8 model's image towards what they do to the bf16 model.
@@ -167,3 +167,31 @@ def test_peft_layers_would_recompile_a_compiled_transformer(lora_settings, monke
     run(fast)
     with torch._dynamo.config.patch(error_on_recompile=True), pytest.raises(torch._dynamo.exc.RecompileError):
         run(fast, "a red fox <lora:kohya-fox:1>")
+
+
+def test_the_same_loras_again_are_not_merged_again(lora_settings, monkeypatch):
+    fast = compiled(lora_settings)
+    merges = []
+    real = lora_merge.merge
+    monkeypatch.setattr(lora_merge, "merge", lambda *a: merges.append(a[1]) or real(*a))
+    base = run(fast)
+    fox = run(fast, "a red fox <lora:kohya-fox:1>")
+    np.testing.assert_array_equal(run(fast, "a red fox <lora:kohya-fox:1>"), fox)
+    np.testing.assert_array_equal(run(fast, "a red fox <lora:kohya-fox:1> <lora:xlabs-glow:0>"), fox)
+    assert len(merges) == 1  # kept merged between requests (a zero weight adds nothing)
+    half = run(fast, "a red fox <lora:kohya-fox:0.5>")
+    assert len(merges) == 2 and not np.array_equal(half, fox)
+    np.testing.assert_array_equal(run(fast), base)
+    np.testing.assert_array_equal(run(fast, "a red fox <lora:kohya-fox:1>"), fox)
+    assert len(merges) == 3
+
+
+def test_memory_pressure_takes_merged_loras_out_first(lora_settings):
+    fast = compiled(lora_settings)
+    transformer = fast.transformer("dev")
+    before = state(transformer)
+    run(fast, "a red fox <lora:kohya-fox:1>")
+    assert not all(torch.equal(before[k], v) for k, v in transformer.state_dict().items())  # merged
+    fast._free_bytes = lambda: 0  # the device is full
+    assert fast.make_room(1)[0] == "merged LoRAs restored"
+    assert_state(before, transformer)
