@@ -597,10 +597,13 @@ def phase_lora_fast(args) -> dict:
     out["dynamo_stats_before"] = graphs
     out["dynamo_stats_after"] = dict(torch._dynamo.utils.counters["stats"])
     out["recompiles"] = dict(torch._dynamo.utils.counters["recompiles"])
-    out["assembly_s"] = {
-        "no LoRA": assembly(()),
-        "one loaded rank-64 LoRA (merge + restore)": assembly((("style_a", 1.0),)),
-        "two loaded rank-64 LoRAs (merge + restore)": assembly((("style_a", 0.6), ("style_b", 0.8))),
+    out["assembly_s"] = {  # entering and leaving registry.pipeline with loaded LoRAs
+        "LoRAs off after style_b (restore)": assembly(()),
+        "no LoRA again": assembly(()),
+        "merge one rank-64 LoRA": assembly((("style_a", 1.0),)),
+        "the same LoRA again (kept merged)": assembly((("style_a", 1.0),)),
+        "restore it, merge two rank-64 LoRAs": assembly((("style_a", 0.6), ("style_b", 0.8))),
+        "LoRAs off (restore two)": assembly(()),
     }
     log.info("%s", out["assembly_s"])
     out["peak_vram_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
