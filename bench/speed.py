@@ -612,6 +612,71 @@ def phase_lora_fast(args) -> dict:
     return out
 
 
+def forward_time(transformer, runs: int = 10) -> float:
+    """Median seconds of one transformer forward at 1024x1024 (one denoising step), after 3 warm-ups."""
+    for _ in range(3):
+        transformer_output(transformer)
+    times = []
+    for _ in range(runs):
+        start = sync_time()
+        transformer_output(transformer)
+        times.append(sync_time() - start)
+    return statistics.median(times)
+
+
+def phase_explore(args) -> dict:
+    """Per-step time of the fp8 transformer under variants of its compilation and attention, against
+    the app's fp8 profile in the same run: inductor's coordinate-descent tuning, max-autotune (no CUDA
+    graphs), and float8 attention (flux_ui.fp8_attention) if present. Each row: compile seconds, median
+    step, relative error of the output against the bf16 eager transformer."""
+    import torch._inductor.config as inductor
+
+    ref_tr = build_transformer()
+    reference = transformer_output(ref_tr)
+    del ref_tr
+    free()
+    variants = {"fp8 profile (app)": {}}
+    variants["+ coordinate-descent tuning"] = {"inductor": {"coordinate_descent_tuning": True}}
+    try:
+        from flux_ui import fp8_attention
+
+        if fp8_attention.fp8_attention_available():
+            variants["+ float8 attention"] = {"attention": True}
+    except ImportError as err:
+        log.info("no float8 attention: %s", err)
+    variants["+ max-autotune (no CUDA graphs)"] = {"mode": "max-autotune-no-cudagraphs"}
+    out = {}
+    for name, v in variants.items():
+        tr = build_transformer()
+        start = sync_time()
+        try:
+            with inductor.patch(v.get("inductor", {})):
+                speed.quantize_fp8(tr)
+                if v.get("attention"):
+                    fp8_attention.use_fp8_attention(tr)
+                else:
+                    tr.set_attention_backend(speed.ATTENTION_BACKEND)
+                kwargs = {"mode": v["mode"]} if "mode" in v else {}
+                tr.compile_repeated_blocks(fullgraph=True, dynamic=True, **kwargs)
+                first = transformer_output(tr)
+                compile_s = sync_time() - start
+                step = forward_time(tr)
+            row = {
+                "compile_s": round(compile_s, 1),
+                "s_per_step": round(step, 4),
+                "s_per_28_steps": round(28 * step, 2),
+                "rel_err_vs_bf16_eager": round(rel_err(first, reference), 4),
+            }
+        except Exception as err:  # noqa: BLE001 - an exploration row that fails is reported, the rest go on
+            row = {"error": f"{type(err).__name__}: {str(err)[:400]}"}
+        log.info("%s %s", name, row)
+        out[name] = row
+        checkpoint(f"explore: {name}", row)
+        del tr
+        free()
+    return out
+
+
 def phase_nofuse(args) -> dict:
     """fp8 profile with and without fused QKV projections (fusing keeps the unfused weights too)."""
     out = {}
@@ -676,7 +741,7 @@ def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument(
         "--phase",
-        choices=["main", "restart", "extra", "24gb", "switch", "dynamic", "lora", "lora-fast", "nofuse"],
+        choices=["main", "restart", "extra", "24gb", "switch", "dynamic", "lora", "lora-fast", "nofuse", "explore"],
         required=True,
     )
     p.add_argument("--no-disk", action="store_true", help="switch phase: skip the from_pretrained baseline")
@@ -698,6 +763,7 @@ def main() -> None:
     phases["dynamic"] = phase_dynamic
     phases["lora"] = phase_lora
     phases["lora-fast"] = phase_lora_fast
+    phases["explore"] = phase_explore
     phases["nofuse"] = phase_nofuse
     global OUT_PATH
     OUT_PATH = Path(args.out)
