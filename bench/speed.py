@@ -624,6 +624,20 @@ def forward_time(transformer, runs: int = 10) -> float:
     return statistics.median(times)
 
 
+def kernel_profile(transformer, top: int = 12) -> list[dict]:
+    """GPU time per kernel kind in one transformer forward (torch.profiler), largest first, in ms."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        transformer_output(transformer)
+        torch.cuda.synchronize()
+    rows = [(e.key, e.device_time_total / 1000, e.count) for e in prof.key_averages() if e.device_time_total > 0]
+    rows.sort(key=lambda r: -r[1])
+    total = sum(r[1] for r in rows)
+    out = [{"kernel": k[:90], "ms": round(ms, 2), "calls": n} for k, ms, n in rows[:top]]
+    return [{"kernel": "TOTAL", "ms": round(total, 2), "calls": sum(r[2] for r in rows)}, *out]
+
+
 def phase_explore(args) -> dict:
     """Per-step time of the fp8 transformer under variants of its compilation and attention, against
     the app's fp8 profile in the same run: inductor's coordinate-descent tuning, max-autotune (no CUDA
@@ -666,6 +680,7 @@ def phase_explore(args) -> dict:
                 "s_per_step": round(step, 4),
                 "s_per_28_steps": round(28 * step, 2),
                 "rel_err_vs_bf16_eager": round(rel_err(first, reference), 4),
+                "gpu_kernels_per_step": kernel_profile(tr),
             }
         except Exception as err:  # noqa: BLE001 - an exploration row that fails is reported, the rest go on
             row = {"error": f"{type(err).__name__}: {str(err)[:400]}"}
