@@ -35,6 +35,7 @@ PREFIX = "transformer."
 # Originals of the changed layers stay on the GPU when this much would still be free afterwards; else RAM.
 DEVICE_SAVE_MARGIN_BYTES = 2 * 2**30
 _FP32_DROPPED_BITS = 20  # float32 has 23 mantissa bits, float8 e4m3 keeps 3
+FP8_TOP_STEP = 32.0  # float8 e4m3's step between its largest values (416, 448)
 
 
 @dataclass(frozen=True)
@@ -180,7 +181,13 @@ def merge(transformer: torch.nn.Module, loras: list[tuple[dict[str, Delta], floa
                     "weight_scale": module.weight_scale.to(keep_on, copy=True),
                 }
                 w = change.addcmul_(module.weight_fp8.float(), module.weight_scale.t())  # in place: one buffer
-                scale = torch.linalg.vector_norm(w, math.inf, dim=1, keepdim=True).clamp_(min=1e-12) / FP8_MAX
+                # Each row keeps its scale unless the change outgrows it by more than one top float8 step
+                # (those few largest weights are clamped): on the same grid the weights a LoRA barely moves
+                # stay where they were, where a rescaled grid would re-round every weight of the row and
+                # add noise the size of the float8 error itself, drowning a weak LoRA.
+                amax = torch.linalg.vector_norm(w, math.inf, dim=1, keepdim=True)
+                kept = module.weight_scale.t()
+                scale = torch.where(amax > kept * (FP8_MAX + FP8_TOP_STEP), amax / FP8_MAX, kept)
                 module.weight_fp8.copy_(_onto_fp8_grid_(w.div_(scale), generator))
                 module.weight_scale.copy_(scale.t())
             else:

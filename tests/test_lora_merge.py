@@ -195,3 +195,17 @@ def test_memory_pressure_takes_merged_loras_out_first(lora_settings):
     fast._free_bytes = lambda: 0  # the device is full
     assert fast.make_room(1)[0] == "merged LoRAs restored"
     assert_state(before, transformer)
+
+
+def test_a_weak_lora_moves_few_float8_weights_and_keeps_the_scales():
+    torch.manual_seed(0)
+    layer = speed.Float8RowwiseLinear.from_linear(torch.nn.Linear(256, 128, dtype=torch.bfloat16))
+    model = torch.nn.Sequential(layer)
+    fp8, scale = layer.weight_fp8.clone(), layer.weight_scale.clone()
+    weight = fp8.float() * scale.t()
+    delta = lora_merge.Delta(torch.randn(4, 256), torch.randn(128, 4), scale=1.0)
+    strength = 0.005 * weight.std() / (delta.up @ delta.down).std()  # changes of 0.5 % of a typical weight
+    lora_merge.merge(model, [({"0": delta}, float(strength))], seed=3)
+    moved = (layer.weight_fp8.view(torch.uint8) != fp8.view(torch.uint8)).float().mean()
+    assert 0 < moved < 0.2  # each weight moves one step with a chance of its change / the step (~0.1 here)
+    assert torch.equal(layer.weight_scale, scale)
