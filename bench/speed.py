@@ -649,18 +649,20 @@ def phase_explore(args) -> dict:
     reference = transformer_output(ref_tr)
     del ref_tr
     free()
-    variants = {"fp8 profile (app)": {}}
-    variants["+ coordinate-descent tuning"] = {"inductor": {"coordinate_descent_tuning": True}}
-    try:
-        from flux_ui import fp8_attention
+    variants = {
+        "app": ("fp8 profile (app)", {}),
+        "cdt": ("+ coordinate-descent tuning", {"inductor": {"coordinate_descent_tuning": True}}),
+        "fp8attn": ("+ float8 attention", {"attention": True}),
+        "autotune": ("+ max-autotune (no CUDA graphs)", {"mode": "max-autotune-no-cudagraphs"}),
+        "cudagraphs": ("+ CUDA graphs (mode reduce-overhead)", {"mode": "reduce-overhead"}),
+    }
+    if "fp8attn" in args.variants:
+        from flux_ui import fp8_attention  # on the fp8-attention branch only
 
-        if fp8_attention.fp8_attention_available():
-            variants["+ float8 attention"] = {"attention": True}
-    except ImportError as err:
-        log.info("no float8 attention: %s", err)
-    variants["+ max-autotune (no CUDA graphs)"] = {"mode": "max-autotune-no-cudagraphs"}
+        if not fp8_attention.fp8_attention_available():
+            args.variants.remove("fp8attn")
     out = {}
-    for name, v in variants.items():
+    for name, v in (variants[key] for key in args.variants):
         tr = build_transformer()
         start = sync_time()
         try:
@@ -761,6 +763,12 @@ def main() -> None:
     )
     p.add_argument("--no-disk", action="store_true", help="switch phase: skip the from_pretrained baseline")
     p.add_argument("--scratch", default="bench-scratch", help="folder for the switch phase's files")
+    p.add_argument(
+        "--variants",
+        nargs="+",
+        default=["app", "cdt", "cudagraphs"],
+        help="explore phase: app, cdt, fp8attn, autotune, cudagraphs",
+    )
     p.add_argument("--out", required=True)
     args = p.parse_args()
     torch.backends.cuda.matmul.allow_tf32 = True
