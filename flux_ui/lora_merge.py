@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from flux_ui import memory
 from flux_ui.speed import FP8_MAX, Float8RowwiseLinear
 
 log = logging.getLogger(__name__)
@@ -220,5 +221,5 @@ def _weight_bytes(module: torch.nn.Module) -> int:
 def _room_on(device: torch.device, nbytes: int) -> bool:
     if device.type != "cuda":
         return True
-    free, _ = torch.cuda.mem_get_info(device)
-    return free > nbytes + DEVICE_SAVE_MARGIN_BYTES
+    free = memory.device_free_bytes(str(device))
+    return free is not None and free > nbytes + DEVICE_SAVE_MARGIN_BYTES

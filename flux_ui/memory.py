@@ -26,9 +26,14 @@ def device_free_bytes(device: str) -> int | None:
     """Memory free for models on `device`, in bytes; None where it cannot be known."""
     dev = torch.device(device)
     if dev.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(dev)
+        free, total = torch.cuda.mem_get_info(dev)
+        allocated = torch.cuda.memory_allocated(dev)
         # Blocks PyTorch has cached but not handed out are free to PyTorch, though not to the driver.
-        return free + torch.cuda.memory_reserved(dev) - torch.cuda.memory_allocated(dev)
+        free += torch.cuda.memory_reserved(dev) - allocated
+        # A process capped with torch.cuda.set_per_process_memory_fraction sees the card's free memory
+        # but may use only its share.
+        cap = torch.cuda.get_per_process_memory_fraction(dev) * total
+        return int(min(free, cap - allocated))
     if dev.type == "mps":
         return torch.mps.recommended_max_memory() - torch.mps.driver_allocated_memory()
     if dev.type == "cpu":
