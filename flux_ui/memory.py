@@ -32,7 +32,8 @@ def device_free_bytes(device: str) -> int | None:
         free += torch.cuda.memory_reserved(dev) - allocated
         # A process capped with torch.cuda.set_per_process_memory_fraction sees the card's free memory
         # but may use only its share.
-        cap = torch.cuda.get_per_process_memory_fraction(dev) * total
+        index = torch.cuda.current_device() if dev.index is None else dev.index
+        cap = torch.cuda.get_per_process_memory_fraction(index) * total
         return int(min(free, cap - allocated))
     if dev.type == "mps":
         return torch.mps.recommended_max_memory() - torch.mps.driver_allocated_memory()
