@@ -571,12 +571,17 @@ class Registry:
         """
         lora = CONTROL_LORAS[mode]
         policy = self.settings.policy
+        # The control LoRA widens the transformer's input layer (a new module, which the offloading hooks
+        # do not place) and adds PEFT layers, which cannot wrap float8 layers.
+        blocker = None
         if policy.fp8_at_load or policy.group_offload:
-            # The control LoRA widens the transformer's input layer (a new module, which the offloading hooks
-            # do not place) and adds LoRA layers to the float8 ones, which PEFT cannot wrap.
+            blocker = f"--memory-policy {policy.name}"
+        elif self.settings.speed == "fp8":
+            blocker = "the float8 layers of --speed fp8 (use --speed compile for this route)"
+        if blocker:
             raise InvalidInput(
                 "route",
-                f"BFL's control LoRAs do not work with --memory-policy {policy.name}; use route 'full' "
+                f"BFL's control LoRAs do not work with {blocker}; use route 'full' "
                 f"(the FLUX.1 {mode.capitalize()} [dev] transformer)",
             )
         src = self._source(lora.name, lora.repo_id)

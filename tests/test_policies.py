@@ -1,5 +1,6 @@
 """Memory policies, tier budgets and the residency panel, on tiny models and the CPU."""
 
+import re
 from dataclasses import replace
 
 import numpy as np
@@ -163,16 +164,24 @@ def test_loras_under_group_offloading_give_the_resident_output(settings, tiny_lo
     np.testing.assert_array_equal(run(registry), run(Registry(settings)))  # and off again: the base output
 
 
-@pytest.mark.parametrize("policy", ["fp8-24gb", "offload-12gb"])
-def test_control_loras_are_refused_where_they_cannot_work(settings, policy):
+@pytest.mark.parametrize(
+    ("change", "blocker"),
+    [
+        ({"memory_policy": "fp8-24gb"}, "--memory-policy fp8-24gb"),
+        ({"memory_policy": "offload-12gb"}, "--memory-policy offload-12gb"),
+        ({"speed": "fp8"}, "the float8 layers of --speed fp8 (use --speed compile for this route)"),
+    ],
+)
+def test_control_loras_are_refused_where_they_cannot_work(settings, change, blocker):
     from PIL import Image
 
     from flux_ui.tasks.control import ControlParams, control, validate_control
 
     params = ControlParams(prompt="a robot", image=Image.new("RGB", (64, 64)), steps=2, route="lora")
-    registry = Registry(replace(settings, memory_policy=policy))
-    with pytest.raises(InvalidInput, match=f"route: BFL's control LoRAs do not work with --memory-policy {policy}"):
+    registry = Registry(replace(settings, **change))
+    with pytest.raises(InvalidInput, match=re.escape(f"route: BFL's control LoRAs do not work with {blocker}")):
         control(registry, validate_control(params, registry.settings))
+    assert registry.status()["transformers"] == []  # refused before anything was loaded
 
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
