@@ -8,11 +8,13 @@ merged into the weights instead, in place: W += sum of weight * scale * B @ A. S
 identities stay as they were, so the compiled blocks run on with no recompile; the changed layers' values
 are copied aside first and copied back when the request ends, so the base model returns bit for bit.
 
-A float8 layer is dequantised, changed, and requantised with a new per-row scale and stochastic
-rounding. The base weights already sit on the float8 grid, where rounding to nearest would drop every
-change smaller than half a grid step (most of a LoRA's: e4m3 keeps 3 mantissa bits); stochastic rounding
-keeps them on average, as ComfyUI does for float8 checkpoints. Its random bits are seeded from the
-request's LoRAs and weights, so the same LoRAs give the same image for the same seed.
+A float8 layer is dequantised, changed, and requantised on the same per-row grid (a row gets a new
+scale only if the LoRA pushes it past the float8 range) with stochastic rounding. The base weights
+already sit on that grid, where rounding to nearest would drop every change smaller than half a grid
+step (most of a LoRA's: e4m3 keeps 3 mantissa bits); stochastic rounding keeps them on average, as
+ComfyUI does for float8 checkpoints, and moves only the weights a change pushes over a step. Its random
+bits are seeded from the request's LoRAs and weights, so the same LoRAs give the same image for the same
+seed. A weak LoRA (changes of a tenth of a step) still comes out noisy: see docs/PERFORMANCE.md.
 
 The scale of each layer (alpha / rank, per-layer rank and alpha patterns) is computed by the same diffusers
 and PEFT code that sizes PEFT's own LoRA layers, from the same converted state dict.
