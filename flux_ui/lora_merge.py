@@ -9,12 +9,13 @@ identities stay as they were, so the compiled blocks run on with no recompile; t
 are copied aside first and copied back when the request ends, so the base model returns bit for bit.
 
 A float8 layer is dequantised, changed, and requantised on the same per-row grid (a row gets a new
-scale only if the LoRA pushes it past the float8 range) with stochastic rounding. The base weights
-already sit on that grid, where rounding to nearest would drop every change smaller than half a grid
-step (most of a LoRA's: e4m3 keeps 3 mantissa bits); stochastic rounding keeps them on average, as
-ComfyUI does for float8 checkpoints, and moves only the weights a change pushes over a step. Its random
-bits are seeded from the request's LoRAs and weights, so the same LoRAs give the same image for the same
-seed. A weak LoRA (changes of a tenth of a step) still comes out noisy: see docs/PERFORMANCE.md.
+scale only if the LoRA pushes it past the float8 range). The base weights already sit on that grid,
+where rounding to nearest would drop every change smaller than half a grid step (most of a LoRA's: e4m3
+keeps 3 mantissa bits): those weights are rounded stochastically, up or down in proportion to the
+distance, which keeps the changes on average (as ComfyUI does for float8 checkpoints); the others are
+rounded to nearest, which is half as noisy. The random bits are seeded from the request's LoRAs and
+weights, so the same LoRAs give the same image for the same seed. A weak LoRA (changes of a tenth of a
+step) still comes out noisy: see docs/PERFORMANCE.md.
 
 The scale of each layer (alpha / rank, per-layer rank and alpha patterns) is computed by the same diffusers
 and PEFT code that sizes PEFT's own LoRA layers, from the same converted state dict.
@@ -142,19 +143,23 @@ def seed_of(request: list[tuple[str, float]]) -> int:
     return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little") & (2**63 - 1)
 
 
-def round_fp8_stochastic(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """float32 `x` (within +-FP8_MAX) to float8 e4m3, rounding up or down at random in proportion to the
-    distance, so the expected result is `x`. (Below e4m3's normal range, 2**-6, it rounds to nearest.)"""
-    return _onto_fp8_grid_(x.float().clone(), generator).to(torch.float8_e4m3fn)
-
-
-def _onto_fp8_grid_(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+def onto_fp8_grid_(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """Round float32 `x` in place, stochastically, to values float8 e4m3 holds exactly: random bits are
     added below the 3 mantissa bits e4m3 keeps and then cut off (a carry rounds up). Returns `x`."""
     bits = x.view(torch.int32)
     noise = torch.randint(0, 1 << _FP32_DROPPED_BITS, x.shape, generator=generator, device=x.device, dtype=torch.int32)
     bits.add_(noise).bitwise_and_(~((1 << _FP32_DROPPED_BITS) - 1))
     return x.clamp_(-FP8_MAX, FP8_MAX)
+
+
+def _requantize(x: torch.Tensor, old: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """float32 `x` (scaled weights of a float8 layer whose codes were `old`) to float8: to nearest where
+    that moves the weight, stochastically where rounding to nearest would give the old code back and so
+    drop the change. Stochastic rounding is unbiased but twice as noisy; this uses it only where rounding
+    to nearest would be biased (changes under half a step)."""
+    nearest = x.clamp(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn)
+    unmoved = nearest.view(torch.uint8) == old.view(torch.uint8)
+    return torch.where(unmoved, onto_fp8_grid_(x, generator).to(torch.float8_e4m3fn), nearest)
 
 
 @torch.inference_mode()
@@ -191,7 +196,7 @@ def merge(transformer: torch.nn.Module, loras: list[tuple[dict[str, Delta], floa
                 amax = torch.linalg.vector_norm(w, math.inf, dim=1, keepdim=True)
                 kept = module.weight_scale.t()
                 scale = torch.where(amax > kept * (FP8_MAX + FP8_TOP_STEP), amax / FP8_MAX, kept)
-                module.weight_fp8.copy_(_onto_fp8_grid_(w.div_(scale), generator))
+                module.weight_fp8.copy_(_requantize(w.div_(scale), module.weight_fp8, generator))
                 module.weight_scale.copy_(scale.t())
             else:
                 merged.saved[name] = {"weight": module.weight.to(keep_on, copy=True)}
