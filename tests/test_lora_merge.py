@@ -239,6 +239,10 @@ def test_merging_on_the_gpu_is_repeatable_and_restores_bitwise():
         exact = x.float() @ weight.t() + linear.bias.float()
         return float((out.float() - exact).norm() / exact.norm())
 
-    # Merged, the float8 layer is about as far from the exact bf16 layer with the LoRA as it is without.
+    # Merged, the float8 layer stays close to the exact bf16 layer with the LoRA: a little further than the
+    # base is from the bf16 base (the weights are rounded twice: when quantised, and when merged; measured on
+    # an H100: 4.7 % vs 3.7 %), far from the 8 % or more of a layer that lost the LoRA.
     base_err = rel_err(base_out, linear.weight.float())
-    assert rel_err(outputs[0], linear.weight.float() + delta.up.cuda() @ delta.down.cuda()) < 1.25 * base_err
+    lost = rel_err(base_out, linear.weight.float() + delta.up.cuda() @ delta.down.cuda())
+    merged_err = rel_err(outputs[0], linear.weight.float() + delta.up.cuda() @ delta.down.cuda())
+    assert merged_err < 1.4 * base_err < lost
