@@ -767,7 +767,7 @@ def main() -> None:
         "--variants",
         nargs="+",
         default=["app", "cdt", "cudagraphs"],
-        help="explore phase: app, cdt, fp8attn, autotune, cudagraphs",
+        help="explore phase: app, cdt, fp8attn (needs branch fp8-attention), autotune, cudagraphs",
     )
     p.add_argument("--out", required=True)
     args = p.parse_args()
