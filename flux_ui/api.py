@@ -40,7 +40,6 @@ from flux_ui.tasks import Cancelled, TaskResult
 log = logging.getLogger(__name__)
 
 Task = Literal["text_to_image", "kontext_edit", "redux_variation", "fill", "control", "vqa"]
-MAX_BODY_BYTES = 64 * 1024 * 1024  # a request body; four 20 MP PNGs in base64 fit, a runaway upload does not
 MAX_IMAGE_CHARS = 40_000_000  # one base64 image (about 30 MB of file); the decoder checks pixels after
 MAX_TEXT_CHARS = 20_000  # pydantic's bound; the tasks' own, lower limits give the precise message
 DISCONNECT_POLL_S = 0.25  # how often a running job checks that its client is still there
@@ -112,15 +111,39 @@ class Gate:
         self._slots.release()
 
 
-def decode_image(value: str | None, field: str) -> bytes | None:
-    """Raw bytes from base64 or a data: URL; the image decoder (images.load_image) checks the rest."""
+def decode_base64(value: str | None, field: str, max_mb: float) -> bytes | None:
+    """Raw bytes from base64 or a data: URL, at most `max_mb` MB (--max-upload-mb, the limit of uploads
+    in the UI); the image decoder (images.load_image) checks the rest."""
     if value is None or value == "":
         return None
     text = value.partition(",")[2] if value.startswith("data:") else value
+    if len(text) * 3 // 4 > max_mb * 1_000_000:  # before decoding: base64 is 4 characters per 3 bytes
+        raise InvalidInput(
+            field,
+            f"is {len(text) * 3 / 4e6:.1f} MB, over the limit of {max_mb:g} MB (--max-upload-mb); send a smaller file",
+        )
     try:
         return base64.b64decode(text, validate=True)
     except (binascii.Error, ValueError):
         raise InvalidInput(field, "is not valid base64") from None
+
+
+_TASK_FIELD = re.compile(r"(image|strength)_(\d+)")
+
+
+def rest_field(field: str, req: GenerateRequest) -> str:
+    """The REST name of a task parameter: the tasks name the UI's fields (`instruction`, `image_2`,
+    `strength_1`, `width`); a REST caller sent `prompt`, `images[0]`, `strengths[0]`, `resolution`."""
+    if field in ("instruction", "question"):
+        return "prompt"
+    if field in ("width", "height", "size") and req.resolution is not None:
+        return "resolution"
+    if m := _TASK_FIELD.fullmatch(field):
+        n = int(m.group(2))
+        if m.group(1) == "strength":
+            return f"strengths[{n - 1}]"
+        return "image" if n == 1 else f"images[{n - 2}]"
+    return field
 
 
 def parse_resolution(value: str | None, default: tuple[int, int]) -> tuple[int, int]:
@@ -139,6 +162,10 @@ def _run(registry: Registry, req: GenerateRequest, stop: Callable[[], bool]) -> 
     from flux_ui.tasks import control, fill, kontext, redux, text_to_image, vqa
 
     settings = registry.settings
+
+    def decode_image(value: str | None, field: str) -> bytes | None:
+        return decode_base64(value, field, settings.max_upload_mb)
+
     image = decode_image(req.image, "image")
     if req.task == "text_to_image":
         w, h = parse_resolution(req.resolution, (1024, 1024))
@@ -266,7 +293,7 @@ def router(registry: Registry, auth: tuple[str, str] | None = None) -> APIRouter
     guard = Depends(key_checker(settings.api_key, auth))
     api = APIRouter()
 
-    @api.get("/health", summary="Liveness, device and what is loaded")
+    @api.api_route("/health", methods=["GET", "HEAD"], summary="Liveness, device and what is loaded")
     def health() -> dict:
         status = registry.status()
         return {
@@ -288,7 +315,7 @@ def router(registry: Registry, auth: tuple[str, str] | None = None) -> APIRouter
     async def generate(req: GenerateRequest, request: Request):
         """Run `task` and return its images as base64 PNGs with their parameters (or, for vqa, the answer).
 
-        Errors: 401 without the key, 413 for a body over 64 MB, 422 for a bad field (the message names
+        Errors: 401 without the key, 413 for a body over --max-body-mb, 422 for a bad field (the message names
         it), 503 when the queue is full or memory ran out, 500 for anything else. A client that
         disconnects cancels its job after the current step, so the GPU is not spent on nobody."""
         with gate:
@@ -306,10 +333,8 @@ def router(registry: Registry, auth: tuple[str, str] | None = None) -> APIRouter
             result = _run(registry, req, stop)
             return _respond(registry, req, result)  # inside: the safety classifier may fail to load
         except InvalidInput as err:
-            if err.field in ("width", "height", "size") and req.resolution is not None:
-                # The task names its own parameter; this caller sent `resolution`.
-                return _error(422, f"resolution: {str(err).partition(': ')[2]}", "resolution")
-            return _error(422, str(err), err.field)
+            field = rest_field(err.field, req)  # the task names the UI's parameter; say the caller's
+            return _error(422, f"{field}: {str(err).partition(': ')[2]}", field)
         except ModelUnavailableError as err:
             return _error(503, str(err))
         except Cancelled:
@@ -318,6 +343,16 @@ def router(registry: Registry, auth: tuple[str, str] | None = None) -> APIRouter
             recover_from_oom(registry)
             return _error(503, out_of_memory_message())
 
+    def wrong_method(request: Request) -> JSONResponse:
+        allowed = "POST" if request.url.path == "/generate" else "GET, HEAD"
+        message = f"method: {request.method} is not allowed on {request.url.path}; use {allowed}"
+        return JSONResponse({"error": message, "field": "method"}, 405, headers={"Allow": allowed})
+
+    # Without these, Gradio's app (mounted at /) answers other methods on these paths with 404.
+    api.add_api_route(
+        "/generate", wrong_method, methods=["GET", "HEAD", "PUT", "PATCH", "DELETE"], include_in_schema=False
+    )
+    api.add_api_route("/health", wrong_method, methods=["POST", "PUT", "PATCH", "DELETE"], include_in_schema=False)
     return api
 
 
@@ -335,25 +370,61 @@ def install(app: FastAPI, registry: Registry, auth: tuple[str, str] | None = Non
             field = "body"
         return JSONResponse({"error": f"{field}: {first.get('msg')}", "field": field, "details": jsonable(errors)}, 422)
 
-    app.add_middleware(BodyLimit)
+    app.add_middleware(BodyLimit, limit=int(registry.settings.max_body_mb * 1_000_000))
+
+
+UPLOAD_ROUTE = "/gradio_api/upload"  # Gradio's upload route streams files to disk under its own limit
 
 
 class BodyLimit:
-    """Refuse a /generate body over MAX_BODY_BYTES by its Content-Length, before it is read. Plain ASGI
-    rather than `@app.middleware("http")`, whose wrapping of `receive` hides a client's disconnect from
-    the endpoint."""
+    """Refuse a request body over `limit` bytes on every route but Gradio's upload route (REST calls,
+    Gradio API calls): by its Content-Length before anything is read, and for a body sent without one
+    (chunked) as soon as the bytes received pass the limit. The body is read here, up to the limit, and
+    handed on whole; later `receive` calls go to the server, so the endpoint still sees a disconnect.
+    Plain ASGI rather than `@app.middleware("http")`, whose wrapping of `receive` hides a client's
+    disconnect from the endpoint."""
 
-    def __init__(self, app):
+    def __init__(self, app, limit: int):
         self.app = app
+        self.limit = limit
 
     async def __call__(self, scope, receive, send):
-        if scope["type"] == "http" and scope["path"] == "/generate":
-            length = dict(scope["headers"]).get(b"content-length", b"")
-            if length.isdigit() and int(length) > MAX_BODY_BYTES:
-                response = _error(413, f"body: {int(length)} bytes is over the limit of {MAX_BODY_BYTES}")
-                await response(scope, receive, send)
+        if scope["type"] != "http" or scope["method"] in ("GET", "HEAD") or scope["path"] == UPLOAD_ROUTE:
+            await self.app(scope, receive, send)
+            return
+        length = dict(scope["headers"]).get(b"content-length", b"")
+        if length.isdigit() and int(length) > self.limit:
+            await self._refuse(int(length), scope, receive, send)
+            return
+        chunks, size = [], 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return  # the client left before sending its body: nobody to answer
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.limit:
+                await self._refuse(self.limit, scope, receive, send, at_least=True)
                 return
-        await self.app(scope, receive, send)
+            chunks.append(chunk)
+            if not message.get("more_body"):
+                break
+        body, pending = b"".join(chunks), True
+
+        async def replay():
+            nonlocal pending
+            if pending:
+                pending = False
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
+
+    async def _refuse(self, size: int, scope, receive, send, at_least: bool = False) -> None:
+        size_text = f"{'more than ' if at_least else ''}{size} bytes"
+        log.warning("refused a %s body of %s to %s (limit %d)", scope["method"], size_text, scope["path"], self.limit)
+        message = f"body: {size_text} is over the limit of {self.limit} bytes (--max-body-mb); send less"
+        await _error(413, message, "body")(scope, receive, send)
 
 
 def jsonable(errors: list) -> list:

@@ -19,6 +19,7 @@ import numpy as np
 from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
 
 from flux_ui.params import InvalidInput
+from flux_ui.uploads import checked_upload
 
 log = logging.getLogger(__name__)
 
@@ -45,8 +46,7 @@ def _open(value: object, field: str) -> Image.Image:
     if isinstance(value, bytes):
         value = io.BytesIO(value)
     elif isinstance(value, str | Path):
-        if not Path(value).is_file():
-            raise InvalidInput(field, "the uploaded file is missing; upload it again")
+        value = checked_upload(value, field)  # a path is read only if it is an upload to this server
     else:
         raise InvalidInput(field, f"expected an image, got {type(value).__name__}")
     try:
@@ -105,8 +105,8 @@ def open_image(
     bomb, or truncated. The result is a new image, upright (EXIF orientation applied), the first frame of
     an animation.
 
-    `value` may be a PIL image, a numpy array, a file path, raw bytes, or Gradio's FileData dict (`path`
-    or a `data:` URL).
+    `value` may be a PIL image, a numpy array, raw bytes, Gradio's FileData dict (`path` or a `data:` URL)
+    or a file path; a path (the FileData's too) must be an upload (`uploads.checked_upload`).
     """
     if value is None or (isinstance(value, str | dict | bytes) and not value):
         raise InvalidInput(field, "is missing; upload an image")

@@ -34,21 +34,42 @@ def check_range(field: str, value: float, low: float, high: float, fix: str = ""
         raise InvalidInput(field, f"{value} is out of range; use {low:g} to {high:g}{fix}")
 
 
+def batch_seed(first: int, index: int) -> int:
+    """The seed of image `index` of a batch that starts at `first`: `first + index`, wrapping past SEED_MAX
+    to 0, so every seed a batch reports can be typed back in."""
+    return (first + index) % (SEED_MAX + 1)
+
+
+def check_text(field: str, value: str) -> str:
+    """`value`, if it is text the tokenizers can read: a lone UTF-16 surrogate (which JSON can carry but
+    UTF-8 cannot) or a NUL is refused with its position."""
+    for i, ch in enumerate(value):
+        if "\ud800" <= ch <= "\udfff" or ch == "\x00":
+            raise InvalidInput(field, f"holds an invalid character (U+{ord(ch):04X}) at position {i}; remove it")
+    return value
+
+
 def check_prompt(
-    prompt: object, settings: Settings, field: str = "prompt", hint: str = "describe the image you want"
+    prompt: object,
+    settings: Settings,
+    field: str = "prompt",
+    hint: str = "describe the image you want",
+    *,
+    optional: bool = False,
 ) -> str:
-    """Stripped text, not empty (`hint` says what to write instead) and not over the length limit."""
+    """Stripped text, not empty unless `optional` (`hint` says what to write instead), not over the length
+    limit, and readable by the tokenizers (`check_text`)."""
     if not isinstance(prompt, str):
         raise InvalidInput(field, f"expected text, got {type(prompt).__name__}")
     text = prompt.strip()
-    if not text:
+    if not text and not optional:
         raise InvalidInput(field, f"is empty; {hint}")
     if len(text) > settings.max_prompt_chars:
         raise InvalidInput(
             field,
             f"is {len(text)} characters long; shorten it to at most {settings.max_prompt_chars}",
         )
-    return text
+    return check_text(field, text)
 
 
 def check_size(width: object, height: object, settings: Settings) -> tuple[int, int]:

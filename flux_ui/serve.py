@@ -10,6 +10,7 @@ the same way, to our uvicorn port, once the server answers.
 
 from __future__ import annotations
 
+import gc
 import ipaddress
 import logging
 import secrets
@@ -18,6 +19,7 @@ import time
 from dataclasses import dataclass
 
 from flux_ui.settings import Settings
+from flux_ui.throttle import FailureThrottle, LoginThrottle
 
 log = logging.getLogger(__name__)
 GENERATED_USER = "flux"  # the user name of a generated login
@@ -81,17 +83,32 @@ def build_app(registry, login: Login):
     api.install(app, registry, login.credentials)
     demo = build_ui(registry)
     demo.queue(max_size=settings.queue_size, default_concurrency_limit=4)
-    return gr.mount_gradio_app(
+    # Gradio keeps a copy of the app's config (about 1,200 objects) for each session, and every API call
+    # without a session hash is a new one: at its default of 10,000 kept sessions, a flood of such calls
+    # grew the heap until each full garbage collection paused the server for over a second.
+    demo.state_session_capacity = settings.max_sessions
+    app = gr.mount_gradio_app(
         app,
         demo,
         path="/",
         auth=login.credentials,
-        allowed_paths=[str(settings.outputs_dir.resolve())],
+        # No allowed paths: results reach the browser through unguessable links (ui.publish), and the
+        # outputs folder is not served. Uploads over the limit get 413 from Gradio's upload route.
+        allowed_paths=[],
+        max_file_size=int(settings.max_upload_mb * 1_000_000),
         footer_links=["api", "settings"],
         mcp_server=settings.mcp,
         server_name=settings.host,
         server_port=settings.port,
     )
+    # Gradio refuses file payloads that name paths outside its upload folder only once the Blocks count as
+    # launched, which `launch()` records and `mount_gradio_app` does not: without this, any request could
+    # have any server file read (a path in an Image's or a chat message's FileData). The task layer checks
+    # again on its own (flux_ui/uploads.py).
+    demo.has_launched = True
+    # Repeated failed logins (the UI's /login, REST's 401s) from one address are slowed down.
+    app.add_middleware(LoginThrottle, throttle=FailureThrottle())
+    return app
 
 
 def open_share_link(settings: Settings) -> str | None:
@@ -125,6 +142,9 @@ def serve(registry, login: Login) -> None:
         time.sleep(0.05)
     if not thread.is_alive():
         raise SystemExit(f"could not serve on {settings.host}:{settings.port}")
+    # What start-up made (modules, the app, the UI) lives as long as the process: out of the collector's
+    # reach, full collections scan only what requests make, so they stay short.
+    gc.freeze()
     log.info("serving the UI at http://%s:%d/ and the REST API docs at /docs", settings.host, settings.port)
     if login.generated:
         user, password = login.credentials  # type: ignore[misc]

@@ -49,6 +49,10 @@ class Settings:
     max_steps: int = 100  # most denoising steps accepted per image
     max_images: int = 4  # most images per request
     max_prompt_chars: int = 4000  # longest prompt accepted, in characters
+    max_upload_mb: float = 30.0  # largest uploaded file (UI upload or one REST image), in MB (10**6 bytes)
+    max_body_mb: float = 64.0  # largest request body (REST JSON, Gradio API calls), in MB; uploads excepted
+    max_history_chars: int = 24_000  # longest VQA chat history sent with a question, in characters
+    max_sessions: int = 400  # sessions whose UI state (Kontext chain, selection) is kept; the oldest dropped
     transformer_cache: int = 2  # transformers kept loaded (LRU); the rest are dropped
     memory_policy: str = "resident"  # how models sit in GPU memory: a name of flux_ui.policies.POLICIES
     policy_reason: str = "default"  # why that policy, for the log and the Models tab ("23.6 GiB GPU")
@@ -194,6 +198,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-megapixels", type=float, default=float(_env("max_megapixels", "2.0")))
     p.add_argument("--max-steps", type=int, default=int(_env("max_steps", "100")))
     p.add_argument("--max-images", type=int, default=int(_env("max_images", "4")))
+    p.add_argument("--max-upload-mb", type=float, default=float(_env("max_upload_mb", "30")))
+    p.add_argument("--max-body-mb", type=float, default=float(_env("max_body_mb", "64")))
+    p.add_argument("--max-history-chars", type=int, default=int(_env("max_history_chars", "24000")))
+    p.add_argument("--max-sessions", type=int, default=int(_env("max_sessions", "400")))
     p.add_argument("--transformer-cache", type=int, default=int(_env("transformer_cache", "2")))
     p.add_argument(
         "--memory-policy",
@@ -311,6 +319,12 @@ def _gpu_transformers(a: argparse.Namespace, policy: str, device: str) -> int:
     return int(a.gpu_transformers)
 
 
+def _positive(flag: str, value: float) -> float:
+    if not value > 0:
+        raise ValueError(f"{flag}: expected a number above 0, got {value}")
+    return value
+
+
 def settings_from_args(argv: list[str] | None = None) -> Settings:
     """Parse the command line (and environment) into Settings, resolving device, dtype, speed profile and
     memory policy once."""
@@ -347,6 +361,10 @@ def settings_from_args(argv: list[str] | None = None) -> Settings:
         max_megapixels=a.max_megapixels,
         max_steps=a.max_steps,
         max_images=a.max_images,
+        max_upload_mb=_positive("--max-upload-mb", a.max_upload_mb),
+        max_body_mb=_positive("--max-body-mb", a.max_body_mb),
+        max_history_chars=int(_positive("--max-history-chars", a.max_history_chars)),
+        max_sessions=int(_positive("--max-sessions", a.max_sessions)),
         transformer_cache=a.transformer_cache,
         vqa_model=a.vqa_model,
         max_answer_tokens=a.max_answer_tokens,

@@ -7,9 +7,13 @@ one at a time through Gradio's bounded queue. Model and input errors become `gr.
 from __future__ import annotations
 
 import logging
+import os
+import secrets
+import shutil
 import threading
 from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TypeVar
 
 import gradio as gr
@@ -25,6 +29,7 @@ from flux_ui.safety import screen
 from flux_ui.settings import Settings
 from flux_ui.sources import ModelUnavailableError
 from flux_ui.tasks import Cancelled, StepCallback, StepEvent, TaskResult
+from flux_ui.uploads import checked_upload, upload_dir
 
 log = logging.getLogger(__name__)
 GPU = "gpu"  # the concurrency id of every event that runs models
@@ -33,8 +38,10 @@ T = TypeVar("T")
 
 
 def invalid(err: InvalidInput | ValueError) -> gr.Error:
-    """The gr.Error for bad input: its message names the field, the value and the fix."""
-    return gr.Error(str(err), title="Invalid input")
+    """The gr.Error for bad input: its message names the field, the value and the fix. One log line, no
+    traceback: the caller's mistake is not the server's."""
+    log.info("invalid input: %s", err)
+    return gr.Error(str(err), title="Invalid input", print_exception=False)
 
 
 @dataclass
@@ -87,7 +94,7 @@ class UiContext:
                 if (update := show(ev)) is not None:
                     yield update
         except Cancelled:
-            raise gr.Error("Generation cancelled.", title="Cancelled") from None
+            raise gr.Error("Generation cancelled.", title="Cancelled", print_exception=False) from None
         except ModelUnavailableError as err:
             raise gr.Error(str(err), title="Model not available", duration=None) from None
         except InvalidInput as err:
@@ -119,7 +126,7 @@ class UiContext:
         for item in result.images:
             try:
                 path = save_image(item.image, item.meta, self.settings.outputs_dir)
-                gallery.append((str(path), f"seed {item.meta.seed}"))
+                gallery.append((publish(path), f"seed {item.meta.seed}"))
             except OSError as err:
                 log.error("could not save image (seed %d): %s", item.meta.seed, err)
                 notes.append(f"⚠ Not saved to disk ({err.strerror or err}); download it from the gallery.")
@@ -127,6 +134,75 @@ class UiContext:
         if notes:
             gr.Warning(notes[0])
         return gallery, notes
+
+
+def publish(path: Path) -> str:
+    """Where the gallery shows a saved image: a hard link (a copy across file systems) in a folder of its
+    own, named by 128 random bits, inside Gradio's upload folder, which Gradio serves as it is.
+
+    The outputs folder itself is never among Gradio's allowed paths, so `file=outputs/<date>/00001-3.png`
+    serves nothing: only those who were handed an image's link can fetch it (README, "Sharing and
+    logins"). The download keeps the saved file's name and its embedded parameters."""
+    folder = upload_dir() / f"result-{secrets.token_hex(16)}"
+    folder.mkdir(parents=True)
+    link = folder / path.name
+    try:
+        os.link(path, link)
+    except OSError:  # another file system, or one without hard links
+        shutil.copyfile(path, link)
+    return str(link)
+
+
+def refuse_foreign_files(demo: gr.Blocks) -> None:
+    """Refuse, before Gradio touches it, any file payload of an event that names a path outside the
+    upload folder, with a gr.Error naming the event's parameter ("image: is not a file uploaded to this
+    server; upload it again"), whether or not the path exists.
+
+    Gradio refuses such paths too (once the app counts as launched, see serve.build_app), but its message
+    names the path and not the field, and it has no hook before it: so `preprocess_data` of this Blocks
+    is wrapped. URLs are left to Gradio (it fetches only public addresses)."""
+    from gradio import utils as gr_utils
+    from gradio_client import utils as client_utils
+
+    original = demo.preprocess_data
+
+    async def preprocess_data(block_fn, inputs, *args, **kwargs):
+        names = [name for name, *_ in gr_utils.get_function_params(block_fn.fn)] if block_fn.fn else []
+        for i, value in enumerate(inputs):
+            name = names[i] if i < len(names) else getattr(block_fn.inputs[i], "label", None) or f"input {i}"
+
+            def check(payload: dict, name: str = name) -> dict:
+                path = payload.get("path")
+                if isinstance(path, str) and path and not client_utils.is_http_url_like(path):
+                    try:
+                        checked_upload(path, name)
+                    except InvalidInput as err:
+                        log.warning("refused a file payload for %r outside the upload folder", name)
+                        raise invalid(err) from None
+                return payload
+
+            client_utils.traverse(value, check, client_utils.is_file_obj)
+            check_shape(block_fn, i, value, name)
+        return await original(block_fn, inputs, *args, **kwargs)
+
+    demo.preprocess_data = preprocess_data
+
+
+def check_shape(block_fn, index: int, value: object, name: str) -> None:
+    """Gradio validates a value against its component's data model (a chat history must be a list of
+    messages) and, if it does not fit, answers with pydantic's raw text and logs a traceback; here the
+    same validation comes first and names the parameter."""
+    from pydantic import ValidationError
+
+    model = getattr(block_fn.inputs[index], "data_model", None)
+    if model is None or value is None or index in block_fn.component_prop_inputs:
+        return
+    try:
+        model.model_validate(value)
+    except ValidationError as err:
+        first = err.errors()[0] if err.errors() else {"msg": "does not fit", "loc": ()}
+        where = "/".join(str(p) for p in first.get("loc", ())) or "the value"
+        raise invalid(InvalidInput(name, f"is not in the expected form ({where}: {first['msg']})")) from None
 
 
 def gallery_preview(noun: str = "image", others: int = 2) -> Callable[[StepEvent], tuple | None]:
@@ -209,4 +285,5 @@ def build_ui(registry: Registry) -> gr.Blocks:
         vqa_tab.suggest_event.success(
             lambda text: text, vqa_tab.suggested_edit, kontext_tab.instruction, api_visibility="private"
         )
+    refuse_foreign_files(demo)
     return demo

@@ -11,6 +11,8 @@ import subprocess
 import sys
 import time
 import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -93,23 +95,17 @@ def wait_for_server(url: str, proc: subprocess.Popen, log: Path, timeout: float 
     raise RuntimeError(f"app did not answer at {url} within {timeout} s:\n{log.read_text()[-4000:]}")
 
 
-@pytest.fixture(scope="session")
-def app_server(tiny_dir, tiny_lora_dir, lora_dir, tmp_path_factory):
-    """`python app.py --tiny --lora-dir ...` on a free port, as a user would start it; yields (url, outputs_dir).
-
-    Its LoRAs: those of `lora_dir`, then the tiny ones tiny mode adds."""
+@contextmanager
+def running_app(tiny_dir: Path, work: Path, *args: str) -> Iterator[tuple[str, Path]]:
+    """`python app.py --tiny ARGS` on a free port, as a user would start it, in `work` (its outputs in
+    work/outputs, its log in work/app.log); yields (url, log) once it answers, and stops it after."""
     port = free_port()
-    work = tmp_path_factory.mktemp("app")
-    outputs = work / "outputs"
     log = work / "app.log"
-    env = {**os.environ, "FLUX_UI_TINY_DIR": str(tiny_dir), "FLUX_UI_OUTPUTS_DIR": str(outputs)}
+    env = {**os.environ, "FLUX_UI_TINY_DIR": str(tiny_dir), "FLUX_UI_OUTPUTS_DIR": str(work / "outputs")}
     env.pop("FLUX_UI_TINY", None)
     with open(log, "w") as fh:
         proc = subprocess.Popen(
-            [
-                *(sys.executable, str(ROOT / "app.py"), "--tiny", "--port", str(port), "--preview-every", "1"),
-                *("--lora-dir", str(lora_dir)),
-            ],
+            [sys.executable, str(ROOT / "app.py"), "--tiny", "--port", str(port), *args],
             cwd=work,
             env=env,
             stdout=fh,
@@ -118,13 +114,23 @@ def app_server(tiny_dir, tiny_lora_dir, lora_dir, tmp_path_factory):
     url = f"http://127.0.0.1:{port}/"
     try:
         wait_for_server(url, proc, log)
-        yield url, outputs
+        yield url, log
     finally:
         proc.terminate()
         try:
             proc.wait(timeout=20)
         except subprocess.TimeoutExpired:
             proc.kill()
+
+
+@pytest.fixture(scope="session")
+def app_server(tiny_dir, tiny_lora_dir, lora_dir, tmp_path_factory):
+    """`python app.py --tiny --lora-dir ...`; yields (url, outputs_dir).
+
+    Its LoRAs: those of `lora_dir`, then the tiny ones tiny mode adds."""
+    work = tmp_path_factory.mktemp("app")
+    with running_app(tiny_dir, work, "--preview-every", "1", "--lora-dir", str(lora_dir)) as (url, _):
+        yield url, work / "outputs"
 
 
 def bomb_png(width: int, height: int) -> bytes:

@@ -66,12 +66,18 @@ def test_a_new_tab_becomes_a_target_by_its_handles_alone():
     assert made == ["send-src-to-vqa"]
 
 
-def test_pick_takes_the_selected_item_in_either_form():
-    items = [("/a.png", "seed 1"), ("/b.png", "seed 2")]
-    assert pick(items, 1) == "/b.png"
-    assert pick(items, 7) == "/a.png" and pick(items, None) == "/a.png"
-    assert pick([{"image": {"path": "/c.png"}, "caption": None}], 0) == "/c.png"
+def test_pick_takes_the_selected_item_in_either_form(tmp_path, monkeypatch):
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path))  # the gallery's files are in the upload folder
+    a, b, c = (tmp_path / f"{n}.png" for n in "abc")
+    for f in (a, b, c):
+        f.write_bytes(b"png")
+    items = [(str(a), "seed 1"), (str(b), "seed 2")]
+    assert pick(items, 1) == str(b)
+    assert pick(items, 7) == str(a) and pick(items, None) == str(a)
+    assert pick([{"image": {"path": str(c)}, "caption": None}], 0) == str(c)
     with pytest.raises(gr.Error):
         pick([], 0)
     with pytest.raises(gr.Error):
         pick(None, 0)
+    with pytest.raises(gr.Error, match="not a file uploaded to this server"):  # a path sent by hand
+        pick([("/etc/hostname", "seed 1")], 0)

@@ -26,22 +26,32 @@ def error(value, field="image") -> str:
     return str(err.value)
 
 
-def test_missing_and_non_images(tmp_path, bad_images):
+@pytest.fixture
+def uploaded(bad_images, monkeypatch):
+    """The bad images count as uploads: their folder is the upload folder, as Gradio's would be."""
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(bad_images["text"].parent))
+    return bad_images
+
+
+def test_missing_and_non_images(uploaded):
     assert "is missing" in error(None)
     assert "is missing" in error({"path": None, "url": None})
-    assert "is not an image" in error(str(bad_images["text"]), "image_2")
+    assert "is not an image" in error(str(uploaded["text"]), "image_2")
     assert "is not an image" in error(b"GIF89a but not really")
-    assert "missing" in error(str(tmp_path / "gone.png"))
+    gone = error(str(uploaded["text"].parent / "gone.png"))
+    assert gone == "image: is not a file uploaded to this server; upload it again"
     assert "expected an image" in error(42)
 
 
-def test_too_small_and_too_large(bad_images):
+def test_too_small_and_too_large(uploaded):
+    bad_images = uploaded
     assert "63x200; each side must be at least 64" in error(str(bad_images["small"]))
     msg = error(str(bad_images["huge"]))
     assert "5000x4100" in msg and "over the limit of 20" in msg
 
 
-def test_decompression_bomb_is_refused_before_decoding(bad_images):
+def test_decompression_bomb_is_refused_before_decoding(uploaded):
+    bad_images = uploaded
     bomb = bad_images["bomb"].read_bytes()  # 400 megapixels
     assert len(bomb) < 200_000
     assert "refused as a decompression bomb" in error(bomb)  # PIL's own guard, from the header
@@ -109,7 +119,8 @@ def test_exif_rotation_is_applied():
     assert load_image(buf.getvalue(), "image").size == (64, 96)
 
 
-def test_gradio_file_data_and_data_urls(tmp_path):
+def test_gradio_file_data_and_data_urls(tmp_path, monkeypatch):
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path))
     path = tmp_path / "in.png"
     Image.new("RGB", (80, 64), (1, 2, 3)).save(path)
     assert load_image({"path": str(path), "url": None}, "image").size == (80, 64)

@@ -6,15 +6,12 @@ from __future__ import annotations
 import base64
 import io
 import json
-import os
-import subprocess
-import sys
 import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from conftest import ROOT, free_port, wait_for_server
+from conftest import running_app
 from gradio_client import Client
 from PIL import Image
 
@@ -26,25 +23,9 @@ QUEUE_SIZE = 4
 
 @pytest.fixture(scope="module")
 def small_queue_server(tiny_dir, tmp_path_factory):
-    port = free_port()
-    work = tmp_path_factory.mktemp("load")
-    log = work / "app.log"
-    env = {**os.environ, "FLUX_UI_TINY_DIR": str(tiny_dir), "FLUX_UI_OUTPUTS_DIR": str(work / "outputs")}
-    args = ["--tiny", "--port", str(port), "--queue-size", str(QUEUE_SIZE), "--preview-every", "0"]
-    with open(log, "w") as fh:
-        proc = subprocess.Popen(
-            [sys.executable, str(ROOT / "app.py"), *args], cwd=work, env=env, stdout=fh, stderr=subprocess.STDOUT
-        )
-    url = f"http://127.0.0.1:{port}/"
-    try:
-        wait_for_server(url, proc, log)
+    args = ("--queue-size", str(QUEUE_SIZE), "--preview-every", "0")
+    with running_app(tiny_dir, tmp_path_factory.mktemp("load"), *args) as (url, _):
         yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
 
 
 def one_ui_request(url: str, i: int) -> tuple[str, object]:

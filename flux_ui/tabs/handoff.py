@@ -16,6 +16,9 @@ from dataclasses import dataclass
 
 import gradio as gr
 
+from flux_ui.params import InvalidInput
+from flux_ui.uploads import checked_upload
+
 log = logging.getLogger(__name__)
 
 
@@ -61,11 +64,16 @@ def track_selection(gallery: gr.Gallery) -> gr.State:
 def pick(items: list | None, index: int | None) -> str:
     """The file path of gallery item `index` (the first if out of range); gr.Error if the gallery is empty."""
     if not items:
-        raise gr.Error("The gallery is empty: make an image first.", title="Nothing to send")
+        raise gr.Error("The gallery is empty: make an image first.", title="Nothing to send", print_exception=False)
     item = items[index if isinstance(index, int) and 0 <= index < len(items) else 0]
     if isinstance(item, dict):  # not preprocessed: {"image": FileData, "caption": ...}
-        return item["image"]["path"]
-    return item[0] if isinstance(item, tuple | list) else item  # preprocessed: (path, caption)
+        path = item.get("image", {}).get("path") if isinstance(item.get("image"), dict) else None
+    else:
+        path = item[0] if isinstance(item, tuple | list) else item  # preprocessed: (path, caption)
+    try:  # Gradio checked it already; this keeps a changed Gradio from passing on any path it is given
+        return str(checked_upload(path or "", "image"))
+    except InvalidInput as err:
+        raise gr.Error(str(err), title="Invalid input", print_exception=False) from None
 
 
 def wire(ctx, tabs: gr.Tabs, targets: tuple[Target, ...] = TARGETS) -> list[str]:

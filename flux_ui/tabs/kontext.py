@@ -13,6 +13,7 @@ from flux_ui.params import SEED_MAX, InvalidInput
 from flux_ui.tabs.handoff import Receiver, pick, track_selection
 from flux_ui.tasks.kontext import AUTO, KontextParams, context_size, kontext_edit, output_size, validate_kontext
 from flux_ui.ui import GPU, UiContext, gallery_preview, invalid, summary
+from flux_ui.uploads import checked_upload
 from flux_ui.variants import get_variant
 
 VARIANT = get_variant("kontext-dev")
@@ -47,11 +48,11 @@ def _path(value: object) -> str | None:
 def _instruction_of(path: str) -> str:
     """The instruction an edit was made with, read back from its PNG (empty if it carries none)."""
     try:
-        with Image.open(path) as img:
+        with Image.open(checked_upload(path, "image")) as img:
             text = read_parameters(img)
-    except OSError:
+        return parse_parameters(text).get("Prompt", "") if text else ""
+    except (InvalidInput, OSError, ValueError, SyntaxError):  # no instruction to show is no failure
         return ""
-    return parse_parameters(text).get("Prompt", "") if text else ""
 
 
 def size_note(image: object, size: object, settings) -> str:

@@ -13,6 +13,7 @@ from flux_ui.params import SEED_MAX, InvalidInput
 from flux_ui.tabs.handoff import Receiver, track_selection
 from flux_ui.tasks.text_to_image import TextToImageParams, text_to_image, validate_text_to_image
 from flux_ui.ui import GPU, UiContext, gallery_preview, invalid, summary
+from flux_ui.uploads import checked_upload
 from flux_ui.variants import SQUARE_AND_WIDE, Variant, get_variant, variants_for
 
 ASPECTS = ("1:1", "4:3", "3:4", "3:2", "2:3", "16:9", "9:16", "21:9", "9:21")  # of SQUARE_AND_WIDE, in order
@@ -53,10 +54,12 @@ def form_values(file: str | None) -> tuple:
     if not file:
         raise invalid(ValueError("image: upload a PNG made by FLUX UI or another SD UI"))
     try:
-        with Image.open(file) as img:
+        with Image.open(checked_upload(file, "image")) as img:
             text = read_parameters(img)
-    except (OSError, Image.DecompressionBombError) as err:
-        raise invalid(ValueError(f"image: not a readable image ({err})")) from None
+    except InvalidInput as err:
+        raise invalid(err) from None
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
+        raise invalid(ValueError("image: not a readable PNG; upload a PNG made by FLUX UI or another SD UI")) from None
     if not text:
         raise invalid(ValueError("image: it carries no generation parameters"))
     try:

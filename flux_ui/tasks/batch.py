@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import torch
 
 from flux_ui.metadata import ImageMeta
+from flux_ui.params import batch_seed
 from flux_ui.registry import Registry
 from flux_ui.tasks import GeneratedImage, StepCallback, step_callback
 from flux_ui.variants import Variant
@@ -74,7 +75,7 @@ def generate_batch(
                 width=width,
                 height=height,
                 num_inference_steps=batch.steps,
-                generator=torch.Generator("cpu").manual_seed(batch.seed + i),
+                generator=torch.Generator("cpu").manual_seed(batch_seed(batch.seed, i)),
                 max_sequence_length=batch.variant.max_sequence_length,
                 callback_on_step_end=callback,
                 **inputs,
@@ -82,7 +83,7 @@ def generate_batch(
         meta = ImageMeta(
             prompt=batch.prompt,
             variant=batch.variant.name,
-            seed=batch.seed + i,
+            seed=batch_seed(batch.seed, i),
             steps=batch.steps,
             guidance=batch.guidance,
             width=width,

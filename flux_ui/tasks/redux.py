@@ -34,6 +34,7 @@ from flux_ui.params import (
     InvalidInput,
     check_int,
     check_number,
+    check_prompt,
     check_range,
     check_seed,
     check_size,
@@ -86,13 +87,7 @@ def validate_redux(p: ReduxParams, settings: Settings) -> ReduxParams:
     strengths = tuple(check_number(f"strength_{n}", s, 0.0, MAX_SCALE) for n, _, s in used)
     if not any(strengths):
         raise InvalidInput(f"strength_{used[0][0]}", "every strength is 0, so no image would count; raise one above 0")
-    if not isinstance(p.prompt, str):
-        raise InvalidInput("prompt", f"expected text, got {type(p.prompt).__name__}")
-    prompt = p.prompt.strip()
-    if len(prompt) > settings.max_prompt_chars:
-        raise InvalidInput(
-            "prompt", f"is {len(prompt)} characters long; shorten it to at most {settings.max_prompt_chars}"
-        )
+    prompt = check_prompt(p.prompt, settings, optional=True)
     width, height = check_size(p.width, p.height, settings)
     steps = base.default_steps if p.steps is None else check_int("steps", p.steps)
     check_range("steps", steps, 1, settings.max_steps)

@@ -18,7 +18,7 @@ from PIL import Image
 from flux_ui import sources
 from flux_ui.gpu import on_gpu
 from flux_ui.images import load_image
-from flux_ui.params import InvalidInput, check_int, check_range
+from flux_ui.params import InvalidInput, check_int, check_range, check_text
 from flux_ui.registry import Registry
 from flux_ui.settings import Settings
 from flux_ui.tasks import Cancelled
@@ -80,7 +80,7 @@ def check_question(question: object, field: str = "question") -> str:
         raise InvalidInput(field, "is empty; ask something about the image")
     if len(text) > MAX_QUESTION_CHARS:
         raise InvalidInput(field, f"is {len(text)} characters long; shorten it to at most {MAX_QUESTION_CHARS}")
-    return text
+    return check_text(field, text)
 
 
 def _message_text(content: object) -> str:
@@ -94,11 +94,12 @@ def _message_text(content: object) -> str:
     return ""
 
 
-def parse_history(history: object) -> tuple[Turn, ...]:
+def parse_history(history: object, max_chars: int | None = None) -> tuple[Turn, ...]:
     """Turns from a chat (a list of {"role", "content"} messages, as Gradio's Chatbot sends) or from Turns.
 
     A question with no answer after it (a turn that was cancelled or failed) is left out: the model would
-    otherwise see a question it never answered.
+    otherwise see a question it never answered. `max_chars` bounds the text of all turns together (the
+    model reads all of it with every question).
     """
     if history is None:
         return ()
@@ -123,6 +124,13 @@ def parse_history(history: object) -> tuple[Turn, ...]:
     for turn in turns:
         if len(turn.question) > MAX_QUESTION_CHARS:
             raise InvalidInput("history", f"holds a question over {MAX_QUESTION_CHARS} characters; clear the chat")
+        check_text("history", turn.question + turn.answer)
+    size = sum(len(t.question) + len(t.answer) for t in turns)
+    if max_chars is not None and size > max_chars:
+        raise InvalidInput(
+            "history",
+            f"is {size} characters long, over the limit of {max_chars}; clear the chat (or raise --max-history-chars)",
+        )
     return tuple(turns)
 
 
@@ -131,7 +139,7 @@ def validate_vqa(p: VqaParams, settings: Settings) -> VqaParams:
     InvalidInput on the first bad field."""
     image = load_image(p.image, "image", min_side=MIN_SIDE)
     question = check_question(p.question)
-    history = parse_history(p.history)
+    history = parse_history(p.history, settings.max_history_chars)
     max_new_tokens = check_int("max_new_tokens", p.max_new_tokens)
     check_range("max_new_tokens", max_new_tokens, 1, settings.max_answer_tokens)
     return replace(p, image=image, question=question, history=history, max_new_tokens=max_new_tokens)
