@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import sys
 
-from flux_ui.settings import settings_from_args
+from flux_ui.core.settings import settings_from_args
 
 log = logging.getLogger("flux_ui")
 
@@ -14,12 +14,12 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = settings_from_args(argv)
 
-    from flux_ui.registry import Registry
-    from flux_ui.serve import resolve_auth, serve
+    from flux_ui.models.registry import Registry
+    from flux_ui.serving.server import resolve_auth, serve
 
     if settings.tiny:
-        from flux_ui.tiny import ensure_tiny_models
-        from flux_ui.tiny_loras import TINY_LORA_SUBDIR, write_tiny_loras
+        from flux_ui.tiny.loras import TINY_LORA_SUBDIR, write_tiny_loras
+        from flux_ui.tiny.models import ensure_tiny_models
 
         ensure_tiny_models(settings.tiny_dir)
         write_tiny_loras(settings.tiny_dir / TINY_LORA_SUBDIR)

@@ -51,10 +51,10 @@ def cpu_registry(policy: str, reason: str, lora_dir: Path | None = None):
     `from_pretrained` does; the policy lays them out from there."""
     from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
 
-    from flux_ui import speed
-    from flux_ui.registry import Registry, SharedParts
-    from flux_ui.settings import Settings
-    from flux_ui.tiny import _clip_tokenizer, _t5_tokenizer
+    from flux_ui.core import policies
+    from flux_ui.core.settings import Settings
+    from flux_ui.models.registry import Registry, SharedParts
+    from flux_ui.tiny.models import _clip_tokenizer, _t5_tokenizer
 
     bench = _bench_speed()
     # Built on the GPU (fast random init), then moved to RAM before the cap is set.
@@ -78,7 +78,7 @@ def cpu_registry(policy: str, reason: str, lora_dir: Path | None = None):
         def _scheduler(self, variant):
             return bench.scheduler(True)
 
-    profile = "off" if policy == "offload-12gb" else speed.resolve_profile("auto", "cuda")  # as the app does
+    profile = "off" if policy == "offload-12gb" else policies.resolve_profile("auto", "cuda")  # as the app does
     settings = Settings(
         device="cuda",
         dtype=torch.bfloat16,

@@ -1,6 +1,6 @@
 """GPU benchmark: FLUX.1 [dev] at 1024x1024, 28 steps, full-size architectures with random weights.
 
-Times, in one process, plain diffusers (the baseline) and each optimisation of `flux_ui.speed` added in
+Times, in one process, plain diffusers (the baseline) and each optimisation of `flux_ui.models.speed` added in
 turn, then the app's own path (registry + text-to-image task) with the default profile; reports per-image
 medians, seconds per step, peak VRAM, compile time, the optimised transformer's relative error against the
 bf16 reference and the PSNR between full pipeline outputs. Random weights cost exactly the arithmetic of
@@ -31,7 +31,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from flux_ui import speed  # noqa: E402
+from flux_ui.core import policies  # noqa: E402
+from flux_ui.models import speed  # noqa: E402
 
 log = logging.getLogger("bench")
 STEPS, SIZE, RUNS = 28, 1024, 3
@@ -233,7 +234,7 @@ def phase_main(args) -> dict:
     row, images["eager"] = time_config("diffusers FluxPipeline, eager (baseline)", pipeline(tr, vae))
     rows.append(row)
 
-    tr.fuse_qkv_projections()  # measured, not used by the profiles (see flux_ui.speed)
+    tr.fuse_qkv_projections()  # measured, not used by the profiles (see flux_ui.models.speed)
     vae_fast = build_vae()
     speed.optimize_vae(vae_fast, "compile")
     row, _ = time_config("+ fused QKV, channels-last VAE (eager)", pipeline(tr, vae_fast))
@@ -279,9 +280,9 @@ def random_registry(vae, profile: str, cache: int = 2, lora_dirs: tuple[Path, ..
     (the only difference from `python app.py`); placement, speed profile and pipelines are the app's."""
     from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
 
-    from flux_ui.registry import Registry, SharedParts
-    from flux_ui.settings import Settings
-    from flux_ui.tiny import _clip_tokenizer, _t5_tokenizer
+    from flux_ui.core.settings import Settings
+    from flux_ui.models.registry import Registry, SharedParts
+    from flux_ui.tiny.models import _clip_tokenizer, _t5_tokenizer
 
     class RandomWeightRegistry(Registry):
         def _load_shared(self) -> SharedParts:
@@ -312,7 +313,7 @@ def app_path_row(vae) -> dict:
     """The app's own path: Registry (default speed profile) + tasks.text_to_image."""
     from flux_ui.tasks.text_to_image import TextToImageParams, text_to_image, validate_text_to_image
 
-    registry = random_registry(vae, speed.resolve_profile("auto", DEV))
+    registry = random_registry(vae, policies.resolve_profile("auto", DEV))
     settings = registry.settings
     params = validate_text_to_image(
         TextToImageParams(prompt="a red fox in the snow", width=SIZE, height=SIZE, steps=STEPS, seed=1), settings
@@ -504,7 +505,7 @@ def lora_effect(args) -> dict:
     a strong LoRA (factors ~0.01, its change of the weights ~8 % of theirs) and a weak one (~0.8 %)."""
     from safetensors.torch import load_file
 
-    from flux_ui import lora_merge
+    from flux_ui.models.loras import merge as lora_merge
 
     tr = build_transformer()
     loras = {}
@@ -562,7 +563,7 @@ def phase_lora_fast(args) -> dict:
     free()  # the quality check's transformer is gone with its frame
     folder = Path(args.scratch) / "loras"
     vae = build_vae()
-    registry = random_registry(vae, speed.resolve_profile("auto", DEV), lora_dirs=(folder,))
+    registry = random_registry(vae, policies.resolve_profile("auto", DEV), lora_dirs=(folder,))
     registry.shared()
     tr = registry.transformer("dev")
     out["lora_file_bytes"] = {

@@ -18,10 +18,9 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from flux_ui.registry import Registry
-from flux_ui.settings import Settings
-from flux_ui.tiny import ensure_tiny_models
-from flux_ui.tiny_loras import (
+from flux_ui.core.settings import Settings
+from flux_ui.models.registry import Registry
+from flux_ui.tiny.loras import (
     TINY_LORA_SUBDIR,
     bfl_control_state,
     kohya_state,
@@ -30,6 +29,7 @@ from flux_ui.tiny_loras import (
     wide_state,
     write_tiny_loras,
 )
+from flux_ui.tiny.models import ensure_tiny_models
 
 ROOT = Path(__file__).resolve().parents[1]
 

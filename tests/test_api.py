@@ -13,9 +13,9 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from flux_ui import api
-from flux_ui.metadata import meta_from_parameters, read_parameters
-from flux_ui.registry import Registry
+from flux_ui.media.metadata import meta_from_parameters, read_parameters
+from flux_ui.models.registry import Registry
+from flux_ui.serving import rest as api
 
 
 def b64(img: Image.Image) -> str:

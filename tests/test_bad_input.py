@@ -14,9 +14,9 @@ from fastapi.testclient import TestClient
 from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 
-from flux_ui import api
-from flux_ui.registry import Registry
-from flux_ui.settings import Settings
+from flux_ui.core.settings import Settings
+from flux_ui.models.registry import Registry
+from flux_ui.serving import rest as api
 
 T2I = {"task": "text_to_image", "prompt": "a fox", "resolution": "64x64", "steps": 1, "seed": 1}
 TRAVERSAL = "../../etc/passwd"

@@ -5,10 +5,9 @@ import pytest
 import torch
 from PIL import Image, ImageDraw
 
-from flux_ui import control_lora
-from flux_ui.params import InvalidInput
-from flux_ui.registry import Registry
-from flux_ui.tasks import Cancelled
+from flux_ui.core.errors import Cancelled, InvalidInput
+from flux_ui.models.loras import control as control_lora
+from flux_ui.models.registry import Registry
 from flux_ui.tasks.control import ControlParams, control, validate_control
 from flux_ui.tasks.text_to_image import TextToImageParams, text_to_image, validate_text_to_image
 

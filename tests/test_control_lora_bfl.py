@@ -14,7 +14,7 @@ import time
 import pytest
 import torch
 
-from flux_ui import control_lora
+from flux_ui.models.loras import control as control_lora
 
 log = logging.getLogger(__name__)
 

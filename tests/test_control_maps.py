@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from flux_ui.control_maps import canny
-from flux_ui.registry import Registry
-from flux_ui.sources import ModelUnavailableError
+from flux_ui.core.errors import ModelUnavailableError
+from flux_ui.media.control_maps import canny
+from flux_ui.models.registry import Registry
 
 
 def edges(img: Image.Image, low=50, high=200) -> np.ndarray:

@@ -8,8 +8,8 @@ from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 from PIL import Image
 
-from flux_ui.images import image_hash, load_image
-from flux_ui.metadata import parse_parameters, read_parameters
+from flux_ui.media.images import image_hash, load_image
+from flux_ui.media.metadata import parse_parameters, read_parameters
 
 
 @pytest.fixture(scope="module")

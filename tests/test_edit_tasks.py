@@ -8,12 +8,12 @@ import torch
 from diffusers.pipelines.flux.pipeline_flux_kontext import PREFERRED_KONTEXT_RESOLUTIONS
 from PIL import Image
 
-from flux_ui.images import image_hash
-from flux_ui.metadata import format_parameters, parse_parameters
-from flux_ui.params import InvalidInput
+from flux_ui.core.errors import InvalidInput
+from flux_ui.core.variants import KONTEXT_RESOLUTIONS, nearest_resolution
+from flux_ui.media.images import image_hash
+from flux_ui.media.metadata import format_parameters, parse_parameters
 from flux_ui.tasks.kontext import KontextParams, context_size, kontext_edit, validate_kontext
 from flux_ui.tasks.redux import ReduxParams, redux_conditioning, redux_variation, validate_redux
-from flux_ui.variants import KONTEXT_RESOLUTIONS, nearest_resolution
 
 RED = Image.new("RGB", (300, 200), (200, 30, 30))
 BLUE = Image.new("RGB", (96, 128), (20, 40, 220))

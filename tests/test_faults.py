@@ -16,9 +16,9 @@ from fastapi.testclient import TestClient
 from gradio_client import Client
 from gradio_client.exceptions import AppError
 
-from flux_ui import api
-from flux_ui.registry import Registry
-from flux_ui.serve import Login, build_app
+from flux_ui.models.registry import Registry
+from flux_ui.serving import rest as api
+from flux_ui.serving.server import Login, build_app
 
 JOB = {"task": "text_to_image", "prompt": "a fox", "resolution": "64x64", "steps": 2, "seed": 5}
 
@@ -63,7 +63,7 @@ def live(tiny_dir, tmp_path_factory):
     (url, registry). Its outputs folder sits below a regular file, so every save fails as a full disk does."""
     blocker = tmp_path_factory.mktemp("disk") / "a-file"
     blocker.write_text("not a folder")
-    from flux_ui.settings import Settings
+    from flux_ui.core.settings import Settings
 
     settings = Settings(tiny=True, tiny_dir=tiny_dir, model_root=tiny_dir, outputs_dir=blocker / "outputs")
     registry = Registry(replace(settings, port=free_port(), preview_every=0))

@@ -4,9 +4,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from flux_ui.metadata import meta_from_parameters, parse_parameters, png_info
-from flux_ui.params import InvalidInput
-from flux_ui.tasks import Cancelled
+from flux_ui.core.errors import Cancelled, InvalidInput
+from flux_ui.media.metadata import meta_from_parameters, parse_parameters, png_info
 from flux_ui.tasks.fill import FillParams, build_canvas, fill, validate_fill
 
 

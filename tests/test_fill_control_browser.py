@@ -8,7 +8,7 @@ import pytest
 from conftest import set_number
 from PIL import Image, ImageDraw
 
-from flux_ui.metadata import parse_parameters, read_parameters
+from flux_ui.media.metadata import parse_parameters, read_parameters
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,7 @@ from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 from PIL import Image, ImageDraw
 
-from flux_ui.metadata import meta_from_parameters, parse_parameters, read_parameters
+from flux_ui.media.metadata import meta_from_parameters, parse_parameters, read_parameters
 
 
 @pytest.fixture(scope="module")

@@ -7,8 +7,8 @@ from types import SimpleNamespace
 import gradio as gr
 import pytest
 
-from flux_ui.tabs.handoff import Target, pick, track_selection, wire
-from flux_ui.ui import build_ui
+from flux_ui.ui.app import build_ui
+from flux_ui.ui.handoff import Target, pick, track_selection, wire
 
 
 def layout(demo: gr.Blocks) -> tuple[dict, dict]:
@@ -24,8 +24,8 @@ def walk(node: dict):
 
 @pytest.fixture(scope="module")
 def app(tmp_path_factory):
-    from flux_ui.registry import Registry
-    from flux_ui.settings import Settings
+    from flux_ui.core.settings import Settings
+    from flux_ui.models.registry import Registry
 
     return build_ui(Registry(Settings(tiny=True, outputs_dir=tmp_path_factory.mktemp("out"))))
 

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image, ImageCms
 
-from flux_ui.images import image_hash, load_image
-from flux_ui.params import InvalidInput
+from flux_ui.core.errors import InvalidInput
+from flux_ui.media.images import image_hash, load_image
 
 
 def png_bytes(img: Image.Image, **kw) -> bytes:
@@ -141,7 +141,7 @@ def test_caller_image_is_left_alone_and_hash_follows_pixels():
 def test_a_smaller_minimum_side_can_be_asked_for():
     from PIL import Image as _Image
 
-    from flux_ui.images import load_image
+    from flux_ui.media.images import load_image
 
     small = _Image.new("RGB", (20, 20), "red")
     with pytest.raises(InvalidInput, match="at least 64"):
@@ -157,7 +157,7 @@ def test_numpy_arrays_are_images_too():
 
 
 def test_masks_read_alpha_when_it_means_something():
-    from flux_ui.images import alpha_or_luminance
+    from flux_ui.media.images import alpha_or_luminance
 
     painted = Image.new("RGBA", (64, 64), (255, 0, 255, 0))
     painted.paste((255, 0, 255, 200), (0, 0, 10, 10))
@@ -169,7 +169,7 @@ def test_masks_read_alpha_when_it_means_something():
 
 
 def test_small_masks_can_be_opened_with_a_lower_minimum():
-    from flux_ui.images import open_image
+    from flux_ui.media.images import open_image
 
     assert open_image(Image.new("L", (8, 8)), "mask", min_side=1).size == (8, 8)
 
@@ -184,7 +184,7 @@ def test_small_masks_can_be_opened_with_a_lower_minimum():
     ],
 )
 def test_working_size(size, max_pixels, expected):
-    from flux_ui.images import working_size
+    from flux_ui.media.images import working_size
 
     w, h = working_size(*size, max_pixels)
     assert (w, h) == expected and w * h <= max_pixels and w % 16 == h % 16 == 0

@@ -15,7 +15,7 @@ from conftest import running_app
 from gradio_client import Client
 from PIL import Image
 
-from flux_ui.metadata import meta_from_parameters, read_parameters
+from flux_ui.media.metadata import meta_from_parameters, read_parameters
 
 CLIENTS = 24
 QUEUE_SIZE = 4

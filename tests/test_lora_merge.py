@@ -13,9 +13,10 @@ import numpy as np
 import pytest
 import torch
 
-from flux_ui import lora_merge, speed
-from flux_ui.params import InvalidInput
-from flux_ui.registry import Registry
+from flux_ui.core.errors import InvalidInput
+from flux_ui.models import speed
+from flux_ui.models.loras import merge as lora_merge
+from flux_ui.models.registry import Registry
 from flux_ui.tasks.text_to_image import TextToImageParams, text_to_image, validate_text_to_image
 
 LAYOUTS = ["diffusers-ink", "kohya-fox", "kohya-clip", "styles/comfy-dusk", "xlabs-glow", "bfl-neon"]
@@ -150,8 +151,8 @@ def test_stochastic_rounding_keeps_small_changes_on_average():
 
 
 def test_scales_are_read_as_peft_reads_them(lora_settings):
-    from flux_ui.lora_adapters import _read
-    from flux_ui.loras import LoraLibrary
+    from flux_ui.models.loras.adapters import _read
+    from flux_ui.models.loras.library import LoraLibrary
 
     registry = Registry(lora_settings)
     library = LoraLibrary(lora_settings.lora_dirs)

@@ -13,16 +13,15 @@ import numpy as np
 import pytest
 import torch
 
-from flux_ui.lora_adapters import adapter_name
-from flux_ui.loras import LoraLibrary, parse_prompt, tagged_names, trigger_words, with_tags
-from flux_ui.metadata import meta_from_parameters, read_parameters
-from flux_ui.outputs import save_image
-from flux_ui.params import InvalidInput
-from flux_ui.registry import Registry
-from flux_ui.settings import settings_from_args
-from flux_ui.sources import ModelUnavailableError
+from flux_ui.core.errors import InvalidInput, ModelUnavailableError
+from flux_ui.core.settings import settings_from_args
+from flux_ui.media.metadata import meta_from_parameters, read_parameters
+from flux_ui.models.loras.adapters import adapter_name
+from flux_ui.models.loras.library import LoraLibrary, parse_prompt, tagged_names, trigger_words, with_tags
+from flux_ui.models.registry import Registry
+from flux_ui.output.files import save_image
 from flux_ui.tasks.text_to_image import TextToImageParams, text_to_image, validate_text_to_image
-from flux_ui.tiny_loras import kohya_state, save
+from flux_ui.tiny.loras import kohya_state, save
 
 TINY_LORAS = ["diffusers-ink", "kohya-fox", "kohya-clip", "styles/comfy-dusk", "xlabs-glow", "bfl-neon"]
 

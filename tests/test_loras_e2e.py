@@ -9,8 +9,8 @@ from gradio_client import Client
 from gradio_client.exceptions import AppError
 from PIL import Image
 
-from flux_ui.loras import parse_prompt
-from flux_ui.metadata import meta_from_parameters, read_parameters
+from flux_ui.media.metadata import meta_from_parameters, read_parameters
+from flux_ui.models.loras.library import parse_prompt
 
 
 @pytest.fixture(scope="module")

@@ -1,8 +1,8 @@
 from PIL import Image
 
 from flux_ui import __version__
-from flux_ui.metadata import ImageMeta, format_parameters, meta_from_parameters, parse_parameters, read_parameters
-from flux_ui.outputs import save_image
+from flux_ui.media.metadata import ImageMeta, format_parameters, meta_from_parameters, parse_parameters, read_parameters
+from flux_ui.output.files import save_image
 
 
 def meta(**kw):

@@ -13,7 +13,8 @@ import time
 
 import pytest
 
-from flux_ui.metadata import (
+from flux_ui.core.seeds import SEED_MAX
+from flux_ui.media.metadata import (
     MAX_PARAMETERS_CHARS,
     ImageMeta,
     _split_settings,
@@ -21,7 +22,6 @@ from flux_ui.metadata import (
     meta_from_parameters,
     parse_parameters,
 )
-from flux_ui.params import SEED_MAX
 
 LIMIT_S = 0.5  # seconds per parse; the old regex: ~5 s on 16 K shapes, ~90 s on 100 K; the scanner: ~30 ms on 64 K
 # The settings-line regex the scanner replaced: the reference for behaviour on short, well-behaved lines.

@@ -1,7 +1,7 @@
 import pytest
 
-from flux_ui.params import InvalidInput
-from flux_ui.settings import Settings
+from flux_ui.core.errors import InvalidInput
+from flux_ui.core.settings import Settings
 from flux_ui.tasks.text_to_image import TextToImageParams, validate_text_to_image
 
 S = Settings()

@@ -7,14 +7,16 @@ import numpy as np
 import pytest
 import torch
 
-from flux_ui import residency, speed
-from flux_ui.memory import module_bytes
-from flux_ui.params import InvalidInput
-from flux_ui.policies import POLICIES, is_group_offloaded, select_policy
-from flux_ui.registry import Registry
-from flux_ui.settings import default_gpu_transformers, default_ram_budget, settings_from_args
-from flux_ui.speed import Float8RowwiseLinear
+from flux_ui.core.errors import InvalidInput
+from flux_ui.core.memory import module_bytes
+from flux_ui.core.policies import POLICIES, select_policy
+from flux_ui.core.settings import default_gpu_transformers, default_ram_budget, settings_from_args
+from flux_ui.models import speed
+from flux_ui.models.placement import is_group_offloaded
+from flux_ui.models.registry import Registry
+from flux_ui.models.speed import Float8RowwiseLinear
 from flux_ui.tasks.text_to_image import TextToImageParams, text_to_image, validate_text_to_image
+from flux_ui.ui import residency
 
 GIB = 2**30
 

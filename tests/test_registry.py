@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from flux_ui.registry import Registry
-from flux_ui.sources import ModelUnavailableError
+from flux_ui.core.errors import ModelUnavailableError
+from flux_ui.models.registry import Registry
 from flux_ui.tasks.text_to_image import TextToImageParams, text_to_image, validate_text_to_image
 
 
@@ -154,7 +154,7 @@ def test_aux_loading_failure_is_explained(registry):
 
 def test_warm_tier_packs_weights_into_one_buffer_without_changing_them(registry):
     """The packing behind the pinned warm tier (pinning itself needs CUDA; the layout does not)."""
-    from flux_ui.tiers import PinnedWeights
+    from flux_ui.models.tiers import PinnedWeights
 
     model = registry.transformer("dev")
     before = {k: v.clone() for k, v in model.state_dict().items()}

@@ -11,10 +11,10 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from PIL import Image, ImageChops
 
-from flux_ui import api
-from flux_ui.registry import Registry
-from flux_ui.safety import nsfw_scores, screen
-from flux_ui.settings import settings_from_args
+from flux_ui.core.settings import settings_from_args
+from flux_ui.models.registry import Registry
+from flux_ui.output.safety import nsfw_scores, screen
+from flux_ui.serving import rest as api
 from flux_ui.tasks.text_to_image import TextToImageParams, text_to_image, validate_text_to_image
 
 

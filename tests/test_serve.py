@@ -10,10 +10,10 @@ import pytest
 import yaml
 from fastapi.testclient import TestClient
 
-from flux_ui.gpu import on_gpu
-from flux_ui.registry import Registry
-from flux_ui.serve import GENERATED_USER, Login, build_app, resolve_auth
-from flux_ui.settings import Settings, parse_auth, settings_from_args
+from flux_ui.core.gpu import on_gpu
+from flux_ui.core.settings import Settings, parse_auth, settings_from_args
+from flux_ui.models.registry import Registry
+from flux_ui.serving.server import GENERATED_USER, Login, build_app, resolve_auth
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -4,9 +4,10 @@ import httpx
 import pytest
 from huggingface_hub.errors import GatedRepoError
 
-from flux_ui import sources
-from flux_ui.settings import Settings, parse_model_paths, settings_from_args
-from flux_ui.sources import ModelUnavailableError, resolve_source
+from flux_ui.core.errors import ModelUnavailableError
+from flux_ui.core.settings import Settings, parse_model_paths, settings_from_args
+from flux_ui.models import sources
+from flux_ui.models.sources import resolve_source
 
 
 def test_resolution_order(tmp_path):

@@ -1,7 +1,8 @@
 import pytest
 import torch
 
-from flux_ui.speed import Float8RowwiseLinear, quantize_fp8, resolve_profile
+from flux_ui.core.policies import resolve_profile
+from flux_ui.models.speed import Float8RowwiseLinear, quantize_fp8
 
 
 def test_cpu_runs_plain_diffusers():

@@ -2,9 +2,9 @@ import numpy as np
 import pytest
 import torch
 
-from flux_ui.jobs import Job
-from flux_ui.preview import LatentPreviewer
-from flux_ui.tasks import Cancelled
+from flux_ui.core.errors import Cancelled
+from flux_ui.models.preview import LatentPreviewer
+from flux_ui.tasks.jobs import Job
 from flux_ui.tasks.text_to_image import TextToImageParams, text_to_image, validate_text_to_image
 
 

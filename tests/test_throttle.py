@@ -1,4 +1,4 @@
-"""flux_ui/throttle.py: the failure limiter with a fake clock, the middleware by plain ASGI calls, and the
+"""flux_ui/serving/throttle.py: the failure limiter with a fake clock, the middleware by plain ASGI calls, and the
 middleware in front of a tiny FastAPI app served by a real uvicorn on a loopback port."""
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from email.message import Message
 
@@ -21,7 +22,7 @@ import uvicorn
 from fastapi import FastAPI, Form, Header
 from fastapi.responses import JSONResponse
 
-from flux_ui.throttle import FailureThrottle, LoginThrottle, client_key
+from flux_ui.serving.throttle import FailureThrottle, LoginThrottle, client_key
 
 
 class FakeClock:
@@ -40,6 +41,13 @@ class FakeClock:
 @pytest.fixture
 def clock() -> FakeClock:
     return FakeClock()
+
+
+def run_in_own_loop(coro) -> None:
+    """asyncio.run on a thread of its own: other tests of the session (Playwright's sync API) may leave an
+    event loop running on the main thread, where asyncio.run refuses to start."""
+    with ThreadPoolExecutor(1) as pool:
+        pool.submit(asyncio.run, coro).result()
 
 
 def fail(throttle: FailureThrottle, key: str, times: int) -> int:
@@ -228,7 +236,7 @@ def test_middleware_paths_slash_root_path_and_statuses(clock):
         assert throttle.failures("10.0.0.1") == 0
         assert calls == ["/login/", "/loginx", "/generate"]
 
-    asyncio.run(run())
+    run_in_own_loop(run())
 
 
 def test_middleware_lets_one_attempt_through_when_a_wait_ends(clock):
@@ -258,7 +266,7 @@ def test_middleware_lets_one_attempt_through_when_a_wait_ends(clock):
         assert calls == 1
         assert throttle.delay("10.0.0.1") == 2.0  # the one let through failed: the next wait doubled
 
-    asyncio.run(run())
+    run_in_own_loop(run())
 
 
 # --- through a real server ------------------------------------------------------------------------------
@@ -339,7 +347,7 @@ def request(url: str, form: dict | None = None, headers: dict | None = None) -> 
 
 def test_wrong_logins_through_a_real_server(served, clock, caplog):
     base, throttle, calls = served
-    caplog.set_level(logging.WARNING, logger="flux_ui.throttle")
+    caplog.set_level(logging.WARNING, logger="flux_ui.serving.throttle")
     login, generate = f"{base}/login", f"{base}/generate"
     answers = [request(login, {"username": "u", "password": f"guess{i}"}) for i in range(20)]
     assert [a.status for a in answers[:5]] == [400] * 5
@@ -366,7 +374,7 @@ def test_wrong_logins_through_a_real_server(served, clock, caplog):
     keys = [request(generate, headers={"X-API-Key": f"bad{i}"}).status for i in range(7)]
     assert keys == [401] * 5 + [429] * 2
 
-    warnings = [r.getMessage() for r in caplog.records if r.name == "flux_ui.throttle"]
+    warnings = [r.getMessage() for r in caplog.records if r.name == "flux_ui.serving.throttle"]
     assert len(warnings) == 10
     assert "failed attempt 5 from 127.0.0.1 on /login (HTTP 400)" in warnings[4]
     assert "on /generate (HTTP 401)" in warnings[-1]

@@ -1,6 +1,6 @@
 import pytest
 
-from flux_ui.variants import DEV_LICENSE, SCHNELL_LICENSE, VARIANTS, get_variant, variants_for
+from flux_ui.core.variants import DEV_LICENSE, SCHNELL_LICENSE, VARIANTS, get_variant, variants_for
 
 
 def test_table_covers_the_family_with_real_repo_ids():

@@ -10,12 +10,10 @@ import pytest
 import torch
 from PIL import Image
 
-from flux_ui.jobs import Job
-from flux_ui.params import InvalidInput
-from flux_ui.registry import Registry
-from flux_ui.settings import DEFAULT_VQA_MODEL
-from flux_ui.sources import ModelUnavailableError
-from flux_ui.tasks import Cancelled
+from flux_ui.core.errors import Cancelled, InvalidInput, ModelUnavailableError
+from flux_ui.core.settings import DEFAULT_VQA_MODEL
+from flux_ui.models.registry import Registry
+from flux_ui.tasks.jobs import Job
 from flux_ui.tasks.text_to_image import TextToImageParams, text_to_image, validate_text_to_image
 from flux_ui.tasks.vqa import (
     MODEL_KEY,
@@ -155,7 +153,7 @@ def test_missing_model_is_explained(settings, tmp_path):
 
 
 def test_missing_package_is_explained(settings):
-    from flux_ui import sources
+    from flux_ui.models import sources
 
     def loader():
         raise ImportError("Qwen2VLVideoProcessor requires the Torchvision library but it was not found")
@@ -232,7 +230,7 @@ def test_on_a_gpu_the_vlm_goes_to_ram_then_is_dropped_before_flux_parts_move(set
 
 
 def test_vqa_settings_from_flags_and_environment(monkeypatch):
-    from flux_ui.settings import settings_from_args
+    from flux_ui.core.settings import settings_from_args
 
     assert settings_from_args([]).vqa_model == DEFAULT_VQA_MODEL
     monkeypatch.setenv("FLUX_UI_VQA_MODEL", "HuggingFaceTB/SmolVLM-256M-Instruct")

@@ -6,19 +6,14 @@ the result types and seed handling.
 
 from __future__ import annotations
 
-import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from PIL import Image
 
-from flux_ui.metadata import ImageMeta
-from flux_ui.params import SEED_MAX
-from flux_ui.registry import Registry
-
-
-class Cancelled(Exception):
-    """Raised inside a pipeline's step callback when the user cancels; the job stops after that step."""
+from flux_ui.core.errors import Cancelled
+from flux_ui.media.metadata import ImageMeta
+from flux_ui.models.registry import Registry
 
 
 @dataclass
@@ -47,10 +42,6 @@ class TaskResult:
 
 
 StepCallback = Callable[[StepEvent], None]
-
-
-def resolve_seed(seed: int) -> int:
-    return random.randint(0, SEED_MAX - 16) if seed == -1 else seed
 
 
 def step_callback(

@@ -12,11 +12,11 @@ from dataclasses import dataclass, field
 
 import torch
 
-from flux_ui.metadata import ImageMeta
-from flux_ui.params import batch_seed
-from flux_ui.registry import Registry
+from flux_ui.core.seeds import batch_seed
+from flux_ui.core.variants import Variant
+from flux_ui.media.metadata import ImageMeta
+from flux_ui.models.registry import Registry
 from flux_ui.tasks import GeneratedImage, StepCallback, step_callback
-from flux_ui.variants import Variant
 
 
 @dataclass(frozen=True)

@@ -13,11 +13,17 @@ from dataclasses import dataclass, replace
 
 from PIL import Image
 
-from flux_ui.control_maps import CANNY_HIGH, CANNY_LOW, CANNY_MAX, canny
-from flux_ui.gpu import on_gpu
-from flux_ui.images import image_hash, load_image, working_size
-from flux_ui.params import (
-    InvalidInput,
+from flux_ui.core.errors import InvalidInput
+from flux_ui.core.gpu import on_gpu
+from flux_ui.core.seeds import resolve_seed
+from flux_ui.core.settings import Settings
+from flux_ui.core.variants import CONTROL_LORAS, get_variant
+from flux_ui.media.control_maps import CANNY_HIGH, CANNY_LOW, CANNY_MAX, canny
+from flux_ui.media.images import image_hash, load_image, working_size
+from flux_ui.models.registry import Registry
+from flux_ui.tasks import StepCallback, TaskResult
+from flux_ui.tasks.batch import Batch, generate_batch
+from flux_ui.tasks.params import (
     check_float,
     check_guidance,
     check_int,
@@ -27,11 +33,6 @@ from flux_ui.params import (
     check_seed,
     check_steps,
 )
-from flux_ui.registry import Registry
-from flux_ui.settings import Settings
-from flux_ui.tasks import StepCallback, TaskResult, resolve_seed
-from flux_ui.tasks.batch import Batch, generate_batch
-from flux_ui.variants import CONTROL_LORAS, get_variant
 
 log = logging.getLogger(__name__)
 

@@ -10,11 +10,17 @@ from dataclasses import dataclass, replace
 import numpy as np
 from PIL import Image
 
-from flux_ui.gpu import on_gpu
-from flux_ui.images import alpha_or_luminance, image_hash, load_image, open_image, working_size
-from flux_ui.params import (
+from flux_ui.core.errors import InvalidInput
+from flux_ui.core.gpu import on_gpu
+from flux_ui.core.seeds import resolve_seed
+from flux_ui.core.settings import Settings
+from flux_ui.core.variants import get_variant
+from flux_ui.media.images import alpha_or_luminance, image_hash, load_image, open_image, working_size
+from flux_ui.models.registry import Registry
+from flux_ui.tasks import StepCallback, TaskResult
+from flux_ui.tasks.batch import Batch, generate_batch
+from flux_ui.tasks.params import (
     MAX_SIDE,
-    InvalidInput,
     check_guidance,
     check_int,
     check_num_images,
@@ -22,11 +28,6 @@ from flux_ui.params import (
     check_seed,
     check_steps,
 )
-from flux_ui.registry import Registry
-from flux_ui.settings import Settings
-from flux_ui.tasks import StepCallback, TaskResult, resolve_seed
-from flux_ui.tasks.batch import Batch, generate_batch
-from flux_ui.variants import get_variant
 
 log = logging.getLogger(__name__)
 

@@ -8,26 +8,16 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
-from flux_ui.gpu import on_gpu
-from flux_ui.loras import LoraLibrary, LoraRequest, check_request, parse_prompt
-from flux_ui.params import (
-    MAX_GUIDANCE,
-    InvalidInput,
-    check_int,
-    check_prompt,
-    check_range,
-    check_seed,
-    check_size,
-)
-from flux_ui.registry import Registry
-from flux_ui.settings import Settings
-from flux_ui.tasks import (
-    StepCallback,
-    TaskResult,
-    resolve_seed,
-)
+from flux_ui.core.errors import InvalidInput
+from flux_ui.core.gpu import on_gpu
+from flux_ui.core.seeds import resolve_seed
+from flux_ui.core.settings import Settings
+from flux_ui.core.variants import get_variant
+from flux_ui.models.loras.library import LoraLibrary, LoraRequest, check_request, parse_prompt
+from flux_ui.models.registry import Registry
+from flux_ui.tasks import StepCallback, TaskResult
 from flux_ui.tasks.batch import Batch, generate_batch
-from flux_ui.variants import get_variant
+from flux_ui.tasks.params import MAX_GUIDANCE, check_int, check_prompt, check_range, check_seed, check_size
 
 log = logging.getLogger(__name__)
 

@@ -15,13 +15,13 @@ from dataclasses import dataclass, replace
 import torch
 from PIL import Image
 
-from flux_ui import sources
-from flux_ui.gpu import on_gpu
-from flux_ui.images import load_image
-from flux_ui.params import InvalidInput, check_int, check_range, check_text
-from flux_ui.registry import Registry
-from flux_ui.settings import Settings
-from flux_ui.tasks import Cancelled
+from flux_ui.core.errors import Cancelled, InvalidInput
+from flux_ui.core.gpu import on_gpu
+from flux_ui.core.settings import Settings
+from flux_ui.media.images import load_image
+from flux_ui.models import sources
+from flux_ui.models.registry import Registry
+from flux_ui.tasks.params import check_int, check_range, check_text
 
 log = logging.getLogger(__name__)
 

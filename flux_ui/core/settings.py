@@ -1,0 +1,386 @@
+"""Start-up settings: one typed object, built once from the command line and the environment.
+
+Every setting has a command-line flag and an environment variable `FLUX_UI_<NAME>`; the flag wins.
+Hub conventions (HF_TOKEN, HF_ENDPOINT, HF_HUB_OFFLINE, HF_HOME) are read by huggingface_hub itself.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from flux_ui.core.policies import GIB, MemoryPolicy, get_policy, resolve_policy
+
+DTYPES = {
+    "bfloat16": torch.bfloat16,
+    "float16": torch.float16,
+    "float32": torch.float32,
+}
+
+# Where shared text encoders and the VAE come from: [schnell]'s repo is Apache-2.0 and not gated, and
+# its T5, CLIP and VAE weights are the ones every FLUX.1 variant uses.
+DEFAULT_SHARED_REPO = "black-forest-labs/FLUX.1-schnell"
+DEFAULT_LORA_DIR = "models/loras"  # searched when no --lora-dir is given
+TINY_LORA_SUBDIR = "loras"  # tiny mode's LoRA folder, below --tiny-dir, where the tiny LoRA writer puts them
+# The vision-language model of the VQA tab: Apache-2.0, trained on documents (Docmatix) and charts, 5 GB of
+# GPU memory, and its processor needs no torchvision (README, "Visual question answering", says more).
+DEFAULT_VQA_MODEL = "HuggingFaceTB/SmolVLM-Instruct"
+# The NSFW classifier of --safety-checker: the one the FLUX authors' reference code uses (flux_ui/output/safety.py).
+DEFAULT_SAFETY_MODEL = "Falconsai/nsfw_image_detection"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything decided at start-up; passed down, never read from globals."""
+
+    device: str = "cpu"  # torch device for inference: "cuda", "mps" or "cpu"
+    dtype: torch.dtype = torch.float32  # weight and compute dtype of every model
+    speed: str = "off"  # speed profile applied to loaded models: off, compile or fp8 (see flux_ui.models.speed)
+    tiny: bool = False  # serve tiny random-weight models instead of real weights
+    tiny_dir: Path = Path("models/tiny")  # where tiny models are written once, in hub layout
+    model_root: Path | None = None  # folder of local models as <org>/<repo>, tried before the hub
+    model_paths: dict[str, str] = field(default_factory=dict)  # variant name (or "shared") -> repo id or folder
+    shared_repo: str = DEFAULT_SHARED_REPO  # source of the T5/CLIP encoders and the VAE
+    outputs_dir: Path = Path("outputs")  # generated PNGs land in dated subfolders here
+    max_megapixels: float = 2.0  # largest width*height accepted, in millions of pixels
+    max_steps: int = 100  # most denoising steps accepted per image
+    max_images: int = 4  # most images per request
+    max_prompt_chars: int = 4000  # longest prompt accepted, in characters
+    max_upload_mb: float = 30.0  # largest uploaded file (UI upload or one REST image), in MB (10**6 bytes)
+    max_body_mb: float = 64.0  # largest request body (REST JSON, Gradio API calls), in MB; uploads excepted
+    max_history_chars: int = 24_000  # longest VQA chat history sent with a question, in characters
+    max_sessions: int = 400  # sessions whose UI state (Kontext chain, selection) is kept; the oldest dropped
+    transformer_cache: int = 2  # transformers kept loaded (LRU); the rest are dropped
+    memory_policy: str = "resident"  # how models sit in GPU memory: a name of flux_ui.core.policies.POLICIES
+    policy_reason: str = "default"  # why that policy, for the log and the Models tab ("23.6 GiB GPU")
+    ram_budget_bytes: int | None = None  # most bytes of warm (RAM-held) transformers; None: no limit
+    gpu_transformers: int = 1  # transformers kept on the GPU at once (the active one included)
+    vqa_model: str = DEFAULT_VQA_MODEL  # repo id or local folder of the VQA tab's vision-language model
+    max_answer_tokens: int = 1024  # longest VQA answer accepted, in generated tokens
+    preview_every: int = 4  # decode a live preview every N steps; 0 turns previews off
+    queue_size: int = 16  # requests waiting in the queue before new ones are refused
+    lora_dirs: tuple[Path, ...] = ()  # folders searched (recursively) for .safetensors LoRAs, first wins
+    hub_loras: tuple[str, ...] = ()  # LoRAs on the hub: "owner/repo" or "owner/repo/file.safetensors"
+    lora_cache: int = 8  # LoRA adapters kept loaded per model (LRU); more are dropped and re-read when needed
+    host: str = "127.0.0.1"  # address the server binds to
+    port: int = 7860  # port the server listens on
+    share: bool = False  # open a public share link
+    # Serving (flux_ui/serving/server.py, flux_ui/serving/rest.py): who may reach the GPU, and through what.
+    auth: tuple[str, str] | None = None  # (user, password) for the UI; None: see serve.resolve_auth
+    no_auth: bool = False  # serve a share link or a non-loopback host without a password (explicit opt-out)
+    api_key: str | None = None  # required in the X-API-Key header of REST calls when set
+    mcp: bool = False  # expose the tasks as MCP tools through Gradio's MCP server
+    safety_checker: bool = False  # blur generated images that the safety classifier flags
+    safety_model: str = DEFAULT_SAFETY_MODEL  # repo id or folder of that image classifier
+    safety_threshold: float = 0.85  # flag at or above this probability of the "nsfw" label
+    on_space: bool = False  # running on a Hugging Face Space (SPACE_ID is set): the Space decides access
+
+    @property
+    def max_pixels(self) -> int:
+        return int(self.max_megapixels * 1_000_000)
+
+    @property
+    def policy(self) -> MemoryPolicy:
+        return get_policy(self.memory_policy)
+
+
+def resolve_device(name: str) -> str:
+    """Turn "auto" into the best available device; pass explicit names through."""
+    if name != "auto":
+        return name
+    if torch.cuda.is_available():
+        return "cuda"
+    if torch.backends.mps.is_available():
+        return "mps"
+    return "cpu"
+
+
+def resolve_dtype(name: str, device: str) -> torch.dtype:
+    """bf16 on accelerators, fp32 on the CPU (bf16 matmuls are slow there) unless asked otherwise."""
+    if name == "auto":
+        return torch.float32 if device == "cpu" else torch.bfloat16
+    if name not in DTYPES:
+        raise ValueError(f"dtype: unknown dtype {name!r}; choose one of: auto, {', '.join(DTYPES)}")
+    return DTYPES[name]
+
+
+def _env(name: str, default: str) -> str:
+    return os.environ.get(f"FLUX_UI_{name.upper()}", default)
+
+
+def _env_flag(name: str) -> bool:
+    return _env(name, "0").lower() in {"1", "true", "yes", "on"}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line; each default comes from FLUX_UI_<NAME> when that is set."""
+    p = argparse.ArgumentParser(description="FLUX UI: a web UI for the FLUX.1 image models.")
+    p.add_argument(
+        "--tiny",
+        action="store_true",
+        default=_env_flag("tiny"),
+        help="tiny random-weight models",
+    )
+    p.add_argument(
+        "--tiny-dir",
+        default=_env("tiny_dir", "models/tiny"),
+        help="where tiny models are written",
+    )
+    # A Space sets GRADIO_SERVER_NAME=0.0.0.0 and expects the app there.
+    host = _env("host", os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"))
+    p.add_argument("--host", default=host, help="address to bind")
+    p.add_argument("--port", type=int, default=int(_env("port", "7860")), help="port to listen on")
+    p.add_argument(
+        "--share",
+        action="store_true",
+        default=_env_flag("share"),
+        help="open a share link",
+    )
+    p.add_argument(
+        "--auth",
+        default=_env("auth", ""),
+        metavar="USER:PASSWORD",
+        help="require this login for the UI (and REST, as HTTP Basic)",
+    )
+    p.add_argument(
+        "--no-auth",
+        action="store_true",
+        default=_env_flag("no_auth"),
+        help="no generated password for --share or a non-loopback --host",
+    )
+    p.add_argument("--api-key", default=_env("api_key", ""), help="key the REST API requires in X-API-Key")
+    p.add_argument(
+        "--mcp",
+        action="store_true",
+        default=_env_flag("mcp"),
+        help="serve the tasks as MCP tools (needs gradio[mcp])",
+    )
+    p.add_argument(
+        "--safety-checker",
+        action="store_true",
+        default=_env_flag("safety_checker"),
+        help="blur generated images an NSFW classifier flags",
+    )
+    p.add_argument("--safety-model", default=_env("safety_model", DEFAULT_SAFETY_MODEL))
+    p.add_argument("--safety-threshold", type=float, default=float(_env("safety_threshold", "0.85")))
+    p.add_argument("--device", default=_env("device", "auto"), help="auto, cuda, mps or cpu")
+    p.add_argument(
+        "--dtype",
+        default=_env("dtype", "auto"),
+        help="auto, bfloat16, float16 or float32",
+    )
+    p.add_argument("--speed", default=_env("speed", "auto"), help="auto, off, compile or fp8 (see README)")
+    p.add_argument(
+        "--model-root",
+        default=_env("model_root", ""),
+        help="folder of local models as <org>/<repo>",
+    )
+    p.add_argument(
+        "--model",
+        action="append",
+        default=[s for s in _env("models", "").split(",") if s],
+        metavar="NAME=SOURCE",
+        help="repo id or local folder for a variant (or 'shared' for the encoders and VAE); repeatable",
+    )
+    p.add_argument(
+        "--shared-repo",
+        default=_env("shared_repo", DEFAULT_SHARED_REPO),
+        help="encoders+VAE repo",
+    )
+    p.add_argument(
+        "--outputs-dir",
+        default=_env("outputs_dir", "outputs"),
+        help="where images are saved",
+    )
+    p.add_argument("--max-megapixels", type=float, default=float(_env("max_megapixels", "2.0")))
+    p.add_argument("--max-steps", type=int, default=int(_env("max_steps", "100")))
+    p.add_argument("--max-images", type=int, default=int(_env("max_images", "4")))
+    p.add_argument("--max-upload-mb", type=float, default=float(_env("max_upload_mb", "30")))
+    p.add_argument("--max-body-mb", type=float, default=float(_env("max_body_mb", "64")))
+    p.add_argument("--max-history-chars", type=int, default=int(_env("max_history_chars", "24000")))
+    p.add_argument("--max-sessions", type=int, default=int(_env("max_sessions", "400")))
+    p.add_argument("--transformer-cache", type=int, default=int(_env("transformer_cache", "2")))
+    p.add_argument(
+        "--memory-policy",
+        default=_env("memory_policy", "auto"),
+        help="auto, resident, fp8-24gb, offload-12gb or cpu; auto picks from the GPU's memory (see README)",
+    )
+    p.add_argument(
+        "--ram-budget-gb",
+        default=_env("ram_budget_gb", "auto"),
+        help="GiB of CPU RAM for warm transformers; auto: 70%% of the RAM available at start-up",
+    )
+    p.add_argument(
+        "--gpu-transformers",
+        default=_env("gpu_transformers", "auto"),
+        help="transformers kept on the GPU at once; auto: as many as the GPU's free memory holds",
+    )
+    p.add_argument(
+        "--vqa-model",
+        default=_env("vqa_model", DEFAULT_VQA_MODEL),
+        help="repo id or local folder of the vision-language model for the VQA tab",
+    )
+    p.add_argument("--max-answer-tokens", type=int, default=int(_env("max_answer_tokens", "1024")))
+    p.add_argument("--preview-every", type=int, default=int(_env("preview_every", "4")))
+    p.add_argument("--queue-size", type=int, default=int(_env("queue_size", "16")))
+    p.add_argument(
+        "--lora-dir",
+        action="append",
+        default=[s for s in _env("lora_dirs", "").split(os.pathsep) if s],
+        metavar="FOLDER",
+        help=f"folder of .safetensors LoRAs, searched recursively; repeatable (default: {DEFAULT_LORA_DIR})",
+    )
+    p.add_argument(
+        "--lora",
+        action="append",
+        default=[s for s in _env("loras", "").split(",") if s],
+        metavar="REPO[/FILE]",
+        help="a LoRA on the Hugging Face hub, downloaded on first use; repeatable",
+    )
+    p.add_argument("--lora-cache", type=int, default=int(_env("lora_cache", "8")))
+    return p
+
+
+def parse_model_paths(items: list[str]) -> dict[str, str]:
+    """["dev=/models/flux-dev", ...] -> {"dev": "/models/flux-dev"}."""
+    out = {}
+    for item in items:
+        name, sep, source = item.partition("=")
+        if not sep or not name or not source:
+            raise ValueError(f"--model: expected NAME=SOURCE, got {item!r}")
+        out[name.strip()] = source.strip()
+    return out
+
+
+def parse_auth(value: str) -> tuple[str, str] | None:
+    """ "user:password" -> ("user", "password"); "" -> None. The password may contain colons."""
+    if not value:
+        return None
+    user, sep, password = value.partition(":")
+    if not sep or not user or not password:
+        raise ValueError("--auth: expected USER:PASSWORD with both parts non-empty")
+    return user, password
+
+
+def lora_dirs(given: list[str], tiny: bool, tiny_dir: Path) -> tuple[Path, ...]:
+    """The LoRA folders: those given (or the default one), then in tiny mode the tiny LoRAs' folder."""
+    dirs = [Path(d).expanduser() for d in given] or [Path(DEFAULT_LORA_DIR)]
+    if tiny:
+        dirs.append(tiny_dir / TINY_LORA_SUBDIR)
+    return tuple(dict.fromkeys(dirs))
+
+
+# Share of the RAM available at start-up that warm transformers may take by default: pinned memory cannot
+# be swapped out, so the rest stays for the OS, the page cache and this process's other allocations.
+RAM_BUDGET_SHARE = 0.7
+# A bf16 FLUX.1 transformer (23.8 GB), and what a run needs beside it: T5-XXL, CLIP, VAE and activations.
+TRANSFORMER_GIB, BESIDE_GIB = 22.2, 14.0
+
+
+def default_ram_budget(available_bytes: int) -> int:
+    """The warm tier's default RAM budget, from the RAM available at start-up."""
+    return int(available_bytes * RAM_BUDGET_SHARE)
+
+
+def default_gpu_transformers(policy: str, free_bytes: int | None) -> int:
+    """Transformers kept on the GPU at once by default: under `resident`, as many bf16 transformers as the
+    free memory holds beside the shared parts and a run's workspace (2 on an 80 GB card); else 1."""
+    if policy != "resident" or free_bytes is None:
+        return 1
+    return max(1, int((free_bytes / GIB - BESIDE_GIB) // TRANSFORMER_GIB))
+
+
+def _budget(a: argparse.Namespace) -> int | None:
+    from flux_ui.core.memory import ram_free_bytes
+
+    if a.ram_budget_gb == "auto":
+        return default_ram_budget(ram_free_bytes())
+    try:
+        gib = float(a.ram_budget_gb)
+    except ValueError:
+        gib = -1.0
+    if gib < 0:
+        raise ValueError(f"--ram-budget-gb: expected auto or a number of GiB >= 0, got {a.ram_budget_gb!r}")
+    return int(gib * GIB)
+
+
+def _gpu_transformers(a: argparse.Namespace, policy: str, device: str) -> int:
+    if a.gpu_transformers == "auto":
+        from flux_ui.core.memory import device_free_bytes
+
+        return default_gpu_transformers(policy, device_free_bytes(device) if device.startswith("cuda") else None)
+    if not a.gpu_transformers.isdigit() or int(a.gpu_transformers) < 1:
+        raise ValueError(f"--gpu-transformers: expected auto or a whole number >= 1, got {a.gpu_transformers!r}")
+    return int(a.gpu_transformers)
+
+
+def _positive(flag: str, value: float) -> float:
+    if not value > 0:
+        raise ValueError(f"{flag}: expected a number above 0, got {value}")
+    return value
+
+
+def settings_from_args(argv: list[str] | None = None) -> Settings:
+    """Parse the command line (and environment) into Settings, resolving device, dtype, speed profile and
+    memory policy once."""
+    a = build_parser().parse_args(argv)
+    from flux_ui.core.policies import resolve_profile
+
+    device = resolve_device(a.device)
+    if a.lora_cache < 1:
+        raise ValueError(f"--lora-cache: expected at least 1, got {a.lora_cache}")
+    policy, reason = resolve_policy(a.memory_policy, device)
+    # Regional compilation through offloading hooks is untested, and with weights streamed per block the
+    # copies, not the matmuls, set the pace: offloading runs eager unless a profile is asked for.
+    speed = "off" if policy.group_offload and a.speed == "auto" else resolve_profile(a.speed, device)
+    if policy.group_offload and speed != "off":
+        # The profiles replace and compile layers that the offloading hooks have already registered.
+        raise ValueError(
+            f"--speed: profile {speed!r} does not combine with --memory-policy {policy.name}; use --speed off (or auto)"
+        )
+    return Settings(
+        device=device,
+        dtype=resolve_dtype(a.dtype, device),
+        speed=speed,
+        memory_policy=policy.name,
+        policy_reason=reason,
+        ram_budget_bytes=_budget(a),
+        gpu_transformers=_gpu_transformers(a, policy.name, device),
+        tiny=a.tiny,
+        tiny_dir=Path(a.tiny_dir),
+        # Tiny models live in their own folder in hub layout and are loaded like any local model.
+        model_root=Path(a.tiny_dir) if a.tiny else (Path(a.model_root) if a.model_root else None),
+        model_paths=parse_model_paths(a.model),
+        shared_repo=a.shared_repo,
+        outputs_dir=Path(a.outputs_dir),
+        max_megapixels=a.max_megapixels,
+        max_steps=a.max_steps,
+        max_images=a.max_images,
+        max_upload_mb=_positive("--max-upload-mb", a.max_upload_mb),
+        max_body_mb=_positive("--max-body-mb", a.max_body_mb),
+        max_history_chars=int(_positive("--max-history-chars", a.max_history_chars)),
+        max_sessions=int(_positive("--max-sessions", a.max_sessions)),
+        transformer_cache=a.transformer_cache,
+        vqa_model=a.vqa_model,
+        max_answer_tokens=a.max_answer_tokens,
+        preview_every=a.preview_every,
+        queue_size=a.queue_size,
+        lora_dirs=lora_dirs(a.lora_dir, a.tiny, Path(a.tiny_dir)),
+        hub_loras=tuple(a.lora),
+        lora_cache=a.lora_cache,
+        host=a.host,
+        port=a.port,
+        share=a.share,
+        auth=parse_auth(a.auth),
+        no_auth=a.no_auth,
+        api_key=a.api_key or None,
+        mcp=a.mcp,
+        safety_checker=a.safety_checker,
+        safety_model=a.safety_model,
+        safety_threshold=a.safety_threshold,
+        on_space=bool(os.environ.get("SPACE_ID")),
+    )

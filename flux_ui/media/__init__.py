@@ -1,0 +1,1 @@
+"""Images in and out: decoding and limits, uploads, PNG metadata, control maps."""

@@ -1,0 +1,1 @@
+"""The registry and everything about model weights: loading, placement, speed profiles, LoRAs."""

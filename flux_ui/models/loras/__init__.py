@@ -1,0 +1,1 @@
+"""LoRAs: the library of files, adapters, merging into compiled/float8 weights, control LoRAs."""

@@ -1,0 +1,123 @@
+"""Where each model's weights come from, and what to tell the user when they cannot be had.
+
+A source is either a Hugging Face repo id (downloaded into the shared hub cache, honouring HF_TOKEN,
+HF_ENDPOINT and HF_HUB_OFFLINE) or a local folder in diffusers layout. Loading failures of every kind
+become one `ModelUnavailableError` whose message names the model and the fix.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import TypeVar
+
+from huggingface_hub.errors import (
+    GatedRepoError,
+    HfHubHTTPError,
+    LocalEntryNotFoundError,
+    RepositoryNotFoundError,
+)
+
+from flux_ui.core.errors import ModelUnavailableError
+from flux_ui.core.settings import Settings
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+def resolve_source(settings: Settings, name: str, repo_id: str) -> str:
+    """The repo id or local folder to load `name` (a variant name, or "shared") from.
+
+    Order: an explicit --model NAME=SOURCE, then <model_root>/<repo_id> if that folder exists, then
+    the repo id on the hub.
+    """
+    if name in settings.model_paths:
+        return settings.model_paths[name]
+    if settings.model_root is not None:
+        local = settings.model_root / repo_id
+        if local.is_dir():
+            return str(local)
+    return repo_id
+
+
+def _is_local(source: str) -> bool:
+    """A path rather than a repo id: it exists on disk or is written as a path (repo ids are org/name)."""
+    return source.startswith((".", "/", "~")) or Path(source).expanduser().exists()
+
+
+def _explain(err: BaseException, what: str, source: str, setting: str) -> ModelUnavailableError:
+    """Turn a loading exception (and the chain behind it) into a message a user can act on."""
+    chain = [err]
+    while chain[-1].__cause__ is not None or chain[-1].__context__ is not None:
+        nxt = chain[-1].__cause__ or chain[-1].__context__
+        if nxt in chain:
+            break
+        chain.append(nxt)
+    local_fix = f"or point {setting} at a local folder laid out like the hub repo"
+    if _is_local(source) and not Path(source).expanduser().is_dir():
+        return ModelUnavailableError(what, source, "the folder does not exist", f"Check the path in {setting}.")
+    if missing := next((e for e in chain if isinstance(e, ImportError)), None):
+        # transformers names the package in prose ("... requires the Torchvision library ...").
+        named = re.search(r"requires the (\S+) librar", str(missing))
+        package = (named.group(1).lower() if named else None) or getattr(missing, "name", None)
+        return ModelUnavailableError(
+            what,
+            source,
+            f"a Python package it needs is not installed ({str(missing).strip().splitlines()[0]})",
+            f"Install it (pip install {package}) and restart, or choose another model in {setting}."
+            if package
+            else f"Install the package named above and restart, or choose another model in {setting}.",
+        )
+    if any(isinstance(e, GatedRepoError) for e in chain) or "gated" in str(err).lower():
+        return ModelUnavailableError(
+            what,
+            source,
+            "the repository is gated",
+            f"Accept the license at https://huggingface.co/{source}, create a read token, set HF_TOKEN "
+            f"and restart, {local_fix}.",
+        )
+    if any(isinstance(e, LocalEntryNotFoundError) for e in chain) or os.environ.get("HF_HUB_OFFLINE") == "1":
+        return ModelUnavailableError(
+            what,
+            source,
+            "it is not in the local hub cache and downloads are off or the hub is unreachable",
+            f"Download it once with network access (or unset HF_HUB_OFFLINE / check HF_ENDPOINT), {local_fix}.",
+        )
+    if any(isinstance(e, RepositoryNotFoundError) for e in chain):
+        return ModelUnavailableError(
+            what,
+            source,
+            "no such repository (or it is private)",
+            f"Check the repo id, set HF_TOKEN if it is private, {local_fix}.",
+        )
+    if any(isinstance(e, HfHubHTTPError | ConnectionError | TimeoutError) for e in chain):
+        return ModelUnavailableError(
+            what,
+            source,
+            f"the hub could not be reached ({err})",
+            f"Check the network and HF_ENDPOINT, {local_fix}.",
+        )
+    if _is_local(source):
+        return ModelUnavailableError(
+            what,
+            source,
+            f"the folder is not a valid model ({err})",
+            f"Check the folder's layout, {local_fix}.",
+        )
+    return ModelUnavailableError(what, source, str(err), f"Check the repo id and HF_TOKEN, {local_fix}.")
+
+
+def load(what: str, source: str, setting: str, loader: Callable[[], T]) -> T:
+    """Run `loader()` and translate any loading failure into a ModelUnavailableError.
+
+    `what` names the model for the message ("FLUX.1 [dev] transformer"), `setting` names the option the
+    user can change to fix it ("--model dev=...").
+    """
+    log.info("loading %s from %s", what, source)
+    try:
+        return loader()
+    except (OSError, ValueError, ImportError, HfHubHTTPError, ConnectionError, TimeoutError) as err:
+        raise _explain(err, what, source, setting) from err

@@ -1,0 +1,1 @@
+"""What happens to results: the safety screen and the outputs folder."""

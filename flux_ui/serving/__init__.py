@@ -1,0 +1,1 @@
+"""Serving: the FastAPI app (REST), Gradio mounted on it, logins and their throttle."""

@@ -1,0 +1,431 @@
+"""The REST API beside the UI: `GET /health` and `POST /generate`, on the same port (FastAPI, pydantic).
+
+Requests run the same task functions as the UI (flux_ui/tasks/*), so validation, metadata and saved files
+are the same. GPU work is serialised by the registry's lock, which every task holds while its pipeline is
+lent; on top of that at most `--queue-size` REST requests may be waiting or running at once, and the next
+is answered 503 at once rather than left to pile up threads (Gradio's queue does the same for the UI).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import io
+import logging
+import re
+import secrets
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal
+
+import anyio
+import torch
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt
+
+from flux_ui import __version__
+from flux_ui.core.errors import Cancelled, InvalidInput, ModelUnavailableError
+from flux_ui.media.metadata import format_parameters, png_info
+from flux_ui.models.faults import out_of_memory_message, recover_from_oom
+from flux_ui.models.registry import Registry
+from flux_ui.output.files import save_image
+from flux_ui.output.safety import screen
+from flux_ui.tasks import TaskResult
+
+log = logging.getLogger(__name__)
+
+Task = Literal["text_to_image", "kontext_edit", "redux_variation", "fill", "control", "vqa"]
+MAX_IMAGE_CHARS = 40_000_000  # one base64 image (about 30 MB of file); the decoder checks pixels after
+MAX_TEXT_CHARS = 20_000  # pydantic's bound; the tasks' own, lower limits give the precise message
+DISCONNECT_POLL_S = 0.25  # how often a running job checks that its client is still there
+_RESOLUTION = re.compile(r"^\s*(\d{1,5})\s*[x×X]\s*(\d{1,5})\s*$")
+Number = StrictInt | StrictFloat  # strict: "28" or true is a type error naming the field, not coerced
+
+
+class GenerateRequest(BaseModel):
+    """One job. Fields a task does not use are ignored by it; unknown fields are refused."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    task: Task
+    prompt: str = Field("", max_length=MAX_TEXT_CHARS, description="the prompt, instruction or VQA question")
+    image: str | None = Field(None, max_length=MAX_IMAGE_CHARS, description="base64 (or data: URL) PNG/JPEG/WebP")
+    images: list[str] = Field([], max_length=3, description="Redux: up to three more references, base64 like `image`")
+    strengths: list[Number] = Field([], max_length=4, description="Redux: one strength per reference, 0-2")
+    mask: str | None = Field(None, max_length=MAX_IMAGE_CHARS, description="Fill: white = repaint, base64")
+    control_image: str | None = Field(None, max_length=MAX_IMAGE_CHARS, description="Control: a ready map")
+    resolution: str | None = Field(None, max_length=32, description='"WIDTHxHEIGHT"; Kontext also "auto"')
+    variant: str | None = Field(None, max_length=64, description="text_to_image: dev, schnell or krea-dev")
+    steps: StrictInt | None = None
+    guidance: Number | None = None
+    seed: StrictInt = -1
+    num_images: StrictInt = 1
+    mode: Literal["canny", "depth"] = "canny"
+    route: Literal["full", "lora"] = "full"
+    left: StrictInt = 0
+    right: StrictInt = 0
+    top: StrictInt = 0
+    bottom: StrictInt = 0
+    max_new_tokens: StrictInt | None = None
+
+
+class ImageOut(BaseModel):
+    png: str  # base64 PNG with the `parameters` text chunk embedded
+    seed: int
+    parameters: str  # the same text as embedded in the PNG
+    saved: str | None  # path under the outputs folder, None if it could not be saved
+
+
+class GenerateResponse(BaseModel):
+    task: Task
+    images: list[ImageOut] = []
+    answer: str | None = None  # vqa only
+    seed: int | None = None
+    timings: dict[str, float] = {}
+    warnings: list[str] = []
+
+
+@dataclass
+class Gate:
+    """At most `size` REST jobs waiting or running; the next is refused at once."""
+
+    size: int
+
+    def __post_init__(self) -> None:
+        self._slots = threading.BoundedSemaphore(max(1, self.size))
+
+    def __enter__(self) -> Gate:
+        if not self._slots.acquire(blocking=False):
+            raise HTTPException(
+                503,
+                f"Queue full: {self.size} requests are already waiting or running; try again in a moment.",
+            )
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._slots.release()
+
+
+def decode_base64(value: str | None, field: str, max_mb: float) -> bytes | None:
+    """Raw bytes from base64 or a data: URL, at most `max_mb` MB (--max-upload-mb, the limit of uploads
+    in the UI); the image decoder (images.load_image) checks the rest."""
+    if value is None or value == "":
+        return None
+    text = value.partition(",")[2] if value.startswith("data:") else value
+    if len(text) * 3 // 4 > max_mb * 1_000_000:  # before decoding: base64 is 4 characters per 3 bytes
+        raise InvalidInput(
+            field,
+            f"is {len(text) * 3 / 4e6:.1f} MB, over the limit of {max_mb:g} MB (--max-upload-mb); send a smaller file",
+        )
+    try:
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        raise InvalidInput(field, "is not valid base64") from None
+
+
+_TASK_FIELD = re.compile(r"(image|strength)_(\d+)")
+
+
+def rest_field(field: str, req: GenerateRequest) -> str:
+    """The REST name of a task parameter: the tasks name the UI's fields (`instruction`, `image_2`,
+    `strength_1`, `width`); a REST caller sent `prompt`, `images[0]`, `strengths[0]`, `resolution`."""
+    if field in ("instruction", "question"):
+        return "prompt"
+    if field in ("width", "height", "size") and req.resolution is not None:
+        return "resolution"
+    if m := _TASK_FIELD.fullmatch(field):
+        n = int(m.group(2))
+        if m.group(1) == "strength":
+            return f"strengths[{n - 1}]"
+        return "image" if n == 1 else f"images[{n - 2}]"
+    return field
+
+
+def parse_resolution(value: str | None, default: tuple[int, int]) -> tuple[int, int]:
+    if value is None:
+        return default
+    m = _RESOLUTION.match(value)
+    if not m:
+        raise InvalidInput("resolution", f'expected "WIDTHxHEIGHT" such as "1024x1024", got {value!r}')
+    return int(m.group(1)), int(m.group(2))
+
+
+def _run(registry: Registry, req: GenerateRequest, stop: Callable[[], bool]) -> TaskResult | str:
+    """Validate `req` with the task's own validator and run it; return its result (the answer for vqa).
+    `stop()` is checked between steps (tokens for vqa): true, the task raises Cancelled."""
+    from flux_ui.media.images import load_image
+    from flux_ui.tasks import control, fill, kontext, redux, text_to_image, vqa
+
+    settings = registry.settings
+
+    def decode_image(value: str | None, field: str) -> bytes | None:
+        return decode_base64(value, field, settings.max_upload_mb)
+
+    image = decode_image(req.image, "image")
+    if req.task == "text_to_image":
+        w, h = parse_resolution(req.resolution, (1024, 1024))
+        raw = text_to_image.TextToImageParams(
+            req.prompt, req.variant or "dev", w, h, req.steps, req.guidance, req.seed, req.num_images
+        )
+        params = text_to_image.validate_text_to_image(raw, settings, registry.loras)
+        return text_to_image.text_to_image(registry, params, None, stop)
+    if req.task == "kontext_edit":
+        picture = load_image(image, "image")
+        size = req.resolution or kontext.AUTO
+        raw = kontext.KontextParams(picture, req.prompt, size, req.steps, req.guidance, req.seed, req.num_images)
+        return kontext.kontext_edit(registry, kontext.validate_kontext(raw, settings), None, stop)
+    if req.task == "redux_variation":
+        blobs = [image, *(decode_image(v, f"images[{i}]") for i, v in enumerate(req.images))]
+        refs = tuple(None if b is None else load_image(b, f"image_{i + 1}") for i, b in enumerate(blobs))
+        strengths = tuple(req.strengths) or (1.0,) * len(refs)
+        w, h = parse_resolution(req.resolution, (1024, 1024))
+        raw = redux.ReduxParams(
+            refs,
+            strengths,
+            req.prompt,
+            width=w,
+            height=h,
+            steps=req.steps,
+            guidance=req.guidance,
+            seed=req.seed,
+            num_images=req.num_images,
+        )
+        return redux.redux_variation(registry, redux.validate_redux(raw, settings), None, stop)
+    if req.task == "fill":
+        raw = fill.FillParams(
+            image,
+            req.prompt,
+            decode_image(req.mask, "mask"),
+            req.left,
+            req.right,
+            req.top,
+            req.bottom,
+            req.steps,
+            req.guidance,
+            req.seed,
+            req.num_images,
+        )
+        return fill.fill(registry, fill.validate_fill(raw, settings), None, stop)
+    if req.task == "control":
+        raw = control.ControlParams(
+            req.prompt,
+            image,
+            req.mode,
+            req.route,
+            decode_image(req.control_image, "control_image"),
+            steps=req.steps,
+            guidance=req.guidance,
+            seed=req.seed,
+            num_images=req.num_images,
+        )
+        return control.control(registry, control.validate_control(raw, settings), None, stop)
+    default_tokens = min(vqa.DEFAULT_ANSWER_TOKENS, settings.max_answer_tokens)  # as the UI's slider
+    tokens = default_tokens if req.max_new_tokens is None else req.max_new_tokens
+    params = vqa.validate_vqa(vqa.VqaParams(image, req.prompt, (), tokens), settings)
+    return vqa.answer_question(registry, params, None, stop).answer
+
+
+def _png(result_image, meta) -> str:
+    buf = io.BytesIO()
+    result_image.save(buf, format="PNG", pnginfo=png_info(meta))
+    return base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def _respond(registry: Registry, req: GenerateRequest, result: TaskResult | str) -> GenerateResponse:
+    if isinstance(result, str):
+        return GenerateResponse(task=req.task, answer=result)
+    images, warnings = [], screen(registry, result)  # --safety-checker: flagged images are blurred first
+    for item in result.images:
+        try:  # as in the UI: an image that cannot be saved is still returned, with a warning
+            saved = str(save_image(item.image, item.meta, registry.settings.outputs_dir))
+        except OSError as err:
+            log.error("could not save image (seed %d): %s", item.meta.seed, err)
+            warnings.append(f"image with seed {item.meta.seed} was not saved to disk ({err.strerror or err})")
+            saved = None
+        images.append(
+            ImageOut(
+                png=_png(item.image, item.meta),
+                seed=item.meta.seed,
+                parameters=format_parameters(item.meta),
+                saved=saved,
+            )
+        )
+    return GenerateResponse(task=req.task, images=images, seed=result.seed, timings=result.timings, warnings=warnings)
+
+
+def _error(status: int, message: str, field: str | None = None) -> JSONResponse:
+    return JSONResponse({"error": message, "field": field}, status_code=status)
+
+
+def key_checker(api_key: str | None, auth: tuple[str, str] | None) -> Callable[[Request], None]:
+    """A dependency that lets a REST call through with the API key (X-API-Key) or, when the UI has a
+    login, that login as HTTP Basic; with neither configured, every call passes."""
+
+    def check(request: Request) -> None:
+        if api_key is None and auth is None:
+            return
+        given = request.headers.get("x-api-key")
+        if api_key is not None and given is not None and secrets.compare_digest(given, api_key):
+            return
+        basic = request.headers.get("authorization", "")
+        if auth is not None and basic.lower().startswith("basic "):
+            try:
+                user, _, password = base64.b64decode(basic[6:]).decode().partition(":")
+            except (binascii.Error, ValueError):
+                user, password = "", ""
+            if secrets.compare_digest(user, auth[0]) and secrets.compare_digest(password, auth[1]):
+                return
+        how = "an X-API-Key header" if api_key is not None else "HTTP Basic auth with the UI's login"
+        raise HTTPException(401, f"Unauthorized: send {how}.", headers={"WWW-Authenticate": "Basic"})
+
+    return check
+
+
+def router(registry: Registry, auth: tuple[str, str] | None = None) -> APIRouter:
+    """The REST routes over `registry`; `auth` is the UI's login, which also opens the REST API."""
+    settings = registry.settings
+    gate = Gate(settings.queue_size)
+    guard = Depends(key_checker(settings.api_key, auth))
+    api = APIRouter()
+
+    @api.api_route("/health", methods=["GET", "HEAD"], summary="Liveness, device and what is loaded")
+    def health() -> dict:
+        status = registry.status()
+        return {
+            "status": "healthy",
+            "version": __version__,
+            "device": settings.device,
+            "dtype": status["dtype"],
+            "speed": settings.speed,
+            "memory_policy": settings.memory_policy,
+            "memory": status.get("memory"),
+            "loaded": {
+                "shared": status["shared"],
+                "transformers": status["transformers"],
+                "aux": sorted(status["aux"]),
+            },
+        }
+
+    @api.post("/generate", response_model=GenerateResponse, dependencies=[guard], summary="Run one task")
+    async def generate(req: GenerateRequest, request: Request):
+        """Run `task` and return its images as base64 PNGs with their parameters (or, for vqa, the answer).
+
+        Errors: 401 without the key, 413 for a body over --max-body-mb, 422 for a bad field (the message names
+        it), 503 when the queue is full or memory ran out, 500 for anything else. A client that
+        disconnects cancels its job after the current step, so the GPU is not spent on nobody."""
+        with gate:
+            stop = threading.Event()
+            work = asyncio.ensure_future(anyio.to_thread.run_sync(lambda: _serve(req, stop.is_set)))
+            while not work.done():
+                await asyncio.wait({work}, timeout=DISCONNECT_POLL_S)
+                if not work.done() and not stop.is_set() and await request.is_disconnected():
+                    log.info("REST client disconnected: cancelling its %s job", req.task)
+                    stop.set()
+            return work.result()
+
+    def _serve(req: GenerateRequest, stop: Callable[[], bool]) -> GenerateResponse | JSONResponse:
+        try:
+            result = _run(registry, req, stop)
+            return _respond(registry, req, result)  # inside: the safety classifier may fail to load
+        except InvalidInput as err:
+            field = rest_field(err.field, req)  # the task names the UI's parameter; say the caller's
+            return _error(422, f"{field}: {str(err).partition(': ')[2]}", field)
+        except ModelUnavailableError as err:
+            return _error(503, str(err))
+        except Cancelled:
+            return _error(499, "cancelled: the client disconnected")  # nginx's code; nobody is listening
+        except torch.OutOfMemoryError:
+            recover_from_oom(registry)
+            return _error(503, out_of_memory_message())
+
+    def wrong_method(request: Request) -> JSONResponse:
+        allowed = "POST" if request.url.path == "/generate" else "GET, HEAD"
+        message = f"method: {request.method} is not allowed on {request.url.path}; use {allowed}"
+        return JSONResponse({"error": message, "field": "method"}, 405, headers={"Allow": allowed})
+
+    # Without these, Gradio's app (mounted at /) answers other methods on these paths with 404.
+    api.add_api_route(
+        "/generate", wrong_method, methods=["GET", "HEAD", "PUT", "PATCH", "DELETE"], include_in_schema=False
+    )
+    api.add_api_route("/health", wrong_method, methods=["POST", "PUT", "PATCH", "DELETE"], include_in_schema=False)
+    return api
+
+
+def install(app: FastAPI, registry: Registry, auth: tuple[str, str] | None = None) -> None:
+    """Add the REST routes, the body-size limit and field-naming validation errors to `app`."""
+    app.include_router(router(registry, auth))
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = exc.errors()
+        first = errors[0] if errors else {"loc": (), "msg": "invalid request"}
+        loc = [str(p) for p in first.get("loc", ()) if p != "body"]
+        field = ".".join(loc) or "body"
+        if first.get("type") == "json_invalid":  # its loc is a character position, not a field
+            field = "body"
+        return JSONResponse({"error": f"{field}: {first.get('msg')}", "field": field, "details": jsonable(errors)}, 422)
+
+    app.add_middleware(BodyLimit, limit=int(registry.settings.max_body_mb * 1_000_000))
+
+
+UPLOAD_ROUTE = "/gradio_api/upload"  # Gradio's upload route streams files to disk under its own limit
+
+
+class BodyLimit:
+    """Refuse a request body over `limit` bytes on every route but Gradio's upload route (REST calls,
+    Gradio API calls): by its Content-Length before anything is read, and for a body sent without one
+    (chunked) as soon as the bytes received pass the limit. The body is read here, up to the limit, and
+    handed on whole; later `receive` calls go to the server, so the endpoint still sees a disconnect.
+    Plain ASGI rather than `@app.middleware("http")`, whose wrapping of `receive` hides a client's
+    disconnect from the endpoint."""
+
+    def __init__(self, app, limit: int):
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope["method"] in ("GET", "HEAD") or scope["path"] == UPLOAD_ROUTE:
+            await self.app(scope, receive, send)
+            return
+        length = dict(scope["headers"]).get(b"content-length", b"")
+        if length.isdigit() and int(length) > self.limit:
+            await self._refuse(int(length), scope, receive, send)
+            return
+        chunks, size = [], 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return  # the client left before sending its body: nobody to answer
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.limit:
+                await self._refuse(self.limit, scope, receive, send, at_least=True)
+                return
+            chunks.append(chunk)
+            if not message.get("more_body"):
+                break
+        body, pending = b"".join(chunks), True
+
+        async def replay():
+            nonlocal pending
+            if pending:
+                pending = False
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
+
+    async def _refuse(self, size: int, scope, receive, send, at_least: bool = False) -> None:
+        size_text = f"{'more than ' if at_least else ''}{size} bytes"
+        log.warning("refused a %s body of %s to %s (limit %d)", scope["method"], size_text, scope["path"], self.limit)
+        message = f"body: {size_text} is over the limit of {self.limit} bytes (--max-body-mb); send less"
+        await _error(413, message, "body")(scope, receive, send)
+
+
+def jsonable(errors: list) -> list:
+    """pydantic error details without the raw input (which may be megabytes of base64) or exceptions."""
+    return [{"loc": list(e.get("loc", ())), "msg": str(e.get("msg")), "type": e.get("type")} for e in errors]

@@ -1,0 +1,76 @@
+"""The Gradio app, built by a factory from the tabs (flux_ui/ui/tabs/), the hand-off and the Models tab."""
+
+from __future__ import annotations
+
+import gradio as gr
+
+from flux_ui import __version__
+from flux_ui.models.registry import Registry
+from flux_ui.ui import residency
+from flux_ui.ui.common import GPU, UiContext, refuse_foreign_files
+
+
+def _models_tab(ctx: UiContext) -> None:
+    """The residency panel: what is loaded where, memory in use, the policy; and a button that frees memory.
+
+    The API endpoints (`/status`, `/free_memory`) return the raw status JSON, as before; the readable
+    panel is rendered from that JSON in a follow-up event that is not part of the API.
+    """
+
+    def status():
+        """What the registry has loaded, and where, with the memory policy and memory in use."""
+        return ctx.registry.status()
+
+    def free_memory():
+        """Drop cached transformers and auxiliary models (the shared encoders and VAE stay)."""
+        ctx.registry.free_memory()
+        return ctx.registry.status()
+
+    with gr.Tab("Models", id="models") as tab:
+        gr.Markdown(
+            f"Memory policy **{ctx.settings.memory_policy}** ({ctx.settings.policy_reason}): "
+            f"{ctx.settings.policy.summary}. Speed profile **{ctx.settings.speed}**.",
+            elem_id="memory-policy",
+        )
+        panel = gr.Markdown(elem_id="residency")
+        with gr.Row():
+            refresh_btn = gr.Button("Refresh")
+            free_btn = gr.Button("Free memory")
+        with gr.Accordion("Raw status (JSON)", open=False):
+            status_json = gr.JSON(label="Registry")
+    render = {"fn": residency.markdown, "inputs": status_json, "outputs": panel, "api_visibility": "private"}
+    refresh_btn.click(status, None, status_json, api_name="status").then(**render)
+    free_btn.click(free_memory, None, status_json, api_name="free_memory", concurrency_id=GPU).then(**render)
+    tab.select(status, None, status_json, api_visibility="private").then(**render)
+
+
+def build_ui(registry: Registry) -> gr.Blocks:
+    """Build the Blocks app around `registry`; call `.queue(...)` and `.launch()` on the result."""
+    from flux_ui.ui import handoff
+    from flux_ui.ui.tabs import control, fill, kontext, redux, text_to_image, vqa
+
+    ctx = UiContext(registry)
+    with gr.Blocks(title="FLUX UI") as demo:
+        gr.Markdown(f"# FLUX UI <small>v{__version__}</small>")
+        if ctx.settings.tiny:
+            gr.Markdown(
+                "⚠️ **Tiny mode: these models have random weights.** Images are noise; this mode exists to "
+                "try the interface and run the tests without downloading FLUX.",
+                elem_id="tiny-banner",
+            )
+        with gr.Tabs() as tabs:
+            ctx.tabs["t2i"] = text_to_image.build(ctx)
+            ctx.tabs["kontext"] = kontext.build(ctx)
+            ctx.tabs["redux"] = redux.build(ctx)
+            ctx.tabs["vqa"] = vqa.build(ctx)
+            ctx.tabs["fill"] = fill.build(ctx)
+            ctx.tabs["control"] = control.build(ctx)
+            _models_tab(ctx)
+        handoff.wire(ctx, tabs)  # after every tab exists: each gallery gets buttons for the tabs present
+        # "Suggest an edit" in VQA: the instruction becomes the Kontext tab's instruction.
+        vqa_tab, kontext_tab = ctx.tabs["vqa"], ctx.tabs["kontext"]
+        vqa_tab.suggest_event.success(
+            lambda text: text, vqa_tab.suggested_edit, kontext_tab.instruction, api_visibility="private"
+        )
+    refuse_foreign_files(demo)
+    return demo

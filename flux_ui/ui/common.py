@@ -1,0 +1,235 @@
+"""The Gradio app, built by a factory; with flux_ui/ui/tabs/, the only code that imports gradio.
+
+Every event that touches the GPU shares one concurrency group (`GPU`) with a limit of one, so jobs run
+one at a time through Gradio's bounded queue. Model and input errors become `gr.Error` here and only here.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import shutil
+import threading
+from collections.abc import Callable, Generator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TypeVar
+
+import gradio as gr
+import torch
+
+from flux_ui.core.errors import Cancelled, InvalidInput, ModelUnavailableError
+from flux_ui.core.settings import Settings
+from flux_ui.core.variants import SQUARE_AND_WIDE
+from flux_ui.media.uploads import checked_upload, upload_dir
+from flux_ui.models.faults import out_of_memory_message, recover_from_oom
+from flux_ui.models.registry import Registry
+from flux_ui.output.files import save_image
+from flux_ui.output.safety import screen
+from flux_ui.tasks import StepCallback, StepEvent, TaskResult
+from flux_ui.tasks.jobs import Job
+
+log = logging.getLogger(__name__)
+GPU = "gpu"  # the concurrency id of every event that runs models
+E = TypeVar("E")
+T = TypeVar("T")
+
+
+def invalid(err: InvalidInput | ValueError) -> gr.Error:
+    """The gr.Error for bad input: its message names the field, the value and the fix. One log line, no
+    traceback: the caller's mistake is not the server's."""
+    log.info("invalid input: %s", err)
+    return gr.Error(str(err), title="Invalid input", print_exception=False)
+
+
+@dataclass
+class UiContext:
+    """What every tab needs: the registry, and the running jobs of each browser session (for Cancel)."""
+
+    registry: Registry
+    running: dict[str, Job] = field(default_factory=dict)  # session hash -> its running job
+    tabs: dict[str, object] = field(default_factory=dict)  # tab id -> the handles its build() returned
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def settings(self) -> Settings:
+        return self.registry.settings
+
+    def follow(
+        self,
+        task: Callable[[StepCallback, Callable[[], bool]], TaskResult],
+        request: gr.Request | None,
+        progress: gr.Progress,
+        show: Callable[[StepEvent], object | None],
+    ) -> Generator[object, None, TaskResult]:
+        """`stream` for image tasks, driving the progress bar from their step events."""
+
+        def on_step(ev: StepEvent) -> object | None:
+            progress((ev.done, ev.total), desc=f"Image {ev.image_index + 1}, step {ev.step}/{ev.steps}")
+            return show(ev)
+
+        progress(0, desc="Loading models…")
+        return (yield from self.stream(task, request, on_step))
+
+    def stream(
+        self,
+        task: Callable[[Callable[[E], None], Callable[[], bool]], T],
+        request: gr.Request | None,
+        show: Callable[[E], object | None],
+    ) -> Generator[object, None, T]:
+        """Run `task` as a Job; yield `show(event)` for each event that `show` maps to a UI update (not
+        None), and return the task's result (`result = yield from ctx.stream(...)`).
+
+        Registers the job for the session's Cancel button and turns task failures into gr.Error.
+        """
+        job = Job(task)
+        key = request.session_hash if request is not None else None
+        if key:
+            with self.lock:
+                self.running[key] = job
+        try:
+            for ev in job:
+                if (update := show(ev)) is not None:
+                    yield update
+        except Cancelled:
+            raise gr.Error("Generation cancelled.", title="Cancelled", print_exception=False) from None
+        except ModelUnavailableError as err:
+            raise gr.Error(str(err), title="Model not available", duration=None) from None
+        except InvalidInput as err:
+            raise invalid(err) from None
+        except torch.OutOfMemoryError:
+            recover_from_oom(self.registry)
+            raise gr.Error(out_of_memory_message(), title="Out of memory", duration=None) from None
+        finally:
+            if key:
+                with self.lock:
+                    self.running.pop(key, None)
+        return job.result
+
+    def cancel(self, request: gr.Request) -> None:
+        """Ask the session's running job to stop after its current step."""
+        with self.lock:
+            job = self.running.get(request.session_hash)
+        if job is not None:
+            job.cancel()
+
+    def save(self, result: TaskResult) -> tuple[list[tuple[object, str]], list[str]]:
+        """Save every image; return gallery items and warnings. An image that cannot be saved (a full
+        disk, say) is still returned, as a picture, with a warning that it was not saved."""
+        try:  # --safety-checker: flagged images are blurred first; without the classifier, nothing is shown
+            notes = screen(self.registry, result)
+        except ModelUnavailableError as err:
+            raise gr.Error(str(err), title="Safety classifier not available", duration=None) from None
+        gallery = []
+        for item in result.images:
+            try:
+                path = save_image(item.image, item.meta, self.settings.outputs_dir)
+                gallery.append((publish(path), f"seed {item.meta.seed}"))
+            except OSError as err:
+                log.error("could not save image (seed %d): %s", item.meta.seed, err)
+                notes.append(f"⚠ Not saved to disk ({err.strerror or err}); download it from the gallery.")
+                gallery.append((item.image, f"seed {item.meta.seed} (not saved)"))
+        if notes:
+            gr.Warning(notes[0])
+        return gallery, notes
+
+
+def publish(path: Path) -> str:
+    """Where the gallery shows a saved image: a hard link (a copy across file systems) in a folder of its
+    own, named by 128 random bits, inside Gradio's upload folder, which Gradio serves as it is.
+
+    The outputs folder itself is never among Gradio's allowed paths, so `file=outputs/<date>/00001-3.png`
+    serves nothing: only those who were handed an image's link can fetch it (README, "Sharing and
+    logins"). The download keeps the saved file's name and its embedded parameters."""
+    folder = upload_dir() / f"result-{secrets.token_hex(16)}"
+    folder.mkdir(parents=True)
+    link = folder / path.name
+    try:
+        os.link(path, link)
+    except OSError:  # another file system, or one without hard links
+        shutil.copyfile(path, link)
+    return str(link)
+
+
+def refuse_foreign_files(demo: gr.Blocks) -> None:
+    """Refuse, before Gradio touches it, any file payload of an event that names a path outside the
+    upload folder, with a gr.Error naming the event's parameter ("image: is not a file uploaded to this
+    server; upload it again"), whether or not the path exists.
+
+    Gradio refuses such paths too (once the app counts as launched, see serve.build_app), but its message
+    names the path and not the field, and it has no hook before it: so `preprocess_data` of this Blocks
+    is wrapped. URLs are left to Gradio (it fetches only public addresses)."""
+    from gradio import utils as gr_utils
+    from gradio_client import utils as client_utils
+
+    original = demo.preprocess_data
+
+    async def preprocess_data(block_fn, inputs, *args, **kwargs):
+        names = [name for name, *_ in gr_utils.get_function_params(block_fn.fn)] if block_fn.fn else []
+        for i, value in enumerate(inputs):
+            name = names[i] if i < len(names) else getattr(block_fn.inputs[i], "label", None) or f"input {i}"
+
+            def check(payload: dict, name: str = name) -> dict:
+                path = payload.get("path")
+                if isinstance(path, str) and path and not client_utils.is_http_url_like(path):
+                    try:
+                        checked_upload(path, name)
+                    except InvalidInput as err:
+                        log.warning("refused a file payload for %r outside the upload folder", name)
+                        raise invalid(err) from None
+                return payload
+
+            client_utils.traverse(value, check, client_utils.is_file_obj)
+            check_shape(block_fn, i, value, name)
+        return await original(block_fn, inputs, *args, **kwargs)
+
+    demo.preprocess_data = preprocess_data
+
+
+def check_shape(block_fn, index: int, value: object, name: str) -> None:
+    """Gradio validates a value against its component's data model (a chat history must be a list of
+    messages) and, if it does not fit, answers with pydantic's raw text and logs a traceback; here the
+    same validation comes first and names the parameter."""
+    from pydantic import ValidationError
+
+    model = getattr(block_fn.inputs[index], "data_model", None)
+    if model is None or value is None or index in block_fn.component_prop_inputs:
+        return
+    try:
+        model.model_validate(value)
+    except ValidationError as err:
+        first = err.errors()[0] if err.errors() else {"msg": "does not fit", "loc": ()}
+        where = "/".join(str(p) for p in first.get("loc", ())) or "the value"
+        raise invalid(InvalidInput(name, f"is not in the expected form ({where}: {first['msg']})")) from None
+
+
+def gallery_preview(noun: str = "image", others: int = 2) -> Callable[[StepEvent], tuple | None]:
+    """A `show` for `UiContext.follow`: each step's live preview goes to the gallery (the event's first
+    output) until the images arrive; the `others` outputs are left as they are."""
+
+    def show(ev: StepEvent) -> tuple | None:
+        if ev.preview is None:
+            return None
+        caption = f"preview · {noun} {ev.image_index + 1}, step {ev.step}/{ev.steps}"
+        return ([(ev.preview, caption)], *(gr.skip(),) * others)
+
+    return show
+
+
+def summary(result: TaskResult, notes: list[str]) -> str:
+    t = result.timings
+    line = f"Seed {result.seed} · {t['total']:.1f} s (models {t['load']:.1f} s, generation {t['generate']:.1f} s)"
+    return "\n\n".join([line, *notes])
+
+
+ASPECTS = ("1:1", "4:3", "3:4", "3:2", "2:3", "16:9", "9:16", "21:9", "9:21")  # of SQUARE_AND_WIDE, in order
+
+
+PRESETS = {f"{a}  ·  {w}×{h}": (w, h) for a, (w, h) in zip(ASPECTS, SQUARE_AND_WIDE, strict=True)}
+
+
+CUSTOM = "Custom"
+
+
+MAX_SLIDER_SIDE = 2048  # the megapixel limit is checked separately

@@ -1,0 +1,218 @@
+"""The Kontext edit tab: an image and an instruction, the edit chain with "Edit again" and "Undo"."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import gradio as gr
+from PIL import Image
+
+from flux_ui.core.errors import InvalidInput
+from flux_ui.core.seeds import SEED_MAX
+from flux_ui.core.variants import get_variant
+from flux_ui.media.images import load_image
+from flux_ui.media.metadata import parse_parameters, read_parameters
+from flux_ui.media.uploads import checked_upload
+from flux_ui.tasks.kontext import AUTO, KontextParams, context_size, kontext_edit, output_size, validate_kontext
+from flux_ui.ui.common import GPU, UiContext, gallery_preview, invalid, summary
+from flux_ui.ui.handoff import Receiver, pick, track_selection
+
+VARIANT = get_variant("kontext-dev")
+SIZES = [AUTO, *(f"{w}x{h}" for w, h in VARIANT.resolutions)]
+ONE_IMAGE_NOTE = (
+    "**One input image.** diffusers 0.42.1's `FluxKontextPipeline` takes a single image: given a list, it "
+    "treats the images as a batch of separate edits (one per prompt), not as references to combine, so a "
+    "second reference image is not supported here. To combine two pictures, put them side by side in one "
+    "image and describe what to do with each."
+)
+
+
+@dataclass
+class KontextTab:
+    """Components other tabs hand images to."""
+
+    image: gr.Image  # the input image
+    instruction: gr.Textbox  # what to change; the VQA tab's "Suggest an edit" fills it
+    receive: Receiver  # a hand-off: sets the input and starts a new edit chain
+    gallery: gr.Gallery  # results
+    selected: gr.State  # index of the result the user clicked
+    send_row: gr.Row  # where the hand-off buttons go
+
+
+def _path(value: object) -> str | None:
+    """The server-side file of an image component's raw value (FileData dict or path)."""
+    if isinstance(value, dict):
+        return value.get("path")
+    return value if isinstance(value, str) and value else None
+
+
+def _instruction_of(path: str) -> str:
+    """The instruction an edit was made with, read back from its PNG (empty if it carries none)."""
+    try:
+        with Image.open(checked_upload(path, "image")) as img:
+            text = read_parameters(img)
+        return parse_parameters(text).get("Prompt", "") if text else ""
+    except (InvalidInput, OSError, ValueError, SyntaxError):  # no instruction to show is no failure
+        return ""
+
+
+def size_note(image: object, size: object, settings) -> str:
+    """The output size a request would get, said in the UI before anything runs."""
+    if not _path(image):
+        return "Output size: Kontext's preferred resolution for the input's aspect ratio (upload an image)."
+    try:
+        picture = load_image(image, "image")
+        width, height = output_size(size, picture, settings)
+    except InvalidInput as err:
+        return f"⚠️ {err}"
+    cw, ch = context_size(picture)
+    how = "Kontext's preferred resolution for this aspect ratio" if str(size).strip().lower() == AUTO else "as chosen"
+    return (
+        f"Output **{width}×{height}** ({how}). The {picture.width}×{picture.height} input is resized to "
+        f"{cw}×{ch}, the nearest resolution Kontext was trained on."
+    )
+
+
+def build(ctx: UiContext) -> KontextTab:
+    settings = ctx.settings
+
+    def edit(
+        image: dict | str | None,
+        instruction: str,
+        size: str = AUTO,
+        steps: int = VARIANT.default_steps,
+        guidance: float = VARIANT.default_guidance,
+        seed: int = -1,
+        num_images: int = 1,
+        request: gr.Request = None,
+        progress: gr.Progress = gr.Progress(),
+    ):
+        """Edit an image as an instruction says, with FLUX.1 Kontext [dev].
+
+        Args:
+            image: the image to edit (PNG, JPEG or WebP; 64 px to 20 megapixels).
+            instruction: what to change, e.g. "make the car red".
+            size: "auto" (Kontext's preferred resolution for the input's aspect ratio) or WIDTHxHEIGHT.
+            steps: denoising steps (28 by default).
+            guidance: distilled guidance (2.5 by default).
+            seed: -1 for a random seed; edit i uses seed + i.
+            num_images: how many edits to make.
+        """
+        try:
+            picture = load_image(image, "image")
+            raw = KontextParams(picture, instruction, size, steps, guidance, seed, num_images)
+            params = validate_kontext(raw, settings)
+        except InvalidInput as err:
+            raise invalid(err) from None
+
+        show = gallery_preview("edit")
+
+        result = yield from ctx.follow(
+            lambda on_step, stop: kontext_edit(ctx.registry, params, on_step, stop), request, progress, show
+        )
+        gallery, notes = ctx.save(result)
+        meta = result.images[0].meta
+        line = f"Output {params.width}×{params.height} · context {meta.extra['Context size']}"
+        yield gallery, result.seed, f"{line}\n\n{summary(result, notes)}"
+
+    def new_chain(image):
+        path = _path(image)
+        history = [(path, "original")] if path else []
+        return history, history
+
+    def edit_again(image, items, index, history):
+        path = pick(items, index)
+        if not history and _path(image):  # an input that arrived without an upload event (a paste, say)
+            history = [(_path(image), "original")]
+        caption = f"{len(history)}. {_instruction_of(path) or 'edit'}"
+        history = [*history, (path, caption)]
+        return path, history, history
+
+    def undo(history):
+        if len(history) <= 1:
+            gr.Info("Nothing to undo: this is the first image of the chain.")
+            return gr.skip(), history, gr.skip()
+        history = history[:-1]
+        return history[-1][0], history, history
+
+    def receive(path: str):
+        history = [(path, "sent here")]
+        return path, history, history
+
+    with gr.Tab("Kontext edit", id="kontext"), gr.Row():
+        with gr.Column(scale=1):
+            image = gr.Image(
+                label="Input image", type="filepath", sources=["upload", "clipboard"], elem_id="kontext-image"
+            )
+            instruction = gr.Textbox(
+                label="Instruction", lines=2, placeholder="Make the sky stormy…", elem_id="instruction"
+            )
+            size = gr.Dropdown(SIZES, value=AUTO, label="Output size", allow_custom_value=True, elem_id="kontext-size")
+            note = gr.Markdown(size_note(None, AUTO, settings), elem_id="kontext-size-note")
+            with gr.Row():
+                steps = gr.Slider(
+                    1, settings.max_steps, value=VARIANT.default_steps, step=1, label="Steps", elem_id="kontext-steps"
+                )
+                guidance = gr.Slider(0.0, 10.0, value=VARIANT.default_guidance, step=0.1, label="Guidance")
+            with gr.Row():
+                seed = gr.Number(value=-1, label=f"Seed (-1 = random, up to {SEED_MAX})", elem_id="kontext-seed")
+                num_images = gr.Slider(1, settings.max_images, value=1, step=1, label="Edits")
+            with gr.Row():
+                edit_btn = gr.Button("Edit", variant="primary", elem_id="kontext-edit")
+                cancel_btn = gr.Button("Cancel", variant="stop", elem_id="kontext-cancel")
+            gr.Markdown(ONE_IMAGE_NOTE)
+        with gr.Column(scale=1):
+            gallery = gr.Gallery(label="Result", columns=2, format="png", interactive=False, elem_id="kontext-gallery")
+            with gr.Row():
+                again_btn = gr.Button("↪ Edit again (result becomes the input)", elem_id="kontext-again")
+                undo_btn = gr.Button("↶ Undo", elem_id="kontext-undo")
+            send_row = gr.Row()
+            last_seed = gr.Number(label="Seed used", interactive=False, precision=0)
+            info = gr.Markdown(elem_id="kontext-info")
+            history_gallery = gr.Gallery(
+                label="Edit chain (oldest first)",
+                columns=6,
+                height=180,
+                object_fit="contain",
+                allow_preview=False,
+                interactive=False,
+                elem_id="kontext-history",
+            )
+        # States live inside the tab: a component between two tabs would confuse the tab bar.
+        history = gr.State([])
+        selected = track_selection(gallery)
+
+    event = gr.on(
+        [edit_btn.click, instruction.submit],
+        edit,
+        [image, instruction, size, steps, guidance, seed, num_images],
+        [gallery, last_seed, info],
+        api_name="kontext_edit",
+        # Raw values reach the validators, whose messages name the field; the image is decoded by
+        # images.load_image (Gradio's own decoding knows nothing of our limits and names no field).
+        preprocess=False,
+        concurrency_id=GPU,
+        concurrency_limit=1,
+    )
+    cancel_btn.click(ctx.cancel, None, None, cancels=[event], queue=False, api_visibility="private")
+    gr.on(
+        [image.change, size.change],
+        lambda img, sz: size_note(img, sz, settings),
+        [image, size],
+        note,
+        preprocess=False,
+        api_visibility="private",
+    )
+    image.upload(new_chain, image, [history, history_gallery], preprocess=False, api_visibility="private")
+    image.clear(lambda: ([], []), None, [history, history_gallery], api_visibility="private")
+    chain = [image, history, history_gallery]
+    again_btn.click(edit_again, [image, gallery, selected, history], chain, preprocess=False, api_visibility="private")
+    undo_btn.click(undo, history, chain, api_visibility="private")
+    return KontextTab(
+        image=image,
+        instruction=instruction,
+        receive=Receiver(chain, receive),
+        gallery=gallery,
+        selected=selected,
+        send_row=send_row,
+    )

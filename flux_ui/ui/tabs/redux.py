@@ -1,0 +1,174 @@
+"""The Redux variation tab: up to four reference images, each with its strength, and an optional prompt."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import gradio as gr
+
+from flux_ui.core.errors import InvalidInput
+from flux_ui.core.seeds import SEED_MAX
+from flux_ui.core.variants import get_variant
+from flux_ui.media.images import load_image
+from flux_ui.tasks.redux import MAX_REFERENCES, MAX_SCALE, ReduxParams, redux_variation, validate_redux
+from flux_ui.ui.common import CUSTOM, GPU, MAX_SLIDER_SIDE, PRESETS, UiContext, gallery_preview, invalid, summary
+from flux_ui.ui.handoff import track_selection
+
+VARIANT = get_variant("redux-dev")
+BASE = get_variant(VARIANT.base)
+PROMPT_NOTE = (
+    "Redux tends to drown the prompt out. To let the prompt through, lower the image strengths below 1 and "
+    "keep the prompt scales at 1 or above. *Prompt scale* weights the prompt's T5 "
+    "tokens, *pooled prompt scale* its CLIP vector (diffusers' `prompt_embeds_scale` and "
+    "`pooled_prompt_embeds_scale`; with one image at strength = prompt scale the result is exactly "
+    "diffusers' FluxPriorReduxPipeline)."
+)
+
+
+@dataclass
+class ReduxTab:
+    """Components other tabs hand images to."""
+
+    image: gr.Image  # the first reference image
+    gallery: gr.Gallery  # variations
+    selected: gr.State  # index of the variation the user clicked
+    send_row: gr.Row  # where the hand-off buttons go
+
+
+def build(ctx: UiContext) -> ReduxTab:
+    settings = ctx.settings
+
+    def variations(
+        image_1: dict | str | None,
+        image_2: dict | str | None = None,
+        image_3: dict | str | None = None,
+        image_4: dict | str | None = None,
+        strength_1: float = 1.0,
+        strength_2: float = 1.0,
+        strength_3: float = 1.0,
+        strength_4: float = 1.0,
+        prompt: str | None = None,
+        prompt_embeds_scale: float = 1.0,
+        pooled_prompt_embeds_scale: float = 1.0,
+        width: int = 1024,
+        height: int = 1024,
+        steps: int = BASE.default_steps,
+        guidance: float = VARIANT.default_guidance,
+        seed: int = -1,
+        num_images: int = 1,
+        request: gr.Request = None,
+        progress: gr.Progress = gr.Progress(),
+    ):
+        """Make variations of one to four reference images with FLUX.1 Redux [dev] on FLUX.1 [dev].
+
+        Args:
+            image_1: first reference image (PNG, JPEG or WebP; 64 px to 20 megapixels); image_2-4 optional.
+            strength_1: weight of image_1's Redux tokens, 0-2 (1 = as trained); strength_2-4 likewise.
+            prompt: optional text mixed in with the images (None or "" for none).
+            prompt_embeds_scale: weight of the prompt's T5 tokens, 0-2.
+            pooled_prompt_embeds_scale: weight of the prompt's pooled CLIP vector, 0-2.
+            width: pixels, a multiple of 16.
+            height: pixels, a multiple of 16.
+            steps: denoising steps (28 by default).
+            guidance: distilled guidance (2.5 by default).
+            seed: -1 for a random seed; variation i uses seed + i.
+            num_images: how many variations to make.
+        """
+        slots = (image_1, image_2, image_3, image_4)
+        try:
+            # Empty slots stay None, so that errors name the slot the user sees.
+            images = tuple(
+                None if value in (None, "", {}) else load_image(value, f"image_{i + 1}")
+                for i, value in enumerate(slots)
+            )
+            raw = ReduxParams(
+                images=images,
+                strengths=(strength_1, strength_2, strength_3, strength_4),
+                prompt="" if prompt is None else prompt,  # None: the API's way of leaving it out
+                prompt_embeds_scale=prompt_embeds_scale,
+                pooled_prompt_embeds_scale=pooled_prompt_embeds_scale,
+                width=width,
+                height=height,
+                steps=steps,
+                guidance=guidance,
+                seed=seed,
+                num_images=num_images,
+            )
+            params = validate_redux(raw, settings)
+        except InvalidInput as err:
+            raise invalid(err) from None
+
+        show = gallery_preview("variation")
+
+        result = yield from ctx.follow(
+            lambda on_step, stop: redux_variation(ctx.registry, params, on_step, stop), request, progress, show
+        )
+        gallery, notes = ctx.save(result)
+        yield gallery, result.seed, summary(result, notes)
+
+    def on_preset(label: str):
+        return PRESETS.get(label, (gr.skip(), gr.skip()))
+
+    with gr.Tab("Redux variation", id="redux"), gr.Row():
+        with gr.Column(scale=1):
+            images, strengths = [], []
+            for first in range(1, MAX_REFERENCES + 1, 2):  # two references per row
+                with gr.Row():
+                    for i in (first, first + 1):
+                        with gr.Column(min_width=200):
+                            optional = "" if i == 1 else " (optional)"
+                            images.append(
+                                gr.Image(
+                                    label=f"Reference {i}{optional}",
+                                    type="filepath",
+                                    sources=["upload", "clipboard"],
+                                    height=180,
+                                    elem_id=f"redux-image-{i}",
+                                )
+                            )
+                            strengths.append(gr.Slider(0.0, MAX_SCALE, value=1.0, step=0.05, label=f"Strength {i}"))
+            prompt = gr.Textbox(label="Prompt (optional)", lines=2, elem_id="redux-prompt")
+            with gr.Row():
+                prompt_scale = gr.Slider(0.0, MAX_SCALE, value=1.0, step=0.05, label="Prompt scale")
+                pooled_scale = gr.Slider(0.0, MAX_SCALE, value=1.0, step=0.05, label="Pooled prompt scale")
+            gr.Markdown(PROMPT_NOTE)
+            preset = gr.Dropdown([*PRESETS, CUSTOM], value=next(iter(PRESETS)), label="Aspect ratio")
+            with gr.Row():
+                width = gr.Slider(64, MAX_SLIDER_SIDE, value=1024, step=16, label="Width", elem_id="redux-width")
+                height = gr.Slider(64, MAX_SLIDER_SIDE, value=1024, step=16, label="Height", elem_id="redux-height")
+            with gr.Row():
+                steps = gr.Slider(
+                    1, settings.max_steps, value=BASE.default_steps, step=1, label="Steps", elem_id="redux-steps"
+                )
+                guidance = gr.Slider(0.0, 10.0, value=VARIANT.default_guidance, step=0.1, label="Guidance")
+            with gr.Row():
+                seed = gr.Number(value=-1, label=f"Seed (-1 = random, up to {SEED_MAX})", elem_id="redux-seed")
+                num_images = gr.Slider(1, settings.max_images, value=1, step=1, label="Variations")
+            with gr.Row():
+                generate_btn = gr.Button("Make variations", variant="primary", elem_id="redux-generate")
+                cancel_btn = gr.Button("Cancel", variant="stop", elem_id="redux-cancel")
+            gr.Markdown(f"Runs on {BASE.label}'s transformer (`{BASE.repo_id}`) · non-commercial license")
+        with gr.Column(scale=1):
+            gallery = gr.Gallery(
+                label="Variations", columns=2, format="png", interactive=False, elem_id="redux-gallery"
+            )
+            send_row = gr.Row()
+            last_seed = gr.Number(label="Seed used", interactive=False, precision=0)
+            info = gr.Markdown(elem_id="redux-info")
+        selected = track_selection(gallery)  # inside the tab: a component between tabs confuses the tab bar
+
+    preset.input(on_preset, preset, [width, height], api_visibility="private")
+    inputs = [*images, *strengths, prompt, prompt_scale, pooled_scale, width, height, steps, guidance, seed, num_images]
+    event = gr.on(
+        [generate_btn.click, prompt.submit],
+        variations,
+        inputs,
+        [gallery, last_seed, info],
+        api_name="redux_variation",
+        # Raw values reach the validators (see the Kontext tab); images are decoded by images.load_image.
+        preprocess=False,
+        concurrency_id=GPU,
+        concurrency_limit=1,
+    )
+    cancel_btn.click(ctx.cancel, None, None, cancels=[event], queue=False, api_visibility="private")
+    return ReduxTab(image=images[0], gallery=gallery, selected=selected, send_row=send_row)

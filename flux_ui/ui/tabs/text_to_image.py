@@ -1,0 +1,260 @@
+"""The text-to-image tab: FLUX.1 [dev], [schnell] and Krea [dev]."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import gradio as gr
+from PIL import Image
+
+from flux_ui.core.errors import InvalidInput
+from flux_ui.core.seeds import SEED_MAX
+from flux_ui.core.variants import Variant, get_variant, variants_for
+from flux_ui.media.metadata import meta_from_parameters, read_parameters
+from flux_ui.media.uploads import checked_upload
+from flux_ui.models.loras.library import LoraInfo, tagged_names, with_tags
+from flux_ui.tasks.text_to_image import TextToImageParams, text_to_image, validate_text_to_image
+from flux_ui.ui.common import CUSTOM, GPU, MAX_SLIDER_SIDE, PRESETS, UiContext, gallery_preview, invalid, summary
+from flux_ui.ui.handoff import Receiver, track_selection
+
+
+@dataclass
+class TextToImageTab:
+    """Components other tabs hand images and prompts to."""
+
+    prompt: gr.Textbox
+    gallery: gr.Gallery
+    selected: gr.State  # index of the gallery image the user clicked
+    send_row: gr.Row  # where the hand-off buttons go
+    parameters: Receiver  # fills the form from the parameters embedded in a PNG
+
+
+def variant_note(name: str) -> str:
+    v = get_variant(name)
+    use = "commercial use allowed" if v.commercial_use else "non-commercial license"
+    return f"`{v.repo_id}` · {v.default_steps} steps by default · {use} (`{v.license}`)"
+
+
+def text_to_image_variant(name: str) -> Variant:
+    """The text-to-image variant to redo an image with: its own, or the one it builds on (Redux -> [dev]).
+    Kontext and the other image-to-image models have no text-to-image counterpart; [dev] stands in."""
+    variant = get_variant(name)
+    if variant.task == "text_to_image":
+        return variant
+    return get_variant(variant.base or "dev")
+
+
+def form_values(file: str | None) -> tuple:
+    """Read the generation parameters embedded in a PNG and return them as the form's values: prompt,
+    variant, width, height, steps, guidance, seed, aspect preset, variant note. gr.Error if it has none."""
+    if not file:
+        raise invalid(ValueError("image: upload a PNG made by FLUX UI or another SD UI"))
+    try:
+        with Image.open(checked_upload(file, "image")) as img:
+            text = read_parameters(img)
+    except InvalidInput as err:
+        raise invalid(err) from None
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
+        raise invalid(ValueError("image: not a readable PNG; upload a PNG made by FLUX UI or another SD UI")) from None
+    if not text:
+        raise invalid(ValueError("image: it carries no generation parameters"))
+    try:
+        meta = meta_from_parameters(text)
+        variant = text_to_image_variant(meta.variant)
+    except ValueError as err:
+        raise invalid(err) from None
+    guidance = meta.guidance if meta.guidance is not None else (variant.default_guidance or 0.0)
+    # Prompts keep their tags; a "LoRAs:" entry without a tag in the prompt gets one, so nothing is lost.
+    prompt = with_tags(meta.prompt, [*tagged_names(meta.prompt), *(n for n, _ in meta.loras)], dict(meta.loras))
+    return (
+        prompt,
+        variant.name,
+        meta.width,
+        meta.height,
+        meta.steps,
+        guidance,
+        meta.seed,
+        CUSTOM,
+        variant_note(variant.name),
+    )
+
+
+def lora_note(names: list[str], entries: list[LoraInfo]) -> str:
+    """One line per picked LoRA with its trigger words, so they can be typed into the prompt."""
+    known = {e.name: e for e in entries}
+    lines = []
+    for name in names:
+        info = known.get(name)
+        if info is None:
+            lines.append(f"- **{name}**: not in the LoRA folders (Rescan looks again)")
+        elif info.trigger_words:
+            lines.append(f"- **{name}**: trigger words " + ", ".join(f"`{w}`" for w in info.trigger_words))
+        else:
+            lines.append(f"- **{name}**: no trigger words recorded in the file")
+    return "\n".join(lines)
+
+
+def build(ctx: UiContext) -> TextToImageTab:
+    settings = ctx.settings
+    library = ctx.registry.loras
+
+    def generate(
+        prompt: str,
+        variant: str = "dev",
+        width: int = 1024,
+        height: int = 1024,
+        steps: int = 28,
+        guidance: float = 3.5,
+        seed: int = -1,
+        num_images: int = 1,
+        request: gr.Request = None,
+        progress: gr.Progress = gr.Progress(),
+    ):
+        """Generate images from a prompt with FLUX.1 [dev], [schnell] or Krea [dev].
+
+        Args:
+            prompt: what the image should show; <lora:NAME:WEIGHT> tags apply LoRAs (see /loras).
+            variant: dev, schnell or krea-dev.
+            width: pixels, a multiple of 16.
+            height: pixels, a multiple of 16.
+            steps: denoising steps (dev 28, schnell 4).
+            guidance: distilled guidance (dev 3.5, Krea 4.5); ignored by schnell.
+            seed: -1 for a random seed; image i of a batch uses seed + i.
+            num_images: how many images to generate.
+        """
+        raw = TextToImageParams(prompt, variant, width, height, steps, guidance, seed, num_images)
+        try:
+            params = validate_text_to_image(raw, settings, library)
+        except InvalidInput as err:
+            raise invalid(err) from None
+
+        show = gallery_preview()
+
+        result = yield from ctx.follow(
+            lambda on_step, stop: text_to_image(ctx.registry, params, on_step, stop), request, progress, show
+        )
+        gallery, notes = ctx.save(result)
+        yield gallery, result.seed, summary(result, notes)
+
+    def on_variant(name: str):
+        v = get_variant(name)
+        guidance = gr.update(value=v.default_guidance, visible=True) if v.uses_guidance else gr.update(visible=False)
+        return gr.update(value=v.default_steps), guidance, variant_note(name)
+
+    def show_guidance(name: str):
+        return gr.update(visible=get_variant(name).uses_guidance)
+
+    def receive_parameters(path: str):
+        """A hand-off fills the form as loading the file does, and shows guidance only where it applies."""
+        values = list(form_values(path))
+        values[5] = gr.update(value=values[5], visible=get_variant(values[1]).uses_guidance)
+        return tuple(values)
+
+    def on_preset(label: str):
+        return PRESETS.get(label, (gr.skip(), gr.skip()))
+
+    def load_parameters(file: str | None):
+        """Read the generation parameters embedded in a PNG and return them as form values."""
+        return form_values(file)
+
+    def on_pick(picked: list[str] | None, text: str):
+        """The picker rewrites the prompt's LoRA tags: picking adds <lora:NAME:1>, unpicking removes it."""
+        picked = list(picked or [])
+        return with_tags(text, picked), lora_note(picked, library.entries())
+
+    def on_prompt(text: str):
+        """Typing a tag (or loading parameters) selects it in the picker."""
+        names = tagged_names(text)
+        return gr.update(value=names), lora_note(names, library.entries())
+
+    def refresh_loras(text: str):
+        entries = library.refresh()
+        choices = [(e.label, e.name) for e in entries]
+        return gr.update(choices=choices), lora_note(tagged_names(text), entries)
+
+    def list_loras() -> list[dict]:
+        """The LoRAs a prompt can apply with <lora:NAME:WEIGHT>, with the trigger words their files record.
+        Rescans the LoRA folders."""
+        return [{"name": e.name, "trigger_words": list(e.trigger_words)} for e in library.refresh()]
+
+    with gr.Tab("Text to image", id="t2i"), gr.Row():
+        with gr.Column(scale=1):
+            prompt = gr.Textbox(label="Prompt", lines=3, placeholder="A red fox in fresh snow…", elem_id="prompt")
+            with gr.Row(equal_height=True):
+                lora_pick = gr.Dropdown(
+                    [(e.label, e.name) for e in library.entries()],
+                    value=[],
+                    multiselect=True,
+                    allow_custom_value=True,  # tags typed into the prompt show here even if unknown
+                    label="LoRAs",
+                    info="Picking one adds <lora:NAME:1> to the prompt; edit the number there to weight it",
+                    elem_id="loras",
+                    scale=4,
+                )
+                lora_refresh = gr.Button("Rescan", scale=0, min_width=80, elem_id="loras-refresh")
+            lora_info = gr.Markdown(elem_id="lora-info")
+            with gr.Row():
+                choices = [(v.label, v.name) for v in variants_for("text_to_image")]
+                variant = gr.Dropdown(choices, value="dev", label="Model", elem_id="variant")
+                preset = gr.Dropdown([*PRESETS, CUSTOM], value=next(iter(PRESETS)), label="Aspect ratio")
+            note = gr.Markdown(variant_note("dev"))
+            with gr.Row():
+                width = gr.Slider(64, MAX_SLIDER_SIDE, value=1024, step=16, label="Width", elem_id="width")
+                height = gr.Slider(64, MAX_SLIDER_SIDE, value=1024, step=16, label="Height", elem_id="height")
+            with gr.Row():
+                steps = gr.Slider(1, settings.max_steps, value=28, step=1, label="Steps", elem_id="steps")
+                guidance = gr.Slider(0.0, 30.0, value=3.5, step=0.1, label="Guidance", elem_id="guidance")
+            with gr.Row():
+                # No minimum/maximum here: the validator's message names the field and the fix.
+                seed = gr.Number(value=-1, label=f"Seed (-1 = random, up to {SEED_MAX})", elem_id="seed")
+                random_btn = gr.Button("Random", scale=0, min_width=80)  # words: not every system has emoji
+                reuse_btn = gr.Button("Reuse last", scale=0, min_width=80)
+                num_images = gr.Slider(1, settings.max_images, value=1, step=1, label="Images")
+            with gr.Row():
+                generate_btn = gr.Button("Generate", variant="primary", elem_id="generate")
+                cancel_btn = gr.Button("Cancel", variant="stop", elem_id="cancel")
+            with gr.Accordion("Load parameters from image", open=False):
+                params_file = gr.File(label="PNG with parameters", file_types=[".png"], elem_id="params-file")
+        with gr.Column(scale=1):
+            gallery = gr.Gallery(label="Images", columns=2, format="png", elem_id="gallery", interactive=False)
+            send_row = gr.Row()  # hand-off buttons, added once every tab exists
+            last_seed = gr.Number(label="Seed used", interactive=False, precision=0)
+            info = gr.Markdown(label="info", elem_id="info")
+        selected = track_selection(gallery)  # inside the tab: a component between tabs confuses the tab bar
+        gr.api(list_loras, api_name="loras")  # inside the tab for the same reason
+
+    # .input, not .change: loading parameters from an image must not reset steps and guidance.
+    variant.input(on_variant, variant, [steps, guidance, note], api_visibility="private")
+    preset.input(on_preset, preset, [width, height], api_visibility="private")
+    lora_pick.input(on_pick, [lora_pick, prompt], [prompt, lora_info], queue=False, api_visibility="private")
+    prompt.change(
+        on_prompt, prompt, [lora_pick, lora_info], queue=False, show_progress="hidden", api_visibility="private"
+    )
+    lora_refresh.click(refresh_loras, prompt, [lora_pick, lora_info], api_visibility="private")
+    random_btn.click(lambda: -1, None, seed, api_visibility="private")
+    reuse_btn.click(lambda s: -1 if s is None else s, last_seed, seed, api_visibility="private")
+    inputs = [prompt, variant, width, height, steps, guidance, seed, num_images]
+    event = gr.on(
+        [generate_btn.click, prompt.submit],
+        generate,
+        inputs,
+        [gallery, last_seed, info],
+        api_name="text_to_image",
+        # Raw values go straight to the validator, whose messages name the field (Gradio's range and
+        # choice checks do not).
+        preprocess=False,
+        concurrency_id=GPU,
+        concurrency_limit=1,
+    )
+    cancel_btn.click(ctx.cancel, None, None, cancels=[event], queue=False, api_visibility="private")
+    form = [*inputs[:-1], preset, note]
+    params_file.upload(load_parameters, params_file, form, api_name="load_parameters").success(
+        show_guidance, variant, guidance, api_visibility="private"
+    )
+    return TextToImageTab(
+        prompt=prompt,
+        gallery=gallery,
+        selected=selected,
+        send_row=send_row,
+        parameters=Receiver(form, receive_parameters),
+    )
