@@ -53,7 +53,8 @@ def cpu_registry(policy: str, reason: str, lora_dir: Path | None = None):
 
     from flux_ui.core import policies
     from flux_ui.core.settings import Settings
-    from flux_ui.models.registry import Registry, SharedParts
+    from flux_ui.models.loading import SharedParts
+    from flux_ui.models.registry import Registry
     from flux_ui.tiny.models import _clip_tokenizer, _t5_tokenizer
 
     bench = _bench_speed()

@@ -281,7 +281,8 @@ def random_registry(vae, profile: str, cache: int = 2, lora_dirs: tuple[Path, ..
     from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
 
     from flux_ui.core.settings import Settings
-    from flux_ui.models.registry import Registry, SharedParts
+    from flux_ui.models.loading import SharedParts
+    from flux_ui.models.registry import Registry
     from flux_ui.tiny.models import _clip_tokenizer, _t5_tokenizer
 
     class RandomWeightRegistry(Registry):

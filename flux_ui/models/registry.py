@@ -20,7 +20,6 @@ import time
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 
 import torch
 
@@ -29,7 +28,8 @@ from flux_ui.core.errors import InvalidInput
 from flux_ui.core.memory import WORKSPACE_BYTES, module_bytes
 from flux_ui.core.settings import Settings
 from flux_ui.core.variants import CONTROL_LORAS, Variant, get_variant
-from flux_ui.models import placement, sources, speed, tiers
+from flux_ui.models import loading, placement, sources, speed, tiers
+from flux_ui.models.loading import SharedParts  # noqa: F401 - part of the registry's interface
 from flux_ui.models.loras import control as control_lora
 from flux_ui.models.loras.adapters import AdapterCache
 from flux_ui.models.loras.library import LoraLibrary, LoraRequest
@@ -44,24 +44,6 @@ SHARED_EVICTION_ORDER = ("text_encoder_2", "text_encoder", "vae")
 
 def _device_of(module: torch.nn.Module) -> torch.device:
     return next(module.parameters()).device
-
-
-@dataclass
-class SharedParts:
-    """The components every FLUX.1 variant uses, loaded once."""
-
-    text_encoder: torch.nn.Module  # CLIP-L text model (pooled prompt embedding)
-    tokenizer: object  # CLIP tokenizer
-    text_encoder_2: torch.nn.Module  # T5-XXL encoder (per-token prompt embedding)
-    tokenizer_2: object  # T5 tokenizer
-    vae: torch.nn.Module  # AutoencoderKL with 16 latent channels
-
-    def modules(self) -> dict[str, torch.nn.Module]:
-        return {
-            "text_encoder": self.text_encoder,
-            "text_encoder_2": self.text_encoder_2,
-            "vae": self.vae,
-        }
 
 
 class Registry:
@@ -100,63 +82,11 @@ class Registry:
                 self._move(name, module, self.settings.device)
             return self._shared
 
-    def _load_shared(self) -> SharedParts:
-        from diffusers import AutoencoderKL
-        from transformers import (
-            CLIPTextModel,
-            CLIPTokenizer,
-            T5EncoderModel,
-            T5TokenizerFast,
-        )
+    def _load_shared(self) -> SharedParts:  # a hook: the benchmarks build full-size random parts instead
+        return loading.load_shared(self.settings, self.load_counts)
 
-        src = self._source("shared", self.settings.shared_repo)
-        dtype = self.settings.dtype
-        setting = "--shared-repo (or --model shared=FOLDER)"
-
-        def get(what, fn):
-            self.load_counts[what] += 1
-            return sources.load(f"{what} (shared)", src, setting, fn)
-
-        parts = SharedParts(
-            tokenizer=get(
-                "tokenizer",
-                lambda: CLIPTokenizer.from_pretrained(src, subfolder="tokenizer"),
-            ),
-            tokenizer_2=get(
-                "tokenizer_2",
-                lambda: T5TokenizerFast.from_pretrained(src, subfolder="tokenizer_2"),
-            ),
-            text_encoder=get(
-                "text_encoder",
-                lambda: CLIPTextModel.from_pretrained(src, subfolder="text_encoder", dtype=dtype),
-            ),
-            text_encoder_2=get(
-                "text_encoder_2",
-                lambda: T5EncoderModel.from_pretrained(src, subfolder="text_encoder_2", dtype=dtype),
-            ),
-            vae=get(
-                "vae",
-                lambda: AutoencoderKL.from_pretrained(src, subfolder="vae", torch_dtype=dtype),
-            ),
-        )
-        for module in parts.modules().values():
-            module.eval().requires_grad_(False)
-        return parts
-
-    def _load_transformer(self, variant: Variant) -> torch.nn.Module:
-        from diffusers import FluxTransformer2DModel
-
-        src = self._source(variant.name, variant.repo_id)
-        self.load_counts[f"transformer:{variant.name}"] += 1
-        model = sources.load(
-            f"{variant.label} transformer",
-            src,
-            f"--model {variant.name}=FOLDER",
-            lambda: FluxTransformer2DModel.from_pretrained(
-                src, subfolder="transformer", torch_dtype=self.settings.dtype
-            ),
-        )
-        return model.eval().requires_grad_(False)
+    def _load_transformer(self, variant: Variant) -> torch.nn.Module:  # a hook, as _load_shared
+        return loading.load_transformer(self.settings, variant, self.load_counts)
 
     def _prior_parts(self, variant: Variant) -> dict[str, object]:
         """Redux's SigLIP image encoder, its image processor and the Redux embedder, as auxiliary entries."""
@@ -203,14 +133,7 @@ class Registry:
         from diffusers import FlowMatchEulerDiscreteScheduler
 
         if variant.name not in self._scheduler_configs:
-            src = self._source(variant.name, variant.repo_id)
-            sched = sources.load(
-                f"{variant.label} scheduler config",
-                src,
-                f"--model {variant.name}=FOLDER",
-                lambda: FlowMatchEulerDiscreteScheduler.from_pretrained(src, subfolder="scheduler"),
-            )
-            self._scheduler_configs[variant.name] = dict(sched.config)
+            self._scheduler_configs[variant.name] = loading.scheduler_config(self.settings, variant)
         return FlowMatchEulerDiscreteScheduler.from_config(self._scheduler_configs[variant.name])
 
     def previewer(self) -> LatentPreviewer:
