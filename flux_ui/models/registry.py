@@ -29,7 +29,7 @@ from flux_ui.core.memory import WORKSPACE_BYTES, module_bytes
 from flux_ui.core.settings import Settings
 from flux_ui.core.variants import CONTROL_LORAS, Variant, get_variant
 from flux_ui.models import loading, placement, sources, speed, tiers
-from flux_ui.models.loading import SharedParts  # noqa: F401 - part of the registry's interface
+from flux_ui.models.loading import SharedParts
 from flux_ui.models.loras import control as control_lora
 from flux_ui.models.loras.adapters import AdapterCache
 from flux_ui.models.loras.library import LoraLibrary, LoraRequest
