@@ -32,8 +32,7 @@ from flux_ui.core.errors import Cancelled, InvalidInput, ModelUnavailableError
 from flux_ui.media.metadata import format_parameters, png_info
 from flux_ui.models.faults import out_of_memory_message, recover_from_oom
 from flux_ui.models.registry import Registry
-from flux_ui.output.files import save_image
-from flux_ui.output.safety import screen
+from flux_ui.output.deliver import deliver
 from flux_ui.tasks import TaskResult
 
 log = logging.getLogger(__name__)
@@ -238,22 +237,16 @@ def _png(result_image, meta) -> str:
 def _respond(registry: Registry, req: GenerateRequest, result: TaskResult | str) -> GenerateResponse:
     if isinstance(result, str):
         return GenerateResponse(task=req.task, answer=result)
-    images, warnings = [], screen(registry, result)  # --safety-checker: flagged images are blurred first
-    for item in result.images:
-        try:  # as in the UI: an image that cannot be saved is still returned, with a warning
-            saved = str(save_image(item.image, item.meta, registry.settings.outputs_dir))
-        except OSError as err:
-            log.error("could not save image (seed %d): %s", item.meta.seed, err)
-            warnings.append(f"image with seed {item.meta.seed} was not saved to disk ({err.strerror or err})")
-            saved = None
-        images.append(
-            ImageOut(
-                png=_png(item.image, item.meta),
-                seed=item.meta.seed,
-                parameters=format_parameters(item.meta),
-                saved=saved,
-            )
+    delivered, warnings = deliver(registry, result)  # screened and saved, as in the UI
+    images = [
+        ImageOut(
+            png=_png(d.image, d.meta),
+            seed=d.meta.seed,
+            parameters=format_parameters(d.meta),
+            saved=None if d.saved is None else str(d.saved),
         )
+        for d in delivered
+    ]
     return GenerateResponse(task=req.task, images=images, seed=result.seed, timings=result.timings, warnings=warnings)
 
 

@@ -25,8 +25,7 @@ from flux_ui.core.variants import SQUARE_AND_WIDE
 from flux_ui.media.uploads import checked_upload, upload_dir
 from flux_ui.models.faults import out_of_memory_message, recover_from_oom
 from flux_ui.models.registry import Registry
-from flux_ui.output.files import save_image
-from flux_ui.output.safety import screen
+from flux_ui.output.deliver import Delivered, deliver
 from flux_ui.tasks import StepCallback, StepEvent, TaskResult
 from flux_ui.tasks.jobs import Job
 
@@ -118,21 +117,24 @@ class UiContext:
         """Save every image; return gallery items and warnings. An image that cannot be saved (a full
         disk, say) is still returned, as a picture, with a warning that it was not saved."""
         try:  # --safety-checker: flagged images are blurred first; without the classifier, nothing is shown
-            notes = screen(self.registry, result)
+            delivered, notes = deliver(self.registry, result)
         except ModelUnavailableError as err:
             raise gr.Error(str(err), title="Safety classifier not available", duration=None) from None
-        gallery = []
-        for item in result.images:
-            try:
-                path = save_image(item.image, item.meta, self.settings.outputs_dir)
-                gallery.append((publish(path), f"seed {item.meta.seed}"))
-            except OSError as err:
-                log.error("could not save image (seed %d): %s", item.meta.seed, err)
-                notes.append(f"⚠ Not saved to disk ({err.strerror or err}); download it from the gallery.")
-                gallery.append((item.image, f"seed {item.meta.seed} (not saved)"))
+        gallery = [_gallery_item(d) for d in delivered]
         if notes:
             gr.Warning(notes[0])
         return gallery, notes
+
+
+def _gallery_item(d: Delivered) -> tuple[object, str]:
+    """The saved file through its unguessable link; the picture itself if it was not saved (or the link
+    could not be made: it is still shown, and Gradio caches it under a hashed name)."""
+    if d.saved is not None:
+        try:
+            return publish(d.saved), f"seed {d.meta.seed}"
+        except OSError as err:
+            log.error("could not link %s for the gallery: %s", d.saved, err)
+    return d.image, f"seed {d.meta.seed}" + ("" if d.saved else " (not saved)")
 
 
 def publish(path: Path) -> str:
