@@ -8,7 +8,7 @@ from PIL import Image, ImageDraw
 from flux_ui.core.errors import Cancelled, InvalidInput
 from flux_ui.models.loras import control as control_lora
 from flux_ui.models.registry import Registry
-from flux_ui.tasks.control import ControlParams, control, validate_control
+from flux_ui.tasks.control import ControlParams, control, control_lora_pipeline, validate_control
 from flux_ui.tasks.text_to_image import TextToImageParams, text_to_image, validate_text_to_image
 
 
@@ -134,7 +134,7 @@ def test_shared_parts_are_shared_by_the_tool_variants(settings):
             assert type(pipe).__name__ == cls
             for part in ("text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "vae"):
                 assert getattr(pipe, part) is getattr(dev, part)
-    with registry.control_lora_pipeline("depth") as pipe:
+    with control_lora_pipeline(registry, "depth") as pipe:
         assert type(pipe).__name__ == "FluxControlPipeline"
         assert pipe.transformer is dev.transformer and pipe.vae is dev.vae
         assert pipe.transformer.config.in_channels == 128  # widened while the LoRA is on

@@ -7,6 +7,7 @@ from PIL import Image, ImageDraw
 from flux_ui.core.errors import ModelUnavailableError
 from flux_ui.media.control_maps import canny
 from flux_ui.models.registry import Registry
+from flux_ui.tasks.control import depth_estimator
 
 
 def edges(img: Image.Image, low=50, high=200) -> np.ndarray:
@@ -59,9 +60,9 @@ def test_thresholds_and_hysteresis():
 
 def test_depth_estimator_loads_once_and_maps_to_the_requested_size(registry):
     img = Image.effect_noise((120, 80), 60).convert("RGB")
-    with registry.depth_estimator() as estimator:
+    with depth_estimator(registry) as estimator:
         a = estimator(img, (96, 64))
-    with registry.depth_estimator() as again:
+    with depth_estimator(registry) as again:
         assert again is estimator
         b = again(img, (96, 64))
     assert registry.load_counts["depth-estimator"] == 1
@@ -77,6 +78,6 @@ def test_missing_depth_estimator_is_explained(settings, tmp_path):
     registry = Registry(replace(settings, model_paths={"depth-estimator": str(tmp_path / "nowhere")}))
     with (
         pytest.raises(ModelUnavailableError, match="Depth estimator.*--model depth-estimator"),
-        registry.depth_estimator(),
+        depth_estimator(registry),
     ):
         pass

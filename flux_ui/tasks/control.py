@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 
 from PIL import Image
@@ -20,6 +21,8 @@ from flux_ui.core.settings import Settings
 from flux_ui.core.variants import CONTROL_LORAS, get_variant
 from flux_ui.media.control_maps import CANNY_HIGH, CANNY_LOW, CANNY_MAX, canny
 from flux_ui.media.images import image_hash, load_image, working_size
+from flux_ui.models import sources
+from flux_ui.models.loras import control as control_lora
 from flux_ui.models.registry import Registry
 from flux_ui.tasks import StepCallback, TaskResult
 from flux_ui.tasks.batch import Batch, generate_batch
@@ -117,8 +120,73 @@ def control_map(
     `size`, or its depth map."""
     if mode == "canny":
         return canny(image.resize(size, Image.Resampling.LANCZOS), low, high)
-    with registry.depth_estimator() as estimator:
+    with depth_estimator(registry) as estimator:
         return estimator(image, size)
+
+
+@contextmanager
+def control_lora_pipeline(registry: Registry, mode: str) -> Iterator[object]:
+    """Lend a FluxControlPipeline on the [dev] transformer with BFL's `mode` ("canny" or "depth") LoRA
+    applied, holding the registry's lock; on leaving, the LoRA is removed and the transformer checked to be
+    as it was. If it cannot be restored exactly, it is dropped from the cache (and reloaded when next used).
+
+    No Canny/Depth transformer is loaded: the [dev] transformer (cached, or loaded as for text-to-image)
+    is borrowed. The LoRA file is read once and kept as an auxiliary entry.
+    """
+    lora = CONTROL_LORAS[mode]
+    settings = registry.settings
+    policy = settings.policy
+    # The control LoRA widens the transformer's input layer (a new module, which the offloading hooks
+    # do not place) and adds PEFT layers, which cannot wrap float8 layers.
+    blocker = None
+    if policy.fp8_at_load or policy.group_offload:
+        blocker = f"--memory-policy {policy.name}"
+    elif settings.speed == "fp8":
+        blocker = "the float8 layers of --speed fp8 (use --speed compile for this route)"
+    if blocker:
+        raise InvalidInput(
+            "route",
+            f"BFL's control LoRAs do not work with {blocker}; use route 'full' "
+            f"(the FLUX.1 {mode.capitalize()} [dev] transformer)",
+        )
+    src = sources.resolve_source(settings, lora.name, lora.repo_id)
+
+    def read() -> dict:
+        return control_lora.read(src, lora.weight_name)
+
+    with (
+        registry.lend_aux(f"lora:{lora.name}", lora.label, src, f"--model {lora.name}=FOLDER", read) as state_dict,
+        registry.pipeline(lora.base, pipeline_class="FluxControlPipeline") as pipe,
+    ):
+        before = control_lora.snapshot(pipe.transformer, lora.name)
+        try:
+            control_lora.apply(pipe, state_dict, lora.name)
+            yield pipe
+        finally:
+            try:
+                restored = control_lora.remove(pipe.transformer, before)
+            except Exception:  # noqa: BLE001 - whatever failed, this transformer must not be lent again
+                log.exception("removing control LoRA %s failed", lora.name)
+                restored = False
+            if not restored:
+                registry.forget_transformer(lora.base)
+
+
+@contextmanager
+def depth_estimator(registry: Registry) -> Iterator[object]:
+    """Lend the depth-estimation model (an auxiliary entry: loaded once, evicted before FLUX parts),
+    holding the registry's lock while in use."""
+    from flux_ui.media.control_maps import DEPTH_ESTIMATOR_REPO, load_depth_estimator
+
+    src = sources.resolve_source(registry.settings, "depth-estimator", DEPTH_ESTIMATOR_REPO)
+    with registry.lend_aux(
+        "depth-estimator",
+        "Depth estimator",
+        src,
+        "--model depth-estimator=FOLDER",
+        lambda: load_depth_estimator(src, registry.settings.dtype),
+    ) as estimator:
+        yield estimator
 
 
 def output_size(p: ControlParams, settings: Settings) -> tuple[int, int]:
@@ -166,7 +234,7 @@ def control(
     if use_lora:
         inputs["joint_attention_kwargs"] = {"scale": params.lora_scale}
     t = time.perf_counter()
-    lend = registry.control_lora_pipeline(params.mode) if use_lora else registry.pipeline(MODES[params.mode])
+    lend = control_lora_pipeline(registry, params.mode) if use_lora else registry.pipeline(MODES[params.mode])
     with lend as pipe:
         load = time.perf_counter() - t
         images, timings = generate_batch(registry, pipe, batch, on_step, should_stop, **inputs)
