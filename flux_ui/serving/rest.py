@@ -33,15 +33,16 @@ from flux_ui.media.metadata import format_parameters, png_info
 from flux_ui.models.faults import out_of_memory_message, recover_from_oom
 from flux_ui.models.registry import Registry
 from flux_ui.output.deliver import deliver
+from flux_ui.tasks import Request as TaskRequest
 from flux_ui.tasks import TaskResult
+from flux_ui.tasks.table import TASKS
 
 log = logging.getLogger(__name__)
 
-Task = Literal["text_to_image", "kontext_edit", "redux_variation", "fill", "control", "vqa"]
+Task = Literal[tuple(TASKS)]  # the task table's names: a new task is offered here without a change
 MAX_IMAGE_CHARS = 40_000_000  # one base64 image (about 30 MB of file); the decoder checks pixels after
 MAX_TEXT_CHARS = 20_000  # pydantic's bound; the tasks' own, lower limits give the precise message
 DISCONNECT_POLL_S = 0.25  # how often a running job checks that its client is still there
-_RESOLUTION = re.compile(r"^\s*(\d{1,5})\s*[x×X]\s*(\d{1,5})\s*$")
 Number = StrictInt | StrictFloat  # strict: "28" or true is a type error naming the field, not coerced
 
 
@@ -144,88 +145,27 @@ def rest_field(field: str, req: GenerateRequest) -> str:
     return field
 
 
-def parse_resolution(value: str | None, default: tuple[int, int]) -> tuple[int, int]:
-    if value is None:
-        return default
-    m = _RESOLUTION.match(value)
-    if not m:
-        raise InvalidInput("resolution", f'expected "WIDTHxHEIGHT" such as "1024x1024", got {value!r}')
-    return int(m.group(1)), int(m.group(2))
-
-
 def _run(registry: Registry, req: GenerateRequest, stop: Callable[[], bool]) -> TaskResult | str:
-    """Validate `req` with the task's own validator and run it; return its result (the answer for vqa).
+    """Validate `req` with its task's own validator and run it; return its result (the answer for vqa).
     `stop()` is checked between steps (tokens for vqa): true, the task raises Cancelled."""
-    from flux_ui.media.images import load_image
-    from flux_ui.tasks import control, fill, kontext, redux, text_to_image, vqa
-
     settings = registry.settings
 
-    def decode_image(value: str | None, field: str) -> bytes | None:
+    def decode(value: str | None, field: str) -> bytes | None:
         return decode_base64(value, field, settings.max_upload_mb)
 
-    image = decode_image(req.image, "image")
-    if req.task == "text_to_image":
-        w, h = parse_resolution(req.resolution, (1024, 1024))
-        raw = text_to_image.TextToImageParams(
-            req.prompt, req.variant or "dev", w, h, req.steps, req.guidance, req.seed, req.num_images
-        )
-        params = text_to_image.validate_text_to_image(raw, settings, registry.loras)
-        return text_to_image.text_to_image(registry, params, None, stop)
-    if req.task == "kontext_edit":
-        picture = load_image(image, "image")
-        size = req.resolution or kontext.AUTO
-        raw = kontext.KontextParams(picture, req.prompt, size, req.steps, req.guidance, req.seed, req.num_images)
-        return kontext.kontext_edit(registry, kontext.validate_kontext(raw, settings), None, stop)
-    if req.task == "redux_variation":
-        blobs = [image, *(decode_image(v, f"images[{i}]") for i, v in enumerate(req.images))]
-        refs = tuple(None if b is None else load_image(b, f"image_{i + 1}") for i, b in enumerate(blobs))
-        strengths = tuple(req.strengths) or (1.0,) * len(refs)
-        w, h = parse_resolution(req.resolution, (1024, 1024))
-        raw = redux.ReduxParams(
-            refs,
-            strengths,
-            req.prompt,
-            width=w,
-            height=h,
-            steps=req.steps,
-            guidance=req.guidance,
-            seed=req.seed,
-            num_images=req.num_images,
-        )
-        return redux.redux_variation(registry, redux.validate_redux(raw, settings), None, stop)
-    if req.task == "fill":
-        raw = fill.FillParams(
-            image,
-            req.prompt,
-            decode_image(req.mask, "mask"),
-            req.left,
-            req.right,
-            req.top,
-            req.bottom,
-            req.steps,
-            req.guidance,
-            req.seed,
-            req.num_images,
-        )
-        return fill.fill(registry, fill.validate_fill(raw, settings), None, stop)
-    if req.task == "control":
-        raw = control.ControlParams(
-            req.prompt,
-            image,
-            req.mode,
-            req.route,
-            decode_image(req.control_image, "control_image"),
-            steps=req.steps,
-            guidance=req.guidance,
-            seed=req.seed,
-            num_images=req.num_images,
-        )
-        return control.control(registry, control.validate_control(raw, settings), None, stop)
-    default_tokens = min(vqa.DEFAULT_ANSWER_TOKENS, settings.max_answer_tokens)  # as the UI's slider
-    tokens = default_tokens if req.max_new_tokens is None else req.max_new_tokens
-    params = vqa.validate_vqa(vqa.VqaParams(image, req.prompt, (), tokens), settings)
-    return vqa.answer_question(registry, params, None, stop).answer
+    spec = TASKS[req.task]
+    fields = req.model_dump(exclude={"task", "image", "images", "mask", "control_image", "strengths"})
+    request = TaskRequest(
+        **fields,
+        image=decode(req.image, "image"),
+        images=tuple(decode(v, f"images[{i}]") for i, v in enumerate(req.images)),
+        strengths=tuple(req.strengths),
+        mask=decode(req.mask, "mask"),
+        control_image=decode(req.control_image, "control_image"),
+    )
+    job = spec.validate(spec.from_request(request), settings, registry.loras)
+    result = spec.run(registry, job, None, stop)
+    return result if spec.images else result.answer
 
 
 def _png(result_image, meta) -> str:

@@ -1,19 +1,32 @@
 """Task functions: the registry and validated parameters in, a result dataclass out. No UI code here.
 
-One module per task; this package holds what they share: step events with live previews, cancellation,
-the result types and seed handling.
+One module per task; each ends with its `SPEC`, a `TaskSpec` that says everything a surface (the UI tabs,
+REST, MCP, the Python API) needs to offer it, and `flux_ui.tasks.table.TASKS` collects them. This package
+holds what the tasks share: the spec and request types, step events with live previews, cancellation and
+the result types.
+
+Each task has two parameter types: `...Params`, the raw values as a caller sent them (any type, images
+in any form `media.images.load_image` reads), and `...Job`, what `validate` makes of them (every field
+checked and typed, images decoded, defaults filled in). Task functions take only the latter.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
 
 from PIL import Image
 
 from flux_ui.core.errors import Cancelled
+from flux_ui.core.settings import Settings
 from flux_ui.media.metadata import ImageMeta
+from flux_ui.models.loras.library import LoraLibrary
 from flux_ui.models.registry import Registry
+
+P = TypeVar("P")  # a task's raw parameters
+J = TypeVar("J")  # the same, validated
+R = TypeVar("R")  # its result
 
 
 @dataclass
@@ -69,3 +82,49 @@ def step_callback(
         return {}
 
     return callback
+
+
+@dataclass(frozen=True)
+class Request:
+    """One request in the fields the APIs share (REST's `/generate` body, with images already decoded from
+    base64 to bytes): each task's `from_request` picks what it uses. Fields a task does not use are ignored."""
+
+    prompt: str = ""  # the prompt, Kontext's instruction or the VQA question
+    image: object | None = None  # the input image (bytes, or anything load_image reads)
+    images: tuple[object | None, ...] = ()  # Redux: more references
+    strengths: tuple[object, ...] = ()  # Redux: one per reference
+    mask: object | None = None  # Fill: white = repaint
+    control_image: object | None = None  # Control: a ready map
+    resolution: str | None = None  # "WIDTHxHEIGHT"; Kontext also "auto"
+    variant: str | None = None
+    steps: object | None = None
+    guidance: object | None = None
+    seed: object = -1
+    num_images: object = 1
+    mode: str = "canny"
+    route: str = "full"
+    left: object = 0
+    right: object = 0
+    top: object = 0
+    bottom: object = 0
+    max_new_tokens: object | None = None
+
+
+def no_extra(result: Any) -> str:
+    """`TaskSpec.describe` for tasks whose summary needs nothing beyond seed and timings."""
+    return ""
+
+
+@dataclass(frozen=True)
+class TaskSpec(Generic[P, J, R]):
+    """A task as every surface sees it. Adding a task is one module that ends with its TaskSpec, one line in
+    `flux_ui.tasks.table`, and one tab layout (`flux_ui.ui.tabs`)."""
+
+    name: str  # its name in every API: REST's `task`, the Gradio endpoint, the Python API's method
+    label: str  # its tab's title
+    params: type[P]  # the raw parameters
+    validate: Callable[[P, Settings, LoraLibrary | None], J]  # raises InvalidInput naming the field
+    run: Callable[[Registry, J, Callable | None, Callable[[], bool] | None], R]  # (registry, job, on_event, stop)
+    from_request: Callable[[Request], P]  # the raw parameters from the APIs' shared fields
+    describe: Callable[[R], str] = no_extra  # what the summary adds to seed and timings (a line, or "")
+    images: bool = True  # whether results are images (TaskResult) delivered through `output.deliver`

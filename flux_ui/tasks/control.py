@@ -10,7 +10,7 @@ import logging
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from PIL import Image
 
@@ -24,7 +24,7 @@ from flux_ui.media.images import image_hash, load_image, working_size
 from flux_ui.models import sources
 from flux_ui.models.loras import control as control_lora
 from flux_ui.models.registry import Registry
-from flux_ui.tasks import StepCallback, TaskResult
+from flux_ui.tasks import Request, StepCallback, TaskResult, TaskSpec
 from flux_ui.tasks.batch import Batch, generate_batch
 from flux_ui.tasks.params import (
     check_float,
@@ -51,31 +51,48 @@ class ControlResult(TaskResult):
 
 @dataclass(frozen=True)
 class ControlParams:
-    """One structure-control request. After `validate_control`, `image` and `control_image` are RGB PIL
-    images or None, and every default is filled in."""
+    """One structure-control request as sent."""
 
-    prompt: str  # what to generate
+    prompt: object  # what to generate
     image: object | None = None  # source image the control map is computed from
-    mode: str = "canny"  # canny (edges) or depth
-    route: str = "full"  # full: FLUX.1 Canny/Depth [dev]; lora: BFL's LoRA on FLUX.1 [dev]
+    mode: object = "canny"  # canny (edges) or depth
+    route: object = "full"  # full: FLUX.1 Canny/Depth [dev]; lora: BFL's LoRA on FLUX.1 [dev]
     control_image: object | None = None  # a ready control map; replaces the one computed from `image`
-    low_threshold: int = CANNY_LOW  # Canny: gradients above this are edges if connected to strong ones
-    high_threshold: int = CANNY_HIGH  # Canny: gradients above this are edges
-    lora_scale: float | None = None  # LoRA route: strength of the LoRA; None: 0.85, as BFL's reference
-    steps: int | None = None  # denoising steps; None: 50, as published
-    guidance: float | None = None  # distilled guidance; None: 30 for Canny, 10 for Depth, as published
-    seed: int = -1  # -1 picks a random seed; image i of a batch uses seed + i
-    num_images: int = 1
+    low_threshold: object = CANNY_LOW  # Canny: gradients above this are edges if connected to strong ones
+    high_threshold: object = CANNY_HIGH  # Canny: gradients above this are edges
+    lora_scale: object | None = None  # LoRA route: strength of the LoRA; None: 0.85, as BFL's reference
+    steps: object | None = None  # denoising steps; None: 50, as published
+    guidance: object | None = None  # distilled guidance; None: 30 for Canny, 10 for Depth, as published
+    seed: object = -1  # -1 picks a random seed; image i of a batch uses seed + i
+    num_images: object = 1
+
+
+@dataclass(frozen=True)
+class ControlJob:
+    """A validated structure-control request (see ControlParams)."""
+
+    prompt: str
+    image: Image.Image | None  # RGB; None when a ready map was sent
+    mode: str  # a key of MODES
+    route: str  # one of ROUTES
+    control_image: Image.Image | None  # RGB
+    low_threshold: int
+    high_threshold: int
+    lora_scale: float
+    steps: int
+    guidance: float
+    seed: int
+    num_images: int
 
 
 def _check_choice(field: str, value: object, choices) -> str:
-    if value not in choices:
+    if not isinstance(value, str) or value not in choices:
         raise InvalidInput(field, f"unknown {field} {value!r}; choose one of: {', '.join(choices)}")
-    return value  # type: ignore[return-value]
+    return value
 
 
-def validate_control(p: ControlParams, settings: Settings) -> ControlParams:
-    """Return `p` checked, images loaded and defaults filled in; raise InvalidInput on the first bad field."""
+def validate_control(p: ControlParams, settings: Settings) -> ControlJob:
+    """`p` checked, images decoded and defaults filled in; raise InvalidInput on the first bad field."""
     mode = _check_choice("mode", p.mode, MODES)
     route = _check_choice("route", p.route, ROUTES)
     variant = get_variant(MODES[mode])
@@ -91,8 +108,7 @@ def validate_control(p: ControlParams, settings: Settings) -> ControlParams:
         raise InvalidInput("low_threshold", f"{low} is above high_threshold ({high}); make it lower")
     scale = CONTROL_LORAS[mode].default_scale if p.lora_scale is None else check_float("lora_scale", p.lora_scale)
     check_range("lora_scale", scale, 0.0, MAX_LORA_SCALE)
-    return replace(
-        p,
+    return ControlJob(
         prompt=prompt,
         image=image,
         mode=mode,
@@ -189,31 +205,33 @@ def depth_estimator(registry: Registry) -> Iterator[object]:
         yield estimator
 
 
-def output_size(p: ControlParams, settings: Settings) -> tuple[int, int]:
+def output_size(p: ControlJob, settings: Settings) -> tuple[int, int]:
     """The source's (or the uploaded map's) size, scaled down to the megapixel limit, multiples of 16."""
-    reference: Image.Image = p.control_image if p.control_image is not None else p.image  # type: ignore[assignment]
+    reference = p.control_image if p.control_image is not None else p.image
+    assert reference is not None  # noqa: S101 - validate_control requires one of them
     return working_size(*reference.size, settings.max_pixels)
 
 
 @on_gpu
 def control(
     registry: Registry,
-    params: ControlParams,
+    params: ControlJob,
     on_step: StepCallback | None = None,
     should_stop: Callable[[], bool] | None = None,
 ) -> ControlResult:
-    """Generate images that follow the control map; `params` must have passed `validate_control`."""
+    """Generate images that follow the control map."""
     start = time.perf_counter()
     size = output_size(params, registry.settings)
     extra = {"Control": params.mode, "Control route": params.route}
     if params.control_image is not None:
-        cmap = params.control_image.resize(size, Image.Resampling.BICUBIC)  # type: ignore[union-attr]
+        cmap = params.control_image.resize(size, Image.Resampling.BICUBIC)
         extra["Control map"] = "uploaded"
     else:
-        cmap = control_map(registry, params.image, params.mode, size, params.low_threshold, params.high_threshold)  # type: ignore[arg-type]
+        assert params.image is not None  # noqa: S101 - validate_control requires one of them
+        cmap = control_map(registry, params.image, params.mode, size, params.low_threshold, params.high_threshold)
         if params.mode == "canny":
             extra["Canny thresholds"] = f"{params.low_threshold}/{params.high_threshold}"
-        extra["Source hash"] = image_hash(params.image)  # type: ignore[arg-type]
+        extra["Source hash"] = image_hash(params.image)
     extra["Control hash"] = image_hash(cmap)
     map_time = time.perf_counter() - start
 
@@ -223,11 +241,11 @@ def control(
         prompt=params.prompt,
         variant=get_variant(lora.base if use_lora else MODES[params.mode]),
         seed=resolve_seed(params.seed),
-        steps=params.steps,  # type: ignore[arg-type]
-        guidance=params.guidance,  # type: ignore[arg-type]
+        steps=params.steps,
+        guidance=params.guidance,
         num_images=params.num_images,
         size=size,
-        loras=((lora.name, params.lora_scale),) if use_lora else (),  # type: ignore[arg-type]
+        loras=((lora.name, params.lora_scale),) if use_lora else (),
         extra=extra,
     )
     inputs = {"control_image": cmap}
@@ -249,3 +267,27 @@ def control(
         timings["total"],
     )
     return ControlResult(images=images, seed=batch.seed, timings=timings, control_image=cmap)
+
+
+def from_request(r: Request) -> ControlParams:
+    return ControlParams(
+        r.prompt,
+        r.image,
+        r.mode,
+        r.route,
+        r.control_image,
+        steps=r.steps,
+        guidance=r.guidance,
+        seed=r.seed,
+        num_images=r.num_images,
+    )
+
+
+SPEC = TaskSpec(
+    name="control",
+    label="Control",
+    params=ControlParams,
+    validate=lambda p, settings, library: validate_control(p, settings),
+    run=control,
+    from_request=from_request,
+)

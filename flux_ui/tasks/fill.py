@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image
@@ -17,7 +17,7 @@ from flux_ui.core.settings import Settings
 from flux_ui.core.variants import get_variant
 from flux_ui.media.images import alpha_or_luminance, image_hash, load_image, open_image, working_size
 from flux_ui.models.registry import Registry
-from flux_ui.tasks import StepCallback, TaskResult
+from flux_ui.tasks import Request, StepCallback, TaskResult, TaskSpec
 from flux_ui.tasks.batch import Batch, generate_batch
 from flux_ui.tasks.params import (
     MAX_SIDE,
@@ -43,20 +43,36 @@ class FillResult(TaskResult):
 
 @dataclass(frozen=True)
 class FillParams:
-    """One Fill request. After `validate_fill`, `image` is an RGB PIL image and `mask` a binary "L" image
-    of the same size (255 = repaint) or None."""
+    """One Fill request as sent."""
 
     image: object  # the picture: PIL image, numpy array, file path or upload payload
-    prompt: str  # what the filled area should show
+    prompt: object  # what the filled area should show
     mask: object | None = None  # white (or, with transparency, painted) = repaint; resized to `image`
-    left: int = 0  # pixels of `image` to add on the left and fill (outpainting)
-    right: int = 0  # ... on the right
-    top: int = 0  # ... at the top
-    bottom: int = 0  # ... at the bottom
-    steps: int | None = None  # denoising steps; None: 50, as published
-    guidance: float | None = None  # distilled guidance; None: 30, as published
-    seed: int = -1  # -1 picks a random seed; image i of a batch uses seed + i
-    num_images: int = 1
+    left: object = 0  # pixels of `image` to add on the left and fill (outpainting)
+    right: object = 0  # ... on the right
+    top: object = 0  # ... at the top
+    bottom: object = 0  # ... at the bottom
+    steps: object | None = None  # denoising steps; None: 50, as published
+    guidance: object | None = None  # distilled guidance; None: 30, as published
+    seed: object = -1  # -1 picks a random seed; image i of a batch uses seed + i
+    num_images: object = 1
+
+
+@dataclass(frozen=True)
+class FillJob:
+    """A validated Fill request (see FillParams)."""
+
+    image: Image.Image  # RGB
+    prompt: str
+    mask: Image.Image | None  # binary "L" at the image's size, 255 = repaint; None: outpainting only
+    left: int
+    right: int
+    top: int
+    bottom: int
+    steps: int
+    guidance: float
+    seed: int
+    num_images: int
 
     @property
     def outpaint(self) -> tuple[int, int, int, int]:
@@ -99,15 +115,14 @@ def _check_mask(value: object, size: tuple[int, int], outpainting: bool) -> Imag
     return binary
 
 
-def validate_fill(p: FillParams, settings: Settings) -> FillParams:
-    """Return `p` checked, images loaded and defaults filled in; raise InvalidInput on the first bad field."""
+def validate_fill(p: FillParams, settings: Settings) -> FillJob:
+    """`p` checked, images decoded and defaults filled in; raise InvalidInput on the first bad field."""
     variant = get_variant(VARIANT)
     image = load_image(p.image, "image")
     prompt = check_prompt(p.prompt, settings)
     amounts = _check_outpaint(p, image.size)
     mask = _check_mask(p.mask, image.size, outpainting=any(amounts.values()))
-    return replace(
-        p,
+    return FillJob(
         image=image,
         prompt=prompt,
         mask=mask,
@@ -119,10 +134,10 @@ def validate_fill(p: FillParams, settings: Settings) -> FillParams:
     )
 
 
-def build_canvas(p: FillParams, max_pixels: int) -> tuple[Image.Image, Image.Image]:
+def build_canvas(p: FillJob, max_pixels: int) -> tuple[Image.Image, Image.Image]:
     """The image and mask the model gets: the picture on a canvas grown by the outpaint amounts, the new
     area masked, both scaled to the working size (at most `max_pixels`, multiples of 16)."""
-    image: Image.Image = p.image  # type: ignore[assignment]
+    image = p.image
     w, h = image.size
     canvas_size = (w + p.left + p.right, h + p.top + p.bottom)
     canvas = Image.new("RGB", canvas_size, OUTPAINT_GREY)
@@ -140,11 +155,11 @@ def build_canvas(p: FillParams, max_pixels: int) -> tuple[Image.Image, Image.Ima
 @on_gpu
 def fill(
     registry: Registry,
-    params: FillParams,
+    params: FillJob,
     on_step: StepCallback | None = None,
     should_stop: Callable[[], bool] | None = None,
 ) -> FillResult:
-    """Fill the masked and outpainted areas of `params.image`; `params` must have passed `validate_fill`.
+    """Fill the masked and outpainted areas of `params.image`.
 
     The result has the canvas's working size; outside the mask the picture is re-rendered by the model
     (as FLUX.1 Fill does), not pasted back.
@@ -152,17 +167,17 @@ def fill(
     variant = get_variant(VARIANT)
     start = time.perf_counter()
     canvas, mask = build_canvas(params, registry.settings.max_pixels)
-    extra = {"Source hash": image_hash(params.image)}  # type: ignore[arg-type]
+    extra = {"Source hash": image_hash(params.image)}
     if params.mask is not None:
-        extra["Mask hash"] = image_hash(params.mask)  # type: ignore[arg-type]
+        extra["Mask hash"] = image_hash(params.mask)
     if any(params.outpaint):
         extra["Outpaint"] = ", ".join(f"{s} {v}" for s, v in zip(SIDES, params.outpaint, strict=True))
     batch = Batch(
         prompt=params.prompt,
         variant=variant,
         seed=resolve_seed(params.seed),
-        steps=params.steps,  # type: ignore[arg-type]
-        guidance=params.guidance,  # type: ignore[arg-type]
+        steps=params.steps,
+        guidance=params.guidance,
         num_images=params.num_images,
         size=canvas.size,
         extra=extra,
@@ -181,3 +196,25 @@ def fill(
         timings["total"],
     )
     return FillResult(images=images, seed=batch.seed, timings=timings, repainted=repainted)
+
+
+def from_request(r: Request) -> FillParams:
+    return FillParams(
+        r.image, r.prompt, r.mask, r.left, r.right, r.top, r.bottom, r.steps, r.guidance, r.seed, r.num_images
+    )
+
+
+def describe(result: FillResult) -> str:
+    meta = result.images[0].meta
+    return f"{meta.width}×{meta.height} px, {100 * result.repainted:.0f}% repainted"
+
+
+SPEC = TaskSpec(
+    name="fill",
+    label="Fill",
+    params=FillParams,
+    validate=lambda p, settings, library: validate_fill(p, settings),
+    run=fill,
+    from_request=from_request,
+    describe=describe,
+)

@@ -13,7 +13,7 @@ import logging
 import re
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from PIL import Image
 
@@ -22,18 +22,17 @@ from flux_ui.core.gpu import on_gpu
 from flux_ui.core.seeds import resolve_seed
 from flux_ui.core.settings import Settings
 from flux_ui.core.variants import get_variant, nearest_resolution
-from flux_ui.media.images import image_hash
+from flux_ui.media.images import image_hash, load_image
 from flux_ui.models.registry import Registry
-from flux_ui.tasks import StepCallback, TaskResult
+from flux_ui.tasks import Request, StepCallback, TaskResult, TaskSpec
 from flux_ui.tasks.batch import Batch, generate_batch
 from flux_ui.tasks.params import (
-    MAX_GUIDANCE,
-    check_int,
-    check_number,
+    check_guidance,
+    check_num_images,
     check_prompt,
-    check_range,
     check_seed,
     check_size,
+    check_steps,
 )
 
 log = logging.getLogger(__name__)
@@ -45,17 +44,30 @@ _SIZE = re.compile(r"^\s*(\d+)\s*[x×X]\s*(\d+)\s*$")
 
 @dataclass(frozen=True)
 class KontextParams:
-    """One Kontext edit. Defaults of None take Kontext [dev]'s published defaults (28 steps, guidance 2.5)."""
+    """One Kontext edit as sent. Defaults of None take Kontext [dev]'s published defaults (28 steps,
+    guidance 2.5)."""
 
-    image: Image.Image  # the input, already decoded to RGB by images.load_image
-    instruction: str  # what to change, e.g. "make the car red"
-    size: str = AUTO  # "auto" or "WIDTHxHEIGHT" (multiples of 16) for the output
-    steps: int | None = None  # denoising steps
-    guidance: float | None = None  # distilled guidance
-    seed: int = -1  # -1 picks a random seed; image i uses seed + i
-    num_images: int = 1  # edits made one after another, from the same input
-    width: int = 0  # output width, filled in by validation from `size`
-    height: int = 0  # output height, filled in by validation from `size`
+    image: object  # the input: anything images.load_image reads
+    instruction: object  # what to change, e.g. "make the car red"
+    size: object = AUTO  # "auto" or "WIDTHxHEIGHT" (multiples of 16) for the output
+    steps: object | None = None  # denoising steps
+    guidance: object | None = None  # distilled guidance
+    seed: object = -1  # -1 picks a random seed; image i uses seed + i
+    num_images: object = 1  # edits made one after another, from the same input
+
+
+@dataclass(frozen=True)
+class KontextJob:
+    """A validated Kontext edit (see KontextParams)."""
+
+    image: Image.Image  # RGB
+    instruction: str
+    width: int  # output size, from `size`
+    height: int
+    steps: int
+    guidance: float
+    seed: int
+    num_images: int
 
 
 def context_size(image: Image.Image) -> tuple[int, int]:
@@ -78,36 +90,33 @@ def output_size(size: object, image: Image.Image, settings: Settings) -> tuple[i
         raise InvalidInput("size", str(err)) from None
 
 
-def validate_kontext(p: KontextParams, settings: Settings) -> KontextParams:
-    """Return `p` checked, with defaults and the output size filled in; raise InvalidInput on a bad field."""
+def validate_kontext(p: KontextParams, settings: Settings) -> KontextJob:
+    """`p` checked, the image decoded, defaults and the output size filled in; raise InvalidInput on the
+    first bad field."""
     variant = get_variant(VARIANT)
+    image = load_image(p.image, "image")
     instruction = check_prompt(p.instruction, settings, "instruction", "say what to change in the image")
-    width, height = output_size(p.size, p.image, settings)
-    steps = variant.default_steps if p.steps is None else check_int("steps", p.steps)
-    check_range("steps", steps, 1, settings.max_steps)
-    guidance = variant.default_guidance if p.guidance is None else check_number("guidance", p.guidance, 0, MAX_GUIDANCE)
-    num_images = check_int("num_images", p.num_images)
-    check_range("num_images", num_images, 1, settings.max_images)
-    return replace(
-        p,
+    width, height = output_size(p.size, image, settings)
+    return KontextJob(
+        image=image,
         instruction=instruction,
         width=width,
         height=height,
-        steps=steps,
-        guidance=float(guidance),
+        steps=check_steps(p.steps, variant.default_steps, settings),
+        guidance=check_guidance(p.guidance, variant.default_guidance),
         seed=check_seed(p.seed),
-        num_images=num_images,
+        num_images=check_num_images(p.num_images, settings),
     )
 
 
 @on_gpu
 def kontext_edit(
     registry: Registry,
-    params: KontextParams,
+    params: KontextJob,
     on_step: StepCallback | None = None,
     should_stop: Callable[[], bool] | None = None,
 ) -> TaskResult:
-    """Edit `params.image` as `params.instruction` says; `params` must have passed `validate_kontext`.
+    """Edit `params.image` as `params.instruction` says.
 
     The instruction is encoded once; edit i starts from the noise of seed + i (drawn on the CPU).
     """
@@ -157,3 +166,23 @@ def kontext_edit(
         timings["total"],
     )
     return TaskResult(images=images, seed=seed, timings=timings)
+
+
+def from_request(r: Request) -> KontextParams:
+    return KontextParams(r.image, r.prompt, r.resolution or AUTO, r.steps, r.guidance, r.seed, r.num_images)
+
+
+def describe(result: TaskResult) -> str:
+    meta = result.images[0].meta
+    return f"Output {meta.width}×{meta.height} · context {meta.extra['Context size']}"
+
+
+SPEC = TaskSpec(
+    name="kontext_edit",
+    label="Kontext edit",
+    params=KontextParams,
+    validate=lambda p, settings, library: validate_kontext(p, settings),
+    run=kontext_edit,
+    from_request=from_request,
+    describe=describe,
+)

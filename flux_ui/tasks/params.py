@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 
 from flux_ui.core.errors import InvalidInput
 from flux_ui.core.seeds import SEED_MAX
@@ -11,6 +12,7 @@ from flux_ui.core.settings import Settings
 MIN_SIDE = 64  # pixels; FLUX works in 16-pixel patches (8x VAE, 2x2 packing)
 MAX_SIDE = 4096  # pixels, whatever the megapixel limit
 MAX_GUIDANCE = 100.0
+_RESOLUTION = re.compile(r"^\s*(\d{1,5})\s*[x×X]\s*(\d{1,5})\s*$")
 
 
 def check_int(field: str, value: object) -> int:
@@ -115,3 +117,14 @@ def check_num_images(value: object, settings: Settings) -> int:
     n = check_int("num_images", value)
     check_range("num_images", n, 1, settings.max_images)
     return n
+
+
+def parse_resolution(value: str | None, default: tuple[int, int]) -> tuple[int, int]:
+    """(width, height) from "WIDTHxHEIGHT" (the APIs' `resolution` field; also "1024 × 768"); `default`
+    for None. The numbers are checked by `check_size`."""
+    if value is None:
+        return default
+    m = _RESOLUTION.match(value)
+    if not m:
+        raise InvalidInput("resolution", f'expected "WIDTHxHEIGHT" such as "1024x1024", got {value!r}')
+    return int(m.group(1)), int(m.group(2))

@@ -22,7 +22,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import torch
 from PIL import Image
@@ -32,18 +32,19 @@ from flux_ui.core.gpu import on_gpu
 from flux_ui.core.seeds import resolve_seed
 from flux_ui.core.settings import Settings
 from flux_ui.core.variants import get_variant
-from flux_ui.media.images import image_hash
+from flux_ui.media.images import image_hash, load_image
 from flux_ui.models.registry import Registry
-from flux_ui.tasks import StepCallback, TaskResult
+from flux_ui.tasks import Request, StepCallback, TaskResult, TaskSpec
 from flux_ui.tasks.batch import Batch, generate_batch
 from flux_ui.tasks.params import (
-    MAX_GUIDANCE,
-    check_int,
+    check_guidance,
+    check_num_images,
     check_number,
     check_prompt,
-    check_range,
     check_seed,
     check_size,
+    check_steps,
+    parse_resolution,
 )
 
 log = logging.getLogger(__name__)
@@ -55,23 +56,41 @@ MAX_SCALE = 2.0  # strengths and prompt scales: above this the conditioning leav
 
 @dataclass(frozen=True)
 class ReduxParams:
-    """One Redux request. Defaults of None take the published Redux defaults ([dev], 28 steps, guidance 2.5)."""
+    """One Redux request as sent. Defaults of None take the published Redux defaults ([dev], 28 steps,
+    guidance 2.5)."""
 
-    images: tuple[Image.Image | None, ...]  # 1-4 reference images (RGB, from images.load_image); None: empty slot
-    strengths: tuple[float, ...]  # one per image: scale of its Redux tokens, 0-2 (1 = as trained)
-    prompt: str = ""  # optional text mixed in with the images
-    prompt_embeds_scale: float = 1.0  # scale of the prompt's T5 tokens, 0-2
-    pooled_prompt_embeds_scale: float = 1.0  # scale of the prompt's pooled CLIP vector, 0-2
-    width: int = 1024  # pixels, a multiple of 16
-    height: int = 1024  # pixels, a multiple of 16
-    steps: int | None = None  # denoising steps
-    guidance: float | None = None  # distilled guidance
-    seed: int = -1  # -1 picks a random seed; variation i uses seed + i
-    num_images: int = 1  # variations, made one after another
+    images: tuple[object | None, ...]  # 1-4 reference images, anything images.load_image reads; None: empty slot
+    strengths: tuple[object, ...]  # one per image: scale of its Redux tokens, 0-2 (1 = as trained)
+    prompt: object = ""  # optional text mixed in with the images
+    prompt_embeds_scale: object = 1.0  # scale of the prompt's T5 tokens, 0-2
+    pooled_prompt_embeds_scale: object = 1.0  # scale of the prompt's pooled CLIP vector, 0-2
+    width: object = 1024  # pixels, a multiple of 16
+    height: object = 1024  # pixels, a multiple of 16
+    steps: object | None = None  # denoising steps
+    guidance: object | None = None  # distilled guidance
+    seed: object = -1  # -1 picks a random seed; variation i uses seed + i
+    num_images: object = 1  # variations, made one after another
 
 
-def validate_redux(p: ReduxParams, settings: Settings) -> ReduxParams:
-    """Return `p` checked and with defaults filled in; raise InvalidInput on the first bad field.
+@dataclass(frozen=True)
+class ReduxJob:
+    """A validated Redux request (see ReduxParams): empty slots dropped, images decoded to RGB."""
+
+    images: tuple[Image.Image, ...]
+    strengths: tuple[float, ...]  # one per image
+    prompt: str
+    prompt_embeds_scale: float
+    pooled_prompt_embeds_scale: float
+    width: int
+    height: int
+    steps: int
+    guidance: float
+    seed: int
+    num_images: int
+
+
+def validate_redux(p: ReduxParams, settings: Settings) -> ReduxJob:
+    """`p` checked, images decoded and defaults filled in; raise InvalidInput on the first bad field.
 
     `images` may hold None for empty slots (a form with four image inputs); they are dropped here. Errors
     name the slot, `image_<n>` and `strength_<n>` (1-based), as in the API.
@@ -85,19 +104,14 @@ def validate_redux(p: ReduxParams, settings: Settings) -> ReduxParams:
         raise InvalidInput("image_1", "is missing; upload at least one reference image")
     if len(used) > MAX_REFERENCES:
         raise InvalidInput(f"image_{used[MAX_REFERENCES][0]}", f"at most {MAX_REFERENCES} reference images are used")
+    images = tuple(load_image(im, f"image_{n}") for n, im, _ in used)
     strengths = tuple(check_number(f"strength_{n}", s, 0.0, MAX_SCALE) for n, _, s in used)
     if not any(strengths):
         raise InvalidInput(f"strength_{used[0][0]}", "every strength is 0, so no image would count; raise one above 0")
     prompt = check_prompt(p.prompt, settings, optional=True)
     width, height = check_size(p.width, p.height, settings)
-    steps = base.default_steps if p.steps is None else check_int("steps", p.steps)
-    check_range("steps", steps, 1, settings.max_steps)
-    guidance = variant.default_guidance if p.guidance is None else check_number("guidance", p.guidance, 0, MAX_GUIDANCE)
-    num_images = check_int("num_images", p.num_images)
-    check_range("num_images", num_images, 1, settings.max_images)
-    return replace(
-        p,
-        images=tuple(im for _, im, _ in used),
+    return ReduxJob(
+        images=images,
         strengths=strengths,
         prompt=prompt,
         prompt_embeds_scale=check_number("prompt_embeds_scale", p.prompt_embeds_scale, 0.0, MAX_SCALE),
@@ -106,15 +120,15 @@ def validate_redux(p: ReduxParams, settings: Settings) -> ReduxParams:
         ),
         width=width,
         height=height,
-        steps=steps,
-        guidance=float(guidance),
+        steps=check_steps(p.steps, base.default_steps, settings),
+        guidance=check_guidance(p.guidance, variant.default_guidance),
         seed=check_seed(p.seed),
-        num_images=num_images,
+        num_images=check_num_images(p.num_images, settings),
     )
 
 
 @torch.inference_mode()
-def redux_conditioning(prior, params: ReduxParams, device: str, max_sequence_length: int):
+def redux_conditioning(prior, params: ReduxJob, device: str, max_sequence_length: int):
     """(prompt_embeds, pooled_prompt_embeds) for the [dev] pipeline, weighted as the module docstring says.
 
     `prior` is the FluxPriorReduxPipeline the registry lends, with the shared text encoders.
@@ -133,11 +147,11 @@ def redux_conditioning(prior, params: ReduxParams, device: str, max_sequence_len
 @on_gpu
 def redux_variation(
     registry: Registry,
-    params: ReduxParams,
+    params: ReduxJob,
     on_step: StepCallback | None = None,
     should_stop: Callable[[], bool] | None = None,
 ) -> TaskResult:
-    """Make `params.num_images` variations; `params` must have passed `validate_redux`.
+    """Make `params.num_images` variations.
 
     The conditioning is computed once; variation i starts from the noise of seed + i (drawn on the CPU).
     """
@@ -182,3 +196,29 @@ def redux_variation(
         timings["total"],
     )
     return TaskResult(images=images, seed=seed, timings=timings)
+
+
+def from_request(r: Request) -> ReduxParams:
+    refs = (r.image, *r.images)
+    width, height = parse_resolution(r.resolution, (1024, 1024))
+    return ReduxParams(
+        refs,
+        tuple(r.strengths) or (1.0,) * len(refs),
+        r.prompt,
+        width=width,
+        height=height,
+        steps=r.steps,
+        guidance=r.guidance,
+        seed=r.seed,
+        num_images=r.num_images,
+    )
+
+
+SPEC = TaskSpec(
+    name="redux_variation",
+    label="Redux variation",
+    params=ReduxParams,
+    validate=lambda p, settings, library: validate_redux(p, settings),
+    run=redux_variation,
+    from_request=from_request,
+)

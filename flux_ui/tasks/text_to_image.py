@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import logging
-import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from flux_ui.core.errors import InvalidInput
 from flux_ui.core.gpu import on_gpu
@@ -15,32 +14,55 @@ from flux_ui.core.settings import Settings
 from flux_ui.core.variants import get_variant
 from flux_ui.models.loras.library import LoraLibrary, LoraRequest, check_request, parse_prompt
 from flux_ui.models.registry import Registry
-from flux_ui.tasks import StepCallback, TaskResult
+from flux_ui.tasks import Request, StepCallback, TaskResult, TaskSpec
 from flux_ui.tasks.batch import Batch, generate_batch
-from flux_ui.tasks.params import MAX_GUIDANCE, check_int, check_prompt, check_range, check_seed, check_size
+from flux_ui.tasks.params import (
+    check_guidance,
+    check_num_images,
+    check_prompt,
+    check_seed,
+    check_size,
+    check_steps,
+    parse_resolution,
+)
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class TextToImageParams:
-    """One text-to-image request. Defaults of None take the variant's published defaults."""
+    """One text-to-image request as sent. Defaults of None take the variant's published defaults."""
 
-    prompt: str  # may name LoRAs as <lora:NAME:WEIGHT>; the tags are not sent to the encoders
-    variant: str = "dev"  # a text-to-image variant name: dev, schnell, krea-dev
-    width: int = 1024  # pixels, a multiple of 16
-    height: int = 1024  # pixels, a multiple of 16
-    steps: int | None = None  # denoising steps; None: the variant's default
-    guidance: float | None = None  # distilled guidance; None: the variant's default; unused by [schnell]
-    seed: int = -1  # -1 picks a random seed; image i of a batch uses seed + i
-    num_images: int = 1  # images generated one after another
+    prompt: object  # may name LoRAs as <lora:NAME:WEIGHT>; the tags are not sent to the encoders
+    variant: object = "dev"  # a text-to-image variant name: dev, schnell, krea-dev
+    width: object = 1024  # pixels, a multiple of 16
+    height: object = 1024  # pixels, a multiple of 16
+    steps: object | None = None  # denoising steps; None: the variant's default
+    guidance: object | None = None  # distilled guidance; None: the variant's default; unused by [schnell]
+    seed: object = -1  # -1 picks a random seed; image i of a batch uses seed + i
+    num_images: object = 1  # images generated one after another
     loras: LoraRequest = ()  # (name, weight) pairs; validation adds those the prompt's tags name
+
+
+@dataclass(frozen=True)
+class TextToImageJob:
+    """A validated text-to-image request (see TextToImageParams)."""
+
+    prompt: str  # as written, LoRA tags included (the metadata records it so)
+    variant: str
+    width: int
+    height: int
+    steps: int
+    guidance: float | None  # None for [schnell], which has no guidance input
+    seed: int  # -1: random
+    num_images: int
+    loras: LoraRequest  # those of the request and the prompt's tags
 
 
 def validate_text_to_image(
     p: TextToImageParams, settings: Settings, library: LoraLibrary | None = None
-) -> TextToImageParams:
-    """Return `p` checked and with defaults filled in; raise InvalidInput on the first bad field.
+) -> TextToImageJob:
+    """`p` checked and with defaults filled in; raise InvalidInput on the first bad field.
 
     The prompt's `<lora:NAME:WEIGHT>` tags join `p.loras`; with a `library`, unknown LoRA names are
     refused here rather than when the job runs.
@@ -53,6 +75,8 @@ def validate_text_to_image(
     if library is not None:
         for name, _ in loras:
             library.get(name)
+    if not isinstance(p.variant, str):
+        raise InvalidInput("variant", f"expected a name such as dev, schnell or krea-dev, got {p.variant!r}")
     try:
         variant = get_variant(p.variant)
     except ValueError as err:
@@ -63,26 +87,15 @@ def validate_text_to_image(
             f"{variant.label} is not a text-to-image model; use dev, schnell or krea-dev",
         )
     width, height = check_size(p.width, p.height, settings)
-    steps = variant.default_steps if p.steps is None else check_int("steps", p.steps)
-    check_range("steps", steps, 1, settings.max_steps)
-    guidance = None
-    if variant.uses_guidance:
-        guidance = variant.default_guidance if p.guidance is None else p.guidance
-        if isinstance(guidance, bool) or not isinstance(guidance, int | float) or not math.isfinite(guidance):
-            raise InvalidInput("guidance", f"expected a number, got {guidance!r}")
-        check_range("guidance", float(guidance), 0.0, MAX_GUIDANCE)
-        guidance = float(guidance)
-    num_images = check_int("num_images", p.num_images)
-    check_range("num_images", num_images, 1, settings.max_images)
-    return replace(
-        p,
+    return TextToImageJob(
         prompt=prompt,
+        variant=variant.name,
         width=width,
         height=height,
-        steps=steps,
-        guidance=guidance,
+        steps=check_steps(p.steps, variant.default_steps, settings),
+        guidance=check_guidance(p.guidance, variant.default_guidance) if variant.uses_guidance else None,
         seed=check_seed(p.seed),
-        num_images=num_images,
+        num_images=check_num_images(p.num_images, settings),
         loras=loras,
     )
 
@@ -90,11 +103,11 @@ def validate_text_to_image(
 @on_gpu
 def text_to_image(
     registry: Registry,
-    params: TextToImageParams,
+    params: TextToImageJob,
     on_step: StepCallback | None = None,
     should_stop: Callable[[], bool] | None = None,
 ) -> TaskResult:
-    """Generate `params.num_images` images; `params` must have passed `validate_text_to_image`.
+    """Generate `params.num_images` images.
 
     The prompt (without its LoRA tags) is encoded once; image i is denoised from the noise of seed + i
     (drawn on the CPU, so a seed gives the same image on any device). The LoRAs of `params.loras` are
@@ -131,3 +144,18 @@ def text_to_image(
         timings["total"],
     )
     return TaskResult(images=images, seed=seed, timings=timings)
+
+
+def from_request(r: Request) -> TextToImageParams:
+    width, height = parse_resolution(r.resolution, (1024, 1024))
+    return TextToImageParams(r.prompt, r.variant or "dev", width, height, r.steps, r.guidance, r.seed, r.num_images)
+
+
+SPEC = TaskSpec(
+    name="text_to_image",
+    label="Text to image",
+    params=TextToImageParams,
+    validate=validate_text_to_image,
+    run=text_to_image,
+    from_request=from_request,
+)

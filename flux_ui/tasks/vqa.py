@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import torch
 from PIL import Image
@@ -21,6 +21,7 @@ from flux_ui.core.settings import Settings
 from flux_ui.media.images import load_image
 from flux_ui.models import sources
 from flux_ui.models.registry import Registry
+from flux_ui.tasks import Request, TaskSpec
 from flux_ui.tasks.params import check_int, check_range, check_text
 
 log = logging.getLogger(__name__)
@@ -56,13 +57,23 @@ class Turn:
 
 @dataclass(frozen=True)
 class VqaParams:
-    """One question about one image. Before validation `image` may be anything `load_image` reads and
-    `history` a Gradio chat (a list of {"role", "content"} messages); after it, an RGB image and Turns."""
+    """One question about one image, as sent: `image` anything `load_image` reads, `history` a Gradio chat
+    (a list of {"role", "content"} messages)."""
 
     image: object
-    question: str
+    question: object
     history: object = ()  # earlier turns about the same image, oldest first
-    max_new_tokens: int = DEFAULT_ANSWER_TOKENS  # longest answer, in tokens
+    max_new_tokens: object | None = None  # longest answer, in tokens; None: 512, within --max-answer-tokens
+
+
+@dataclass(frozen=True)
+class VqaJob:
+    """A validated question (see VqaParams)."""
+
+    image: Image.Image  # RGB
+    question: str
+    history: tuple[Turn, ...]
+    max_new_tokens: int
 
 
 @dataclass
@@ -134,15 +145,16 @@ def parse_history(history: object, max_chars: int | None = None) -> tuple[Turn, 
     return tuple(turns)
 
 
-def validate_vqa(p: VqaParams, settings: Settings) -> VqaParams:
+def validate_vqa(p: VqaParams, settings: Settings) -> VqaJob:
     """Return `p` with the image read and checked, the question trimmed and the history parsed; raise
     InvalidInput on the first bad field."""
     image = load_image(p.image, "image", min_side=MIN_SIDE)
     question = check_question(p.question)
     history = parse_history(p.history, settings.max_history_chars)
-    max_new_tokens = check_int("max_new_tokens", p.max_new_tokens)
+    default = min(DEFAULT_ANSWER_TOKENS, settings.max_answer_tokens)
+    max_new_tokens = default if p.max_new_tokens is None else check_int("max_new_tokens", p.max_new_tokens)
     check_range("max_new_tokens", max_new_tokens, 1, settings.max_answer_tokens)
-    return replace(p, image=image, question=question, history=history, max_new_tokens=max_new_tokens)
+    return VqaJob(image=image, question=question, history=history, max_new_tokens=max_new_tokens)
 
 
 def chat_messages(image: Image.Image, question: str, history: tuple[Turn, ...]) -> list[dict]:
@@ -199,11 +211,11 @@ def _stop_when(should_stop: Callable[[], bool]):
 @on_gpu
 def answer_question(
     registry: Registry,
-    params: VqaParams,
+    params: VqaJob,
     on_text: Callable[[str], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
 ) -> VqaResult:
-    """Answer `params.question` about `params.image`; `params` must have passed `validate_vqa`.
+    """Answer `params.question` about `params.image`.
 
     `on_text` receives the answer piece by piece as it is generated (whole words where the tokenizer
     allows); `should_stop` is checked after every token, and a stop raises Cancelled. Decoding is greedy,
@@ -250,3 +262,18 @@ def clean_reply(text: str) -> str:
     if len(text) >= 2 and text[0] == text[-1] and text[0] in "\"'":
         text = text[1:-1].strip()
     return text
+
+
+def from_request(r: Request) -> VqaParams:
+    return VqaParams(r.image, r.prompt, (), r.max_new_tokens)
+
+
+SPEC = TaskSpec(
+    name="vqa",
+    label="Ask about an image",
+    params=VqaParams,
+    validate=lambda p, settings, library: validate_vqa(p, settings),
+    run=answer_question,
+    from_request=from_request,
+    images=False,
+)

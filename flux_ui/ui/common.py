@@ -1,7 +1,10 @@
 """The Gradio app, built by a factory; with flux_ui/ui/tabs/, the only code that imports gradio.
 
-Every event that touches the GPU shares one concurrency group (`GPU`) with a limit of one, so jobs run
-one at a time through Gradio's bounded queue. Model and input errors become `gr.Error` here and only here.
+Every event that touches the GPU shares one concurrency group (`GPU`, see `gpu_event`): up to --queue-size
+requests are let in at once and validated at once (a bad field is refused without waiting behind a running
+job); valid jobs then take turns at the GPU in arrival order (`tasks.jobs.Line`), told their place in line.
+Gradio's bounded queue holds what comes beyond that. Model and input errors become `gr.Error` here and
+only here.
 """
 
 from __future__ import annotations
@@ -26,13 +29,21 @@ from flux_ui.media.uploads import checked_upload, upload_dir
 from flux_ui.models.faults import out_of_memory_message, recover_from_oom
 from flux_ui.models.registry import Registry
 from flux_ui.output.deliver import Delivered, deliver
-from flux_ui.tasks import StepCallback, StepEvent, TaskResult
-from flux_ui.tasks.jobs import Job
+from flux_ui.tasks import StepCallback, StepEvent, TaskResult, TaskSpec
+from flux_ui.tasks.jobs import Job, Line
 
 log = logging.getLogger(__name__)
 GPU = "gpu"  # the concurrency id of every event that runs models
+WAIT_POLL_S = 0.5  # how often a job waiting for its turn updates its place in line and checks Cancel
 E = TypeVar("E")
 T = TypeVar("T")
+
+
+def gpu_event(settings: Settings) -> dict:
+    """Keyword arguments of every event that runs models: raw values go to the task's validator (whose
+    messages name the field; Gradio's range and choice checks do not), and up to --queue-size requests of
+    the GPU group are let in at once, to be validated and then wait in `Line` (see the module docstring)."""
+    return {"concurrency_id": GPU, "concurrency_limit": max(1, settings.queue_size), "preprocess": False}
 
 
 def invalid(err: InvalidInput | ValueError) -> gr.Error:
@@ -50,6 +61,7 @@ class UiContext:
     running: dict[str, Job] = field(default_factory=dict)  # session hash -> its running job
     tabs: dict[str, object] = field(default_factory=dict)  # tab id -> the handles its build() returned
     lock: threading.Lock = field(default_factory=threading.Lock)
+    line: Line = field(default_factory=Line)  # turns at the GPU
 
     @property
     def settings(self) -> Settings:
@@ -61,35 +73,93 @@ class UiContext:
         request: gr.Request | None,
         progress: gr.Progress,
         show: Callable[[StepEvent], object | None],
+        idle: object,
     ) -> Generator[object, None, TaskResult]:
-        """`stream` for image tasks, driving the progress bar from their step events."""
+        """`stream` for image tasks, driving the progress bar from their step events and saying the place in
+        line while the job waits for its turn."""
 
         def on_step(ev: StepEvent) -> object | None:
             progress((ev.done, ev.total), desc=f"Image {ev.image_index + 1}, step {ev.step}/{ev.steps}")
             return show(ev)
 
-        progress(0, desc="Loading models…")
-        return (yield from self.stream(task, request, on_step))
+        def waiting(ahead: int) -> None:
+            plural = "s" if ahead != 1 else ""
+            progress(0, desc=f"Waiting for the GPU: {ahead} job{plural} ahead" if ahead else "Loading models…")
+
+        waiting(0)
+        return (yield from self.stream(task, request, on_step, idle, waiting))
+
+    def run_images(
+        self,
+        spec: TaskSpec,
+        raw: object,
+        request: gr.Request | None,
+        progress: gr.Progress,
+        noun: str = "image",
+        others: int = 2,
+    ) -> Generator[object, None, tuple[list, TaskResult, str]]:
+        """What every image tab does with a request: validate `raw` with `spec` (a bad field becomes
+        gr.Error at once, before any waiting), run it in turn with live previews in the gallery (the
+        event's first output; `others` more outputs are left alone meanwhile), deliver the images (safety
+        screen, saving, warnings). Returns (gallery items, result, summary text):
+        `gallery, result, text = yield from ctx.run_images(...)`."""
+        try:
+            job = spec.validate(raw, self.settings, self.registry.loras)
+        except InvalidInput as err:
+            raise invalid(err) from None
+        show = gallery_preview(noun, others)
+        result = yield from self.follow(
+            lambda on_step, stop: spec.run(self.registry, job, on_step, stop),
+            request,
+            progress,
+            show,
+            (gr.skip(),) * (1 + others),
+        )
+        gallery, notes = self.save(result)
+        text = "\n\n".join(line for line in (summary(result, notes), spec.describe(result)) if line)
+        return gallery, result, text
 
     def stream(
         self,
         task: Callable[[Callable[[E], None], Callable[[], bool]], T],
         request: gr.Request | None,
         show: Callable[[E], object | None],
+        idle: object,
+        waiting: Callable[[int], None] | None = None,
     ) -> Generator[object, None, T]:
-        """Run `task` as a Job; yield `show(event)` for each event that `show` maps to a UI update (not
-        None), and return the task's result (`result = yield from ctx.stream(...)`).
+        """Wait for a turn at the GPU, then run `task` as a Job; yield `show(event)` for each event that
+        `show` maps to a UI update (not None), and return the task's result
+        (`result = yield from ctx.stream(...)`). While in line, `waiting(jobs ahead)` is called as the
+        place changes, and `waiting(0)` when the turn comes.
 
-        Registers the job for the session's Cancel button and turns task failures into gr.Error.
+        `idle` (an update that changes nothing, such as a gr.skip() per output) is yielded whenever
+        nothing happened for WAIT_POLL_S: Gradio can close a generator only where it yields, and closing
+        it is how a cancelled event (a client's cancel, a closed page) stops its job.
+
+        Registers the job for the session's Cancel button (which also takes a waiting job out of line)
+        and turns task failures into gr.Error.
         """
         job = Job(task)
         key = request.session_hash if request is not None else None
         if key:
             with self.lock:
                 self.running[key] = job
+        ticket = self.line.join()
+        events = None
         try:
-            for ev in job:
-                if (update := show(ev)) is not None:
+            told = None
+            while not self.line.wait(ticket, WAIT_POLL_S):
+                if job.cancel_event.is_set():
+                    raise Cancelled()
+                if waiting is not None and (ahead := self.line.ahead(ticket)) != told:
+                    waiting(told := ahead)
+                yield idle
+            if told and waiting is not None:
+                waiting(0)  # its turn: says so
+            events = job.follow(WAIT_POLL_S)
+            for ev in events:
+                update = idle if ev is None else show(ev)
+                if update is not None:
                     yield update
         except Cancelled:
             raise gr.Error("Generation cancelled.", title="Cancelled", print_exception=False) from None
@@ -101,6 +171,9 @@ class UiContext:
             recover_from_oom(self.registry)
             raise gr.Error(out_of_memory_message(), title="Out of memory", duration=None) from None
         finally:
+            if events is not None:
+                events.close()  # a closed generator stops its job (Job.follow) before the turn is given up
+            self.line.leave(ticket)
             if key:
                 with self.lock:
                     self.running.pop(key, None)

@@ -15,8 +15,8 @@ from flux_ui.core.errors import InvalidInput, ModelUnavailableError
 from flux_ui.core.seeds import SEED_MAX
 from flux_ui.core.variants import CONTROL_LORAS, get_variant
 from flux_ui.media.control_maps import CANNY_HIGH, CANNY_LOW
-from flux_ui.tasks.control import MODES, ControlParams, control, control_map, output_size, validate_control
-from flux_ui.ui.common import GPU, UiContext, gallery_preview, invalid, summary
+from flux_ui.tasks.control import MODES, SPEC, ControlParams, control_map, output_size, validate_control
+from flux_ui.ui.common import UiContext, gpu_event, invalid
 from flux_ui.ui.handoff import track_selection
 
 MODE_CHOICES = [("Canny edges", "canny"), ("Depth", "depth")]
@@ -95,18 +95,8 @@ def build(ctx: UiContext) -> ControlTab:
             seed,
             num_images,
         )
-        try:
-            params = validate_control(raw, settings)
-        except InvalidInput as err:
-            raise invalid(err) from None
-
-        show = gallery_preview(others=3)
-
-        result = yield from ctx.follow(
-            lambda on_step, stop: control(ctx.registry, params, on_step, stop), request, progress, show
-        )
-        gallery, notes = ctx.save(result)
-        yield gallery, result.control_image, result.seed, summary(result, notes)
+        gallery, result, text = yield from ctx.run_images(SPEC, raw, request, progress, others=3)
+        yield gallery, result.control_image, result.seed, text
 
     def compute_map(
         image: dict | None,
@@ -222,9 +212,7 @@ def build(ctx: UiContext) -> ControlTab:
         preview_map,
         map_inputs,
         [cmap, map_from_source],
-        preprocess=False,
-        concurrency_id=GPU,
-        concurrency_limit=1,
+        **gpu_event(settings),
         api_visibility="private",
     )
     map_btn.click(
@@ -232,9 +220,7 @@ def build(ctx: UiContext) -> ControlTab:
         map_inputs,
         cmap,
         api_name="control_map",
-        preprocess=False,
-        concurrency_id=GPU,
-        concurrency_limit=1,
+        **gpu_event(settings),
     ).success(lambda: True, None, map_from_source, api_visibility="private")
     gr.on([cmap.upload, cmap.clear], lambda: False, None, map_from_source, queue=False, api_visibility="private")
     event = gr.on(
@@ -243,10 +229,7 @@ def build(ctx: UiContext) -> ControlTab:
         [image, prompt, mode, route, cmap, low, high, scale, steps, guidance, seed, num_images, map_from_source],
         [gallery, cmap, last_seed, info],
         api_name="control",
-        # Raw values go straight to the validator, whose messages name the field.
-        preprocess=False,
-        concurrency_id=GPU,
-        concurrency_limit=1,
+        **gpu_event(settings),
     )
     cancel_btn.click(ctx.cancel, None, None, cancels=[event], queue=False, api_visibility="private")
     return ControlTab(image=image, prompt=prompt, gallery=gallery, selected=selected, send_row=send_row)

@@ -16,8 +16,8 @@ from PIL import Image
 from flux_ui.core.errors import InvalidInput
 from flux_ui.core.seeds import SEED_MAX
 from flux_ui.core.variants import get_variant
-from flux_ui.tasks.fill import FillParams, fill, validate_fill
-from flux_ui.ui.common import GPU, UiContext, gallery_preview, invalid, summary
+from flux_ui.tasks.fill import SPEC, FillParams
+from flux_ui.ui.common import UiContext, gpu_event, invalid
 from flux_ui.ui.handoff import track_selection
 
 MAX_SLIDER_OUTPAINT = 1024  # pixels per side on the sliders; the API accepts more, up to the size limit
@@ -86,20 +86,8 @@ def build(ctx: UiContext) -> FillTab:
             num_images: how many images to generate.
         """
         raw = FillParams(image, prompt, mask, left, right, top, bottom, steps, guidance, seed, num_images)
-        try:
-            params = validate_fill(raw, settings)
-        except InvalidInput as err:
-            raise invalid(err) from None
-
-        show = gallery_preview()
-
-        result = yield from ctx.follow(
-            lambda on_step, stop: fill(ctx.registry, params, on_step, stop), request, progress, show
-        )
-        gallery, notes = ctx.save(result)
-        meta = result.images[0].meta
-        size = f"{meta.width}×{meta.height} px, {100 * result.repainted:.0f}% repainted"
-        yield gallery, result.seed, f"{summary(result, notes)}\n\n{size}"
+        gallery, result, text = yield from ctx.run_images(SPEC, raw, request, progress)
+        yield gallery, result.seed, text
 
     with gr.Tab("Fill", id="fill"), gr.Row():
         with gr.Column(scale=1):
@@ -154,10 +142,7 @@ def build(ctx: UiContext) -> FillTab:
         [image, mask, prompt, *sides, steps, guidance, seed, num_images],
         [gallery, last_seed, info],
         api_name="fill",
-        # Raw values go straight to the validator, whose messages name the field.
-        preprocess=False,
-        concurrency_id=GPU,
-        concurrency_limit=1,
+        **gpu_event(settings),
     )
     cancel_btn.click(ctx.cancel, None, None, cancels=[event], queue=False, api_visibility="private")
     return FillTab(image=editor, prompt=prompt, gallery=gallery, selected=selected, send_row=send_row)

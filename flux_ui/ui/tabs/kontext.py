@@ -13,8 +13,8 @@ from flux_ui.core.variants import get_variant
 from flux_ui.media.images import load_image
 from flux_ui.media.metadata import parse_parameters, read_parameters
 from flux_ui.media.uploads import checked_upload
-from flux_ui.tasks.kontext import AUTO, KontextParams, context_size, kontext_edit, output_size, validate_kontext
-from flux_ui.ui.common import GPU, UiContext, gallery_preview, invalid, summary
+from flux_ui.tasks.kontext import AUTO, SPEC, KontextParams, context_size, output_size
+from flux_ui.ui.common import UiContext, gpu_event
 from flux_ui.ui.handoff import Receiver, pick, track_selection
 
 VARIANT = get_variant("kontext-dev")
@@ -98,22 +98,9 @@ def build(ctx: UiContext) -> KontextTab:
             seed: -1 for a random seed; edit i uses seed + i.
             num_images: how many edits to make.
         """
-        try:
-            picture = load_image(image, "image")
-            raw = KontextParams(picture, instruction, size, steps, guidance, seed, num_images)
-            params = validate_kontext(raw, settings)
-        except InvalidInput as err:
-            raise invalid(err) from None
-
-        show = gallery_preview("edit")
-
-        result = yield from ctx.follow(
-            lambda on_step, stop: kontext_edit(ctx.registry, params, on_step, stop), request, progress, show
-        )
-        gallery, notes = ctx.save(result)
-        meta = result.images[0].meta
-        line = f"Output {params.width}×{params.height} · context {meta.extra['Context size']}"
-        yield gallery, result.seed, f"{line}\n\n{summary(result, notes)}"
+        raw = KontextParams(image, instruction, size, steps, guidance, seed, num_images)
+        gallery, result, text = yield from ctx.run_images(SPEC, raw, request, progress, noun="edit")
+        yield gallery, result.seed, text
 
     def new_chain(image):
         path = _path(image)
@@ -188,11 +175,9 @@ def build(ctx: UiContext) -> KontextTab:
         [image, instruction, size, steps, guidance, seed, num_images],
         [gallery, last_seed, info],
         api_name="kontext_edit",
-        # Raw values reach the validators, whose messages name the field; the image is decoded by
-        # images.load_image (Gradio's own decoding knows nothing of our limits and names no field).
-        preprocess=False,
-        concurrency_id=GPU,
-        concurrency_limit=1,
+        # The image is decoded by the validator (images.load_image): Gradio's own decoding knows nothing
+        # of our limits and names no field.
+        **gpu_event(settings),
     )
     cancel_btn.click(ctx.cancel, None, None, cancels=[event], queue=False, api_visibility="private")
     gr.on(

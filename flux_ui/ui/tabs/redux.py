@@ -6,12 +6,10 @@ from dataclasses import dataclass
 
 import gradio as gr
 
-from flux_ui.core.errors import InvalidInput
 from flux_ui.core.seeds import SEED_MAX
 from flux_ui.core.variants import get_variant
-from flux_ui.media.images import load_image
-from flux_ui.tasks.redux import MAX_REFERENCES, MAX_SCALE, ReduxParams, redux_variation, validate_redux
-from flux_ui.ui.common import CUSTOM, GPU, MAX_SLIDER_SIDE, PRESETS, UiContext, gallery_preview, invalid, summary
+from flux_ui.tasks.redux import MAX_REFERENCES, MAX_SCALE, SPEC, ReduxParams
+from flux_ui.ui.common import CUSTOM, MAX_SLIDER_SIDE, PRESETS, UiContext, gpu_event
 from flux_ui.ui.handoff import track_selection
 
 VARIANT = get_variant("redux-dev")
@@ -75,36 +73,22 @@ def build(ctx: UiContext) -> ReduxTab:
             num_images: how many variations to make.
         """
         slots = (image_1, image_2, image_3, image_4)
-        try:
+        raw = ReduxParams(
             # Empty slots stay None, so that errors name the slot the user sees.
-            images = tuple(
-                None if value in (None, "", {}) else load_image(value, f"image_{i + 1}")
-                for i, value in enumerate(slots)
-            )
-            raw = ReduxParams(
-                images=images,
-                strengths=(strength_1, strength_2, strength_3, strength_4),
-                prompt="" if prompt is None else prompt,  # None: the API's way of leaving it out
-                prompt_embeds_scale=prompt_embeds_scale,
-                pooled_prompt_embeds_scale=pooled_prompt_embeds_scale,
-                width=width,
-                height=height,
-                steps=steps,
-                guidance=guidance,
-                seed=seed,
-                num_images=num_images,
-            )
-            params = validate_redux(raw, settings)
-        except InvalidInput as err:
-            raise invalid(err) from None
-
-        show = gallery_preview("variation")
-
-        result = yield from ctx.follow(
-            lambda on_step, stop: redux_variation(ctx.registry, params, on_step, stop), request, progress, show
+            images=tuple(None if value in (None, "", {}) else value for value in slots),
+            strengths=(strength_1, strength_2, strength_3, strength_4),
+            prompt="" if prompt is None else prompt,  # None: the API's way of leaving it out
+            prompt_embeds_scale=prompt_embeds_scale,
+            pooled_prompt_embeds_scale=pooled_prompt_embeds_scale,
+            width=width,
+            height=height,
+            steps=steps,
+            guidance=guidance,
+            seed=seed,
+            num_images=num_images,
         )
-        gallery, notes = ctx.save(result)
-        yield gallery, result.seed, summary(result, notes)
+        gallery, result, text = yield from ctx.run_images(SPEC, raw, request, progress, noun="variation")
+        yield gallery, result.seed, text
 
     def on_preset(label: str):
         return PRESETS.get(label, (gr.skip(), gr.skip()))
@@ -165,10 +149,8 @@ def build(ctx: UiContext) -> ReduxTab:
         inputs,
         [gallery, last_seed, info],
         api_name="redux_variation",
-        # Raw values reach the validators (see the Kontext tab); images are decoded by images.load_image.
-        preprocess=False,
-        concurrency_id=GPU,
-        concurrency_limit=1,
+        # Images are decoded by the validator (see the Kontext tab).
+        **gpu_event(settings),
     )
     cancel_btn.click(ctx.cancel, None, None, cancels=[event], queue=False, api_visibility="private")
     return ReduxTab(image=images[0], gallery=gallery, selected=selected, send_row=send_row)

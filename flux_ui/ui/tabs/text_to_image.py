@@ -13,8 +13,8 @@ from flux_ui.core.variants import Variant, get_variant, variants_for
 from flux_ui.media.metadata import meta_from_parameters, read_parameters
 from flux_ui.media.uploads import checked_upload
 from flux_ui.models.loras.library import LoraInfo, tagged_names, with_tags
-from flux_ui.tasks.text_to_image import TextToImageParams, text_to_image, validate_text_to_image
-from flux_ui.ui.common import CUSTOM, GPU, MAX_SLIDER_SIDE, PRESETS, UiContext, gallery_preview, invalid, summary
+from flux_ui.tasks.text_to_image import SPEC, TextToImageParams
+from flux_ui.ui.common import CUSTOM, MAX_SLIDER_SIDE, PRESETS, UiContext, gpu_event, invalid
 from flux_ui.ui.handoff import Receiver, track_selection
 
 
@@ -123,18 +123,8 @@ def build(ctx: UiContext) -> TextToImageTab:
             num_images: how many images to generate.
         """
         raw = TextToImageParams(prompt, variant, width, height, steps, guidance, seed, num_images)
-        try:
-            params = validate_text_to_image(raw, settings, library)
-        except InvalidInput as err:
-            raise invalid(err) from None
-
-        show = gallery_preview()
-
-        result = yield from ctx.follow(
-            lambda on_step, stop: text_to_image(ctx.registry, params, on_step, stop), request, progress, show
-        )
-        gallery, notes = ctx.save(result)
-        yield gallery, result.seed, summary(result, notes)
+        gallery, result, text = yield from ctx.run_images(SPEC, raw, request, progress)
+        yield gallery, result.seed, text
 
     def on_variant(name: str):
         v = get_variant(name)
@@ -240,11 +230,7 @@ def build(ctx: UiContext) -> TextToImageTab:
         inputs,
         [gallery, last_seed, info],
         api_name="text_to_image",
-        # Raw values go straight to the validator, whose messages name the field (Gradio's range and
-        # choice checks do not).
-        preprocess=False,
-        concurrency_id=GPU,
-        concurrency_limit=1,
+        **gpu_event(settings),
     )
     cancel_btn.click(ctx.cancel, None, None, cancels=[event], queue=False, api_visibility="private")
     form = [*inputs[:-1], preset, note]

@@ -24,7 +24,7 @@ from flux_ui.tasks.vqa import (
     clean_reply,
     validate_vqa,
 )
-from flux_ui.ui.common import GPU, UiContext, invalid
+from flux_ui.ui.common import UiContext, gpu_event, invalid
 
 NO_ANSWER = "*(The model ended its reply without any text.)*"
 
@@ -73,7 +73,10 @@ def build(ctx: UiContext) -> VqaTab:
         yield nothing, [*before, _message("assistant", "…")]
         try:
             result = yield from ctx.stream(
-                lambda on_text, stop: answer_question(ctx.registry, params, on_text, stop), request, show
+                lambda on_text, stop: answer_question(ctx.registry, params, on_text, stop),
+                request,
+                show,
+                (gr.skip(), gr.skip()),
             )
         except gr.Error:
             # Before the error shows: keep a partial answer (Cancel), or else take the question back out,
@@ -162,10 +165,7 @@ def build(ctx: UiContext) -> VqaTab:
             answer = gr.Textbox(visible=False, label="Answer")  # the API's plain-text answer
 
     gpu = {
-        "concurrency_id": GPU,
-        "concurrency_limit": 1,
-        # Raw values go to the validator, whose messages name the field.
-        "preprocess": False,
+        **gpu_event(settings),
         "show_progress": "minimal",  # a full overlay would hide the answer as it streams in
     }
     ask = gr.on(

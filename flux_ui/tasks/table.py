@@ -1,0 +1,12 @@
+"""The task table: every task by its API name, as the UI tabs, the REST API, MCP and the Python API offer them.
+
+A new task is one module in this package ending with its `SPEC`, one entry here, and one tab layout.
+"""
+
+from __future__ import annotations
+
+from flux_ui.tasks import TaskSpec, control, fill, kontext, redux, text_to_image, vqa
+
+TASKS: dict[str, TaskSpec] = {
+    spec.name: spec for spec in (text_to_image.SPEC, kontext.SPEC, redux.SPEC, fill.SPEC, control.SPEC, vqa.SPEC)
+}
