@@ -43,7 +43,8 @@ class Settings:
     tiny: bool = False  # serve tiny random-weight models instead of real weights
     tiny_dir: Path = Path("models/tiny")  # where tiny models are written once, in hub layout
     model_root: Path | None = None  # folder of local models as <org>/<repo>, tried before the hub
-    model_paths: dict[str, str] = field(default_factory=dict)  # variant name (or "shared") -> repo id or folder
+    model_paths: dict[str, str] = field(default_factory=dict)  # variant name (or "shared") -> repo id, folder or file
+    models_dirs: tuple[Path, ...] = ()  # ComfyUI / Forge / A1111 roots or models folders, scanned for single files
     shared_repo: str = DEFAULT_SHARED_REPO  # source of the T5/CLIP encoders and the VAE
     outputs_dir: Path = Path("outputs")  # generated PNGs land in dated subfolders here
     max_megapixels: float = 2.0  # largest width*height accepted, in millions of pixels
@@ -184,7 +185,15 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         default=[s for s in _env("models", "").split(",") if s],
         metavar="NAME=SOURCE",
-        help="repo id or local folder for a variant (or 'shared' for the encoders and VAE); repeatable",
+        help="repo id, local folder or single file for a variant (or 'shared' for the encoders and VAE; "
+        "'vae', 'clip', 't5' for one of them); repeatable",
+    )
+    p.add_argument(
+        "--models-dir",
+        action="append",
+        default=[s for s in _env("models_dir", "").split(os.pathsep) if s],
+        metavar="PATH",
+        help="a ComfyUI or Forge/A1111 install (or its models folder) whose single files to use; repeatable",
     )
     p.add_argument(
         "--shared-repo",
@@ -246,7 +255,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def parse_model_paths(items: list[str]) -> dict[str, str]:
-    """["dev=/models/flux-dev", ...] -> {"dev": "/models/flux-dev"}."""
+    """["dev=/models/flux-dev", "dev=~/ComfyUI/models/unet/flux1-dev.safetensors", ...] -> {"dev": ...}: a
+    repo id, a folder in diffusers layout, or a single file."""
     out = {}
     for item in items:
         name, sep, source = item.partition("=")
@@ -355,6 +365,7 @@ def settings_from_args(argv: list[str] | None = None) -> Settings:
         # Tiny models live in their own folder in hub layout and are loaded like any local model.
         model_root=Path(a.tiny_dir) if a.tiny else (Path(a.model_root) if a.model_root else None),
         model_paths=parse_model_paths(a.model),
+        models_dirs=tuple(dict.fromkeys(Path(d).expanduser() for d in a.models_dir)),
         shared_repo=a.shared_repo,
         outputs_dir=Path(a.outputs_dir),
         max_megapixels=a.max_megapixels,

@@ -1,18 +1,21 @@
 """Loading: how each part of a FLUX.1 pipeline is read (hub repos and local folders in diffusers layout,
-through `sources`, which resolves where from and turns failures into messages that say how to fix them).
-Everything comes back in RAM, in the settings' dtype, ready for inference; placing it is the registry's.
+through `sources`, which resolves where from and turns failures into messages that say how to fix them;
+single files through `single_file`). Everything comes back in RAM, in the settings' dtype, ready for
+inference; placing it is the registry's.
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from pathlib import Path
 
 import torch
 
+from flux_ui.core.errors import ModelUnavailableError
 from flux_ui.core.settings import Settings
 from flux_ui.core.variants import Variant
-from flux_ui.models import sources
+from flux_ui.models import single_file, sources
 
 
 @dataclass
@@ -34,49 +37,82 @@ class SharedParts:
 
 
 def load_shared(settings: Settings, counts: Counter[str]) -> SharedParts:
-    """The shared encoders, tokenizers and VAE from --shared-repo (or --model shared=...), in RAM, for
-    inference; `counts` records each component read."""
-    from diffusers import AutoencoderKL
-    from transformers import (
-        CLIPTextModel,
-        CLIPTokenizer,
-        T5EncoderModel,
-        T5TokenizerFast,
-    )
+    """The shared encoders, tokenizers and VAE, in RAM, for inference; `counts` records each component read.
 
-    src = sources.resolve_source(settings, "shared", settings.shared_repo)
+    Each of the VAE, CLIP-L and T5 comes from its own source (`sources.shared_part_source`): a folder or
+    repo in diffusers layout (--shared-repo, --model shared=...) or a single file (--model vae=FILE,
+    --models-dir). The tokenizers come from the shared repo or folder; when the encoders are files, only
+    from disk (the hub cache, or the folder), never the network.
+    """
+    from diffusers import AutoencoderKL
+    from transformers import CLIPTextModel, T5EncoderModel
+
     dtype = settings.dtype
     setting = "--shared-repo (or --model shared=FOLDER)"
+    src = {part: sources.shared_part_source(settings, part) for part in ("vae", "clip", "t5")}
 
-    def get(what, fn):
+    def get(what, part, subfolder, from_folder, from_file):
         counts[what] += 1
-        return sources.load(f"{what} (shared)", src, setting, fn)
+        if sources.is_file(src[part]):
+            return from_file(settings, src[part])
+        return sources.load(
+            f"{what} (shared)", src[part], setting, lambda: from_folder(src[part], subfolder=subfolder, dtype=dtype)
+        )
 
+    def vae_from_folder(source, subfolder, dtype):
+        return AutoencoderKL.from_pretrained(source, subfolder=subfolder, torch_dtype=dtype)
+
+    tokenizer, tokenizer_2 = _tokenizers(settings, counts, files_only=any(map(sources.is_file, src.values())))
     parts = SharedParts(
-        tokenizer=get(
-            "tokenizer",
-            lambda: CLIPTokenizer.from_pretrained(src, subfolder="tokenizer"),
-        ),
-        tokenizer_2=get(
-            "tokenizer_2",
-            lambda: T5TokenizerFast.from_pretrained(src, subfolder="tokenizer_2"),
-        ),
-        text_encoder=get(
-            "text_encoder",
-            lambda: CLIPTextModel.from_pretrained(src, subfolder="text_encoder", dtype=dtype),
-        ),
-        text_encoder_2=get(
-            "text_encoder_2",
-            lambda: T5EncoderModel.from_pretrained(src, subfolder="text_encoder_2", dtype=dtype),
-        ),
-        vae=get(
-            "vae",
-            lambda: AutoencoderKL.from_pretrained(src, subfolder="vae", torch_dtype=dtype),
-        ),
+        tokenizer=tokenizer,
+        tokenizer_2=tokenizer_2,
+        text_encoder=get("text_encoder", "clip", "text_encoder", CLIPTextModel.from_pretrained, single_file.clip),
+        text_encoder_2=get("text_encoder_2", "t5", "text_encoder_2", T5EncoderModel.from_pretrained, single_file.t5),
+        vae=get("vae", "vae", "vae", vae_from_folder, single_file.vae),
     )
     for module in parts.modules().values():
         module.eval().requires_grad_(False)
     return parts
+
+
+def _tokenizers(settings: Settings, counts: Counter[str], files_only: bool) -> tuple[object, object]:
+    """The CLIP and T5 tokenizers, from the shared repo or folder. With `files_only` (the encoders are single
+    files, which carry no tokenizer) they are read from disk only: the hub cache or a local folder."""
+    from transformers import CLIPTokenizer, T5TokenizerFast
+
+    src = sources.resolve_source(settings, "shared", settings.shared_repo)
+    if sources.is_file(src):  # --model shared=FILE, an all-in-one checkpoint: the repo as if it were not given
+        src = sources.resolve_source(replace(settings, model_paths={}), "shared", settings.shared_repo)
+    setting = "--shared-repo (or --model shared=FOLDER)"
+    out = []
+    for what, cls, sub in (("tokenizer", CLIPTokenizer, "tokenizer"), ("tokenizer_2", T5TokenizerFast, "tokenizer_2")):
+        counts[what] += 1
+        if not files_only:
+            out.append(
+                sources.load(f"{what} (shared)", src, setting, lambda c=cls, s=sub: c.from_pretrained(src, subfolder=s))
+            )
+            continue
+        if not _tokenizer_on_disk(src, sub):
+            raise ModelUnavailableError(
+                f"{what} (shared)",
+                src,
+                "the text encoders are single files, which carry no tokenizer, and it is not on disk",
+                f"Download the tokenizers once (huggingface-cli download {settings.shared_repo} --include "
+                f"'tokenizer/*' 'tokenizer_2/*'), or point {setting} at a folder that has tokenizer/ and "
+                "tokenizer_2/.",
+            )
+        out.append(cls.from_pretrained(src, subfolder=sub, local_files_only=True))
+    return out[0], out[1]
+
+
+def _tokenizer_on_disk(source: str, subfolder: str) -> bool:
+    """Whether a tokenizer is in the local folder or the hub cache. Asked first because transformers, given
+    no files, builds an empty tokenizer (two tokens) instead of raising."""
+    from huggingface_hub import try_to_load_from_cache
+
+    if sources.is_local(source):
+        return (Path(source).expanduser() / subfolder / "tokenizer_config.json").is_file()
+    return isinstance(try_to_load_from_cache(source, f"{subfolder}/tokenizer_config.json"), str)
 
 
 def load_transformer(settings: Settings, variant: Variant, counts: Counter[str]) -> torch.nn.Module:
@@ -85,6 +121,8 @@ def load_transformer(settings: Settings, variant: Variant, counts: Counter[str])
 
     src = sources.resolve_source(settings, variant.name, variant.repo_id)
     counts[f"transformer:{variant.name}"] += 1
+    if sources.is_file(src):
+        return single_file.transformer(settings, variant, src)
     model = sources.load(
         f"{variant.label} transformer",
         src,
@@ -99,6 +137,8 @@ def scheduler_config(settings: Settings, variant: Variant) -> dict:
     from diffusers import FlowMatchEulerDiscreteScheduler
 
     src = sources.resolve_source(settings, variant.name, variant.repo_id)
+    if sources.is_file(src):  # a transformer file holds no scheduler: its family's shipped config serves
+        src = str(single_file.config_folder(settings, "dev" if variant.uses_guidance else "schnell"))
     sched = sources.load(
         f"{variant.label} scheduler config",
         src,

@@ -1,8 +1,9 @@
 """Where each model's weights come from, and what to tell the user when they cannot be had.
 
-A source is either a Hugging Face repo id (downloaded into the shared hub cache, honouring HF_TOKEN,
-HF_ENDPOINT and HF_HUB_OFFLINE) or a local folder in diffusers layout. Loading failures of every kind
-become one `ModelUnavailableError` whose message names the model and the fix.
+A source is a Hugging Face repo id (downloaded into the shared hub cache, honouring HF_TOKEN,
+HF_ENDPOINT and HF_HUB_OFFLINE), a local folder in diffusers layout, or a single file (BFL / ComfyUI /
+Forge layouts, found by `--models-dir` or named by `--model NAME=FILE`; see `flux_ui.models.files`).
+Loading failures of every kind become one `ModelUnavailableError` whose message names the model and the fix.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from huggingface_hub.errors import (
 
 from flux_ui.core.errors import ModelUnavailableError
 from flux_ui.core.settings import Settings
+from flux_ui.models import files
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -31,11 +33,13 @@ T = TypeVar("T")
 def resolve_source(settings: Settings, name: str, repo_id: str) -> str:
     """The repo id or local folder to load `name` (a variant name, or "shared") from.
 
-    Order: an explicit --model NAME=SOURCE, then <model_root>/<repo_id> if that folder exists, then
-    the repo id on the hub.
+    Order: an explicit --model NAME=SOURCE, then the first file of the --models-dir folders that serves
+    `name`, then <model_root>/<repo_id> if that folder exists, then the repo id on the hub.
     """
     if name in settings.model_paths:
         return settings.model_paths[name]
+    if settings.models_dirs and (found := files.variant_files(files.scan(settings.models_dirs)).get(name)):
+        return str(found)
     if settings.model_root is not None:
         local = settings.model_root / repo_id
         if local.is_dir():
@@ -43,7 +47,27 @@ def resolve_source(settings: Settings, name: str, repo_id: str) -> str:
     return repo_id
 
 
-def _is_local(source: str) -> bool:
+def shared_part_source(settings: Settings, part: str) -> str:
+    """Where one shared part ("vae", "clip" or "t5") comes from.
+
+    Order: --model PART=SOURCE, then --model shared=SOURCE, then the first file of the --models-dir
+    folders that holds the part (a file of its own before an all-in-one checkpoint), then the shared repo
+    as `resolve_source` finds it (a folder below --model-root, or the hub).
+    """
+    for name in (part, "shared"):
+        if name in settings.model_paths:
+            return settings.model_paths[name]
+    if settings.models_dirs and (found := files.shared_files(files.scan(settings.models_dirs)).get(part)):
+        return str(found)
+    return resolve_source(settings, "shared", settings.shared_repo)
+
+
+def is_file(source: str) -> bool:
+    """A single model file rather than a folder or a repo id."""
+    return Path(source).expanduser().is_file()
+
+
+def is_local(source: str) -> bool:
     """A path rather than a repo id: it exists on disk or is written as a path (repo ids are org/name)."""
     return source.startswith((".", "/", "~")) or Path(source).expanduser().exists()
 
@@ -57,8 +81,9 @@ def _explain(err: BaseException, what: str, source: str, setting: str) -> ModelU
             break
         chain.append(nxt)
     local_fix = f"or point {setting} at a local folder laid out like the hub repo"
-    if _is_local(source) and not Path(source).expanduser().is_dir():
-        return ModelUnavailableError(what, source, "the folder does not exist", f"Check the path in {setting}.")
+    if is_local(source) and not Path(source).expanduser().exists():
+        thing = "file" if Path(source).suffix in files.SUFFIXES else "folder"
+        return ModelUnavailableError(what, source, f"the {thing} does not exist", f"Check the path in {setting}.")
     if missing := next((e for e in chain if isinstance(e, ImportError)), None):
         # transformers names the package in prose ("... requires the Torchvision library ...").
         named = re.search(r"requires the (\S+) librar", str(missing))
@@ -100,7 +125,7 @@ def _explain(err: BaseException, what: str, source: str, setting: str) -> ModelU
             f"the hub could not be reached ({err})",
             f"Check the network and HF_ENDPOINT, {local_fix}.",
         )
-    if _is_local(source):
+    if is_local(source):
         return ModelUnavailableError(
             what,
             source,
@@ -121,3 +146,31 @@ def load(what: str, source: str, setting: str, loader: Callable[[], T]) -> T:
         return loader()
     except (OSError, ValueError, ImportError, HfHubHTTPError, ConnectionError, TimeoutError) as err:
         raise _explain(err, what, source, setting) from err
+
+
+# What reading a single file raises when it is cut short or holds something else: safetensors' own error,
+# diffusers' converters popping keys the file lacks (KeyError), torch on shapes that do not fit.
+FILE_ERRORS = (OSError, ValueError, KeyError, RuntimeError, IndexError)
+
+
+def load_file(what: str, path: Path, setting: str, loader: Callable[[], T]) -> T:
+    """Run `loader()` on a single file and turn any failure into a ModelUnavailableError that names the file
+    and the reason; `what` and `setting` as for `load`."""
+    from safetensors import SafetensorError
+
+    log.info("loading %s from the file %s", what, path)
+    try:
+        return loader()
+    except ModelUnavailableError:
+        raise
+    except (*FILE_ERRORS, SafetensorError) as err:
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        if isinstance(err, KeyError):
+            reason = f"the tensor {err.args[0]!r} is missing"
+        raise ModelUnavailableError(
+            what,
+            str(path),
+            f"the file could not be read as {what} ({reason[:300]})",
+            f"Check that the file is complete (download it again if its size differs from the original's), "
+            f"or point {setting} at another file.",
+        ) from err

@@ -1,0 +1,326 @@
+"""Single model files as ComfyUI, Forge and A1111 keep them: what each file is, told by its tensors.
+
+`identify(path)` reads only a file's header (tensor names, shapes and dtypes, through `safe_open`), never
+its weights, and says what it holds: a FLUX.1 transformer (BFL keys, as BFL and ComfyUI ship them, or
+diffusers keys), the FLUX VAE (`ae.safetensors`), a CLIP-L or T5-XXL text encoder, or an all-in-one
+checkpoint holding several of those. `scan(folders)` walks the usual sub-folders of a ComfyUI root, a
+Forge/A1111 root or a bare `models/` folder and identifies every model file there; files that cannot be
+used come back as "skipped" with the reason, so the Models tab can say why.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+
+import torch
+
+from flux_ui.models.layouts import BFL_PREFIX
+
+log = logging.getLogger(__name__)
+
+# Sub-folders where the tools keep models, searched in this order below a root (`<root>/models/<sub>`) or
+# below a bare models folder (`<folder>/<sub>`): transformer folders first, all-in-one checkpoints after.
+SUBFOLDERS = (
+    "diffusion_models",  # ComfyUI (the current name)
+    "unet",  # ComfyUI (the older name)
+    "checkpoints",  # ComfyUI all-in-one checkpoints
+    "Stable-diffusion",  # Forge / A1111 checkpoints and transformers
+    "vae",  # ComfyUI
+    "VAE",  # Forge / A1111
+    "text_encoders",  # ComfyUI (the current name)
+    "clip",  # ComfyUI (the older name)
+    "text_encoder",  # Forge
+    "loras",  # ComfyUI
+    "Lora",  # Forge / A1111
+)
+SUFFIXES = (".safetensors", ".sft", ".gguf", ".ckpt", ".pt", ".pth")  # what counts as a model file
+
+# Where each part's tensors sit in an all-in-one checkpoint (ComfyUI's and Forge's prefixes), and in a file
+# of its own (no prefix).
+VAE_PREFIXES = ("first_stage_model.", "vae.", "")
+CLIP_PREFIXES = ("text_encoders.clip_l.transformer.", "")
+T5_PREFIXES = ("text_encoders.t5xxl.transformer.", "")
+PARTS = ("transformer", "vae", "clip_l", "t5xxl")  # what a file can hold
+
+# The transformer families the tensors tell apart, as labels for messages.
+FAMILIES = {
+    "dev": "FLUX.1 [dev]-type (guidance-distilled)",
+    "schnell": "FLUX.1 [schnell]",
+    "fill": "FLUX.1 Fill",
+    "control": "FLUX.1 Canny/Depth",
+}
+DTYPE_FORMATS = {"BF16": "bf16", "F16": "fp16", "F32": "fp32", "F8_E4M3": "fp8", "F8_E5M2": "fp8"}
+UNSUPPORTED = ("gguf", "fp8", "fp8-scaled", "nf4")  # recognised, loaded in a later version
+
+
+@dataclass(frozen=True)
+class FoundFile:
+    """One model file and what it was recognised as."""
+
+    path: Path
+    kind: str  # "transformer", "checkpoint" (all-in-one), "vae", "clip_l", "t5xxl" or "skipped"
+    size: int  # bytes on disk
+    format: str = ""  # weight format: bf16, fp16, fp32, fp8, fp8-scaled, gguf, nf4 ("" when unknown)
+    family: str | None = None  # transformer family, a key of FAMILIES
+    variant: str | None = None  # the variant it serves (a name of flux_ui.core.variants.VARIANTS), if known
+    layout: str = ""  # transformer keys: "bfl" or "diffusers"
+    parts: dict[str, str] = field(default_factory=dict)  # part -> key prefix of its tensors in the file
+    reason: str = ""  # why it was skipped
+    note: str = ""  # what the tensors could not tell (a variant taken from the file name, say)
+
+    @property
+    def usable(self) -> bool:
+        return self.kind != "skipped"
+
+    def describe(self) -> str:
+        """One line for the Models tab and the log."""
+        size = f"{self.size / 1e9:.1f} GB" if self.size >= 1e8 else f"{self.size / 1e6:.1f} MB"
+        what = self.reason if not self.usable else f"{self.kind} {self.variant or self.family or ''}".strip()
+        extra = f"; {self.note}" if self.note else ""
+        return f"{self.path.name}: {what} ({self.format or 'unknown format'}, {size}){extra}"
+
+
+def read_header(path: Path) -> dict[str, tuple[str, tuple[int, ...]]]:
+    """name -> (dtype, shape) of every tensor in a .safetensors file, from its header only."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        out = {}
+        for name in f.keys():  # noqa: SIM118 (a safe_open handle is not iterable)
+            s = f.get_slice(name)
+            out[name] = (s.get_dtype(), tuple(s.get_shape()))
+        return out
+
+
+def read_tensors(path: Path, prefix: str) -> dict[str, torch.Tensor]:
+    """The tensors of a .safetensors file whose names start with `prefix`, without it; only those are read."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        return {k.removeprefix(prefix): f.get_tensor(k) for k in f.keys() if k.startswith(prefix)}  # noqa: SIM118
+
+
+def _weight_format(header: dict[str, tuple[str, tuple[int, ...]]]) -> str:
+    """The weights' format: quantisations first, else the dtype holding most elements."""
+    names = header.keys()
+    if any(n.endswith(("quant_state.bitsandbytes__nf4", ".absmax")) or ".quant_state." in n for n in names):
+        return "nf4"
+    if any(n.endswith("scale_weight") or n == "scaled_fp8" for n in names):
+        return "fp8-scaled"
+    counts: dict[str, int] = {}
+    for dtype, shape in header.values():
+        n = 1
+        for d in shape:
+            n *= d
+        counts[dtype] = counts.get(dtype, 0) + n
+    if not counts:
+        return ""
+    top = max(counts, key=counts.__getitem__)
+    return DTYPE_FORMATS.get(top, top.lower())
+
+
+def _first_prefix(header, prefixes: Iterable[str], probe: str) -> str | None:
+    return next((p for p in prefixes if p + probe in header), None)
+
+
+# (key prefix, layout, (input projection, guidance embedder, first double block's query)) of a FLUX.1
+# transformer, in the layouts files come in.
+_BFL_PROBES = ("img_in.weight", "guidance_in.in_layer.weight", "double_blocks.0.img_attn.qkv.weight")
+TRANSFORMER_PROBES = (
+    (BFL_PREFIX, "bfl", _BFL_PROBES),  # ComfyUI / Forge, and all-in-one checkpoints
+    ("", "bfl", _BFL_PROBES),  # BFL's own files
+    (
+        "",
+        "diffusers",
+        (
+            "x_embedder.weight",
+            "time_text_embed.guidance_embedder.linear_1.weight",
+            "transformer_blocks.0.attn.to_q.weight",
+        ),
+    ),
+)
+
+
+def _transformer(header, name: str) -> dict | None:
+    """What a transformer in this file is, or None if it holds none."""
+    found = next(
+        ((p, lay, pr) for p, lay, pr in TRANSFORMER_PROBES if p + pr[2] in header and p + pr[0] in header), None
+    )
+    if found is None:
+        return None
+    prefix, layout, probes = found
+    x_in, guidance = prefix + probes[0], prefix + probes[1]
+    if layout == "bfl" and prefix + "vector_in.in_layer.weight" not in header:
+        return {"skip": "a FLUX-like transformer that is not FLUX.1 (no pooled-text input: Chroma or FLUX.2?)"}
+    in_channels = header[x_in][1][1]
+    lower = name.lower()
+    variant, note = None, ""
+    if in_channels == 384:
+        family, variant = "fill", "fill-dev"
+    elif in_channels == 128:
+        family = "control"
+        variant = "depth-dev" if "depth" in lower else "canny-dev" if "canny" in lower else None
+        note = "Canny or Depth from the file name: the tensors are the same shape"
+        if variant is None:
+            note = "Canny or Depth cannot be told from the tensors and the file name says neither: rename it"
+    elif guidance not in header:
+        family, variant = "schnell", "schnell"
+    else:
+        family, variant = "dev", "dev"
+        for hint, named in (("kontext", "kontext-dev"), ("krea", "krea-dev")):
+            if hint in lower:
+                variant = named
+                note = f"{named} by the file name: its tensors are the same as [dev]'s"
+    return {"prefix": prefix, "layout": layout, "family": family, "variant": variant, "note": note}
+
+
+def _vae(header) -> dict | None:
+    prefix = _first_prefix(header, VAE_PREFIXES, "decoder.conv_in.weight")
+    if prefix is None or prefix + "encoder.conv_in.weight" not in header:
+        return None
+    channels = header[prefix + "decoder.conv_in.weight"][1][1]
+    if channels != 16:
+        return {"skip": f"a VAE with {channels} latent channels (Stable Diffusion's?); FLUX.1's has 16"}
+    return {"prefix": prefix}
+
+
+def _clip(header) -> dict | None:
+    for prefix in CLIP_PREFIXES:
+        for inner in ("text_model.", ""):
+            if prefix + inner + "embeddings.token_embedding.weight" in header:
+                width = header[prefix + inner + "embeddings.token_embedding.weight"][1][1]
+                if width == 1280:
+                    return {"skip": "a CLIP-G text encoder (SDXL/SD3); FLUX.1 uses CLIP-L"}
+                return {"prefix": prefix}
+    return None
+
+
+def _t5(header) -> dict | None:
+    for prefix in T5_PREFIXES:
+        for inner in ("encoder.", ""):
+            if prefix + inner + "block.0.layer.0.SelfAttention.q.weight" in header:
+                return {"prefix": prefix}
+    return None
+
+
+def _what_else(header) -> str:
+    names = list(header)
+    if any(("lora_" in n or ".lora." in n or "lokr_" in n or "hada_" in n) for n in names):
+        return "a LoRA (LoRAs are found through --lora-dir)"
+    if any(n.startswith("redux_") for n in names):
+        return "a FLUX.1 Redux image embedder: single Redux files are not supported yet"
+    if any(n.startswith("model.diffusion_model.input_blocks.") for n in names):
+        return "a Stable Diffusion checkpoint, not FLUX.1"
+    first = names[0] if names else "none"
+    return f"not a FLUX.1 file ({len(names)} tensors; the first is {first!r})"
+
+
+def classify(path: Path, size: int, header: dict[str, tuple[str, tuple[int, ...]]]) -> FoundFile:
+    """What a file with this header holds; see the module docstring."""
+    fmt = _weight_format(header)
+    found = {"transformer": _transformer(header, path.name), "vae": _vae(header)}
+    found["clip_l"], found["t5xxl"] = _clip(header), _t5(header)
+    parts = {k: v["prefix"] for k, v in found.items() if v and "skip" not in v}
+    skips = [v["skip"] for v in found.values() if v and "skip" in v]
+    if not parts:
+        return FoundFile(path, "skipped", size, fmt, reason=skips[0] if skips else _what_else(header))
+    tf = found["transformer"] if "transformer" in parts else {}
+    kind = "checkpoint" if "transformer" in parts and len(parts) > 1 else next(iter(parts))
+    if kind not in ("transformer", "checkpoint") and len(parts) > 1:
+        kind = "skipped"  # encoders and a VAE without a transformer: no tool writes such a file
+    record = FoundFile(
+        path,
+        kind,
+        size,
+        fmt,
+        family=tf.get("family"),
+        variant=tf.get("variant"),
+        layout=tf.get("layout", ""),
+        parts=parts,
+        note=tf.get("note", ""),
+        reason="parts of a checkpoint without its transformer" if kind == "skipped" else "",
+    )
+    if fmt in UNSUPPORTED:
+        what = f"a {FAMILIES[record.family]} transformer" if record.family else f"a {kind}"
+        return FoundFile(path, "skipped", size, fmt, record.family, reason=f"{what}: {fmt} files are not supported yet")
+    return record
+
+
+@lru_cache(maxsize=4096)
+def _identify(path: Path, size: int, mtime_ns: int) -> FoundFile:
+    """Memoised by size and modification time, so a second scan reads no header again."""
+    if path.suffix == ".gguf":
+        return FoundFile(path, "skipped", size, "gguf", reason="GGUF files are not supported yet")
+    if path.suffix in (".ckpt", ".pt", ".pth"):
+        return FoundFile(path, "skipped", size, "pickle", reason="a pickle file: not read (loading one can run code)")
+    from safetensors import SafetensorError
+
+    try:
+        header = read_header(path)
+    except (SafetensorError, OSError) as err:
+        return FoundFile(path, "skipped", size, reason=f"unreadable header: {err}")
+    return classify(path, size, header)
+
+
+def identify(path: Path) -> FoundFile:
+    """What the model file at `path` is (see the module docstring); raises OSError if it cannot be stat'ed."""
+    st = path.stat()
+    return _identify(path, st.st_size, st.st_mtime_ns)
+
+
+def model_folders(folder: Path) -> list[Path]:
+    """The sub-folders of a ComfyUI root, a Forge/A1111 root or a bare models folder that hold models; the
+    folder itself when it has none of them (a folder of files given directly)."""
+    found = []
+    for sub in SUBFOLDERS:
+        for candidate in (folder / "models" / sub, folder / sub):
+            if candidate.is_dir() and candidate.resolve() not in {f.resolve() for f in found}:
+                found.append(candidate)
+    return found or [folder]
+
+
+def scan(folders: Iterable[Path]) -> list[FoundFile]:
+    """Every model file below `folders` (see `model_folders`), identified, in search order; each file once."""
+    seen: set[Path] = set()
+    out = []
+    for folder in folders:
+        folder = Path(folder).expanduser()
+        if not folder.is_dir():
+            log.warning("--models-dir %s: no such folder; skipped", folder)
+            continue
+        for sub in model_folders(folder):
+            for path in sorted(p for p in sub.rglob("*") if p.suffix in SUFFIXES and p.is_file()):
+                if (real := path.resolve()) in seen:
+                    continue
+                seen.add(real)
+                out.append(identify(path))
+    return out
+
+
+def variant_files(found: Iterable[FoundFile]) -> dict[str, Path]:
+    """variant name -> the first usable file that serves it."""
+    out: dict[str, Path] = {}
+    for f in found:
+        if f.usable and f.variant and "transformer" in f.parts:
+            out.setdefault(f.variant, f.path)
+    return out
+
+
+SHARED_PARTS = {"vae": "vae", "clip": "clip_l", "t5": "t5xxl"}  # --model name of a shared part -> file part
+
+
+def shared_files(found: Iterable[FoundFile]) -> dict[str, Path]:
+    """Shared part ("vae", "clip", "t5") -> the first file holding it: files of their own first, then
+    all-in-one checkpoints."""
+    found = [f for f in found if f.usable]
+    out: dict[str, Path] = {}
+    for name, part in SHARED_PARTS.items():
+        own = [f.path for f in found if f.kind == part]
+        whole = [f.path for f in found if f.kind == "checkpoint" and part in f.parts]
+        if own or whole:
+            out[name] = (own + whole)[0]
+    return out
