@@ -78,7 +78,7 @@ def test_scanner_identifies_every_file_of_a_comfyui_install(comfyui):
         "broken.safetensors": "unreadable header",
         "not-flux.safetensors": "not a FLUX.1 file",
         "flux1-dev-Q8_0.gguf": "GGUF files are not supported yet",
-        "flux1-dev-kontext_fp8_scaled.safetensors": "fp8-scaled files are not supported yet",
+        "flux1-dev-bnb-nf4-v2.safetensors": "nf4 files are not supported yet",
     }
     for name, words in skipped.items():
         assert found[name].kind == "skipped" and words in found[name].reason, (name, found[name].reason)
@@ -234,3 +234,83 @@ def test_shipped_configs_describe_the_full_size_models():
         assert 122e6 < count(CLIPTextModel(CLIPTextConfig.from_pretrained(shared / "text_encoder"))) < 124e6
         vae = AutoencoderKL.from_config(AutoencoderKL.load_config(shared / "vae"))
         assert 83e6 < count(vae) < 85e6 and vae.config.latent_channels == 16
+
+
+# -- float8 files -----------------------------------------------------------------------------------------
+
+FP8_RELATIVE = 2**-3  # float8_e4m3fn keeps 3 mantissa bits: rounding is within 2^-4 of a value, 2^-3 safe
+
+
+@pytest.fixture(scope="module")
+def fp8_tree(tiny_dir, tmp_path_factory) -> Path:
+    return tiny_files.write_fp8_tree(tmp_path_factory.mktemp("fp8"), tiny_dir)
+
+
+def test_fp8_files_are_found_with_their_format(fp8_tree):
+    found = {f.path.name: f for f in files.scan([fp8_tree])}
+    dev = found["flux1-dev-fp8-scaled.safetensors"]
+    assert (dev.kind, dev.format, dev.family) == ("transformer", "fp8-scaled", "dev")
+    assert (found["flux1-schnell-fp8.safetensors"].format, found["flux1-schnell-fp8.safetensors"].family) == (
+        "fp8",
+        "schnell",
+    )
+    assert found["t5xxl_fp8_e4m3fn_scaled.safetensors"].kind == "t5xxl"
+
+
+@pytest.mark.parametrize(
+    ("variant", "repo", "file"),
+    [("dev", DEV, "flux1-dev-fp8-scaled.safetensors"), ("schnell", SCHNELL, "flux1-schnell-fp8.safetensors")],
+)
+def test_fp8_weights_load_within_float8_rounding(settings, fp8_tree, tiny_dir, variant, repo, file):
+    """Each weight read from a float8 file equals the original within float8's rounding: the scales of a
+    scaled file are applied (diffusers alone would ignore them and load every weight off by its scale)."""
+    registry = Registry(replace(settings, models_dirs=(fp8_tree,)))
+    assert sources.resolve_source(registry.settings, variant, repo).endswith(file)
+    loaded = registry.transformer(variant).state_dict()
+    original = tiny_files.transformer_state(tiny_dir, repo)
+    assert loaded.keys() == original.keys()
+    for name, want in original.items():
+        got = loaded[name].float()
+        # Plus float8's subnormal step (2^-9) where no scale lifted small weights out of the subnormals.
+        bound = FP8_RELATIVE * want.float().abs() + 2**-9 * max(1.0, float(want.float().abs().max()))
+        assert ((got - want.float()).abs() <= bound).all(), name
+
+
+def test_ignoring_the_scales_would_be_wrong(tiny_dir):
+    """What the scales change: the raw float8 values of a scaled file are far from the weights."""
+    state = tiny_files.fp8_scaled(tiny_files.bfl_transformer(tiny_dir, DEV))
+    name = next(k for k, v in state.items() if v.dtype == torch.float8_e4m3fn and v.numel() > 1)
+    raw, weight = state[name].float(), tiny_files.bfl_transformer(tiny_dir, DEV)[name].float()
+    assert raw.abs().max() > 100 * weight.abs().max()  # scaled up to 448
+    fixed = files.dequantize_fp8(state)[name].float()
+    assert torch.allclose(fixed, weight, rtol=FP8_RELATIVE, atol=float(weight.abs().max()) * 2**-9)
+
+
+def test_image_from_fp8_files_is_close_to_the_bf16_image(settings, fp8_tree):
+    """The whole app on fp8 files: the image differs from the full-precision one only by float8 rounding
+    (measured on the tiny models: mean absolute difference 0.6 of 255, max 7)."""
+    from_fp8 = image(Registry(replace(settings, models_dirs=(fp8_tree,))))
+    full = image(Registry(settings))
+    diff = np.abs(from_fp8.astype(np.int16) - full.astype(np.int16))
+    print(f"fp8 vs full precision: mean {diff.mean():.2f}, max {diff.max()} of 255")
+    assert diff.mean() < 2
+
+
+def test_the_app_serves_a_comfyui_folder_and_lists_its_files(tiny_dir, comfyui, tmp_path):
+    """`app.py --tiny --models-dir ComfyUI`: the Models tab's API lists every file with what it is used for or
+    why it was skipped, and a REST request generates from the single files."""
+    import httpx
+    from conftest import running_app
+    from gradio_client import Client
+
+    with running_app(tiny_dir, tmp_path, "--models-dir", str(comfyui)) as (url, log):
+        rows = {Path(r["file"]).name: r for r in Client(url, verbose=False).predict(api_name="/model_files")}
+        assert rows["flux1-dev.safetensors"]["used for"] == "dev"
+        assert rows["ae.safetensors"]["used for"] == "vae"
+        assert "t5" in rows["t5xxl_fp32.safetensors"]["used for"]
+        lora = rows["style-lora.safetensors"]
+        assert lora["recognised as"] == "skipped" and "LoRA" in lora["note"], lora
+        job = {"task": "text_to_image", "prompt": "a fox", "resolution": "64x64", "steps": 1, "seed": 5}
+        r = httpx.post(url + "generate", json=job, timeout=120)
+        assert r.status_code == 200, r.text[:300]
+        assert "from the file" in log.read_text()  # read from the single files, not the tiny repos

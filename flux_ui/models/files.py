@@ -54,7 +54,7 @@ FAMILIES = {
     "control": "FLUX.1 Canny/Depth",
 }
 DTYPE_FORMATS = {"BF16": "bf16", "F16": "fp16", "F32": "fp32", "F8_E4M3": "fp8", "F8_E5M2": "fp8"}
-UNSUPPORTED = ("gguf", "fp8", "fp8-scaled", "nf4")  # recognised, loaded in a later version
+UNSUPPORTED = ("gguf", "nf4")  # recognised, loaded in a later version
 
 
 @dataclass(frozen=True)
@@ -97,11 +97,41 @@ def read_header(path: Path) -> dict[str, tuple[str, tuple[int, ...]]]:
 
 
 def read_tensors(path: Path, prefix: str) -> dict[str, torch.Tensor]:
-    """The tensors of a .safetensors file whose names start with `prefix`, without it; only those are read."""
+    """The tensors of a .safetensors file whose names start with `prefix`, without it; only those are read.
+    Float8 weights come back dequantised (see `dequantize_fp8`)."""
     from safetensors import safe_open
 
     with safe_open(str(path), framework="pt") as f:
-        return {k.removeprefix(prefix): f.get_tensor(k) for k in f.keys() if k.startswith(prefix)}  # noqa: SIM118
+        state = {k.removeprefix(prefix): f.get_tensor(k) for k in f.keys() if k.startswith(prefix)}  # noqa: SIM118
+    return dequantize_fp8(state)
+
+
+FP8_DTYPES = (torch.float8_e4m3fn, torch.float8_e5m2)
+FP8_EXTRAS = ("scale_weight", "scale_input", "scaled_fp8")  # ComfyUI's scaled-fp8 bookkeeping, not weights
+
+
+def dequantize_fp8(state: dict[str, torch.Tensor], dtype: torch.dtype = torch.bfloat16) -> dict[str, torch.Tensor]:
+    """`state` with float8 tensors turned into `dtype`: each times its per-tensor `scale_weight` where the
+    file has one (ComfyUI's `_scaled` files: weight = fp8 value x scale), as is where it has none (plain
+    fp8 files); the scale and marker tensors are dropped.
+
+    diffusers' single-file loader would cast the float8 values and ignore the scales it does not know, so a
+    scaled file's weights would come out wrong by their scale (up to hundreds of times), silently. One
+    tensor at a time, in bf16 by default, so the peak is the bf16 model, not a float32 copy."""
+    if not any(t.dtype in FP8_DTYPES for t in state.values()):
+        return state
+    out = {}
+    for name, tensor in state.items():
+        if name.rpartition(".")[2] in FP8_EXTRAS or name == "scaled_fp8":
+            continue
+        if tensor.dtype in FP8_DTYPES:
+            scale = state.get(name.removesuffix("weight") + "scale_weight") if name.endswith("weight") else None
+            value = tensor.to(torch.float32)
+            if scale is not None:
+                value = value * scale.to(torch.float32)
+            tensor = value.to(dtype)
+        out[name] = tensor
+    return out
 
 
 def _weight_format(header: dict[str, tuple[str, tuple[int, ...]]]) -> str:
@@ -109,7 +139,7 @@ def _weight_format(header: dict[str, tuple[str, tuple[int, ...]]]) -> str:
     names = header.keys()
     if any(n.endswith(("quant_state.bitsandbytes__nf4", ".absmax")) or ".quant_state." in n for n in names):
         return "nf4"
-    if any(n.endswith("scale_weight") or n == "scaled_fp8" for n in names):
+    if any(n.endswith(("scale_weight", "scaled_fp8")) for n in names):
         return "fp8-scaled"
     counts: dict[str, int] = {}
     for dtype, shape in header.values():
@@ -324,3 +354,25 @@ def shared_files(found: Iterable[FoundFile]) -> dict[str, Path]:
         if own or whole:
             out[name] = (own + whole)[0]
     return out
+
+
+def report(found: list[FoundFile]) -> list[dict]:
+    """Every file found, as the Models tab and its API show it: what it was recognised as, its format and
+    size, what the app uses it for (the first file serving a variant or shared part wins), or why it was
+    skipped."""
+    use: dict[Path, list[str]] = {}
+    for variant, path in variant_files(found).items():
+        use.setdefault(path, []).append(variant)
+    for part, path in shared_files(found).items():
+        use.setdefault(path, []).append(part)
+    return [
+        {
+            "file": str(f.path),
+            "recognised as": f.kind if not f.family else f"{f.kind} ({FAMILIES[f.family]})",
+            "format": f.format or "unknown",
+            "size_mb": round(f.size / 1e6, 1),
+            "used for": ", ".join(use.get(f.path, [])),
+            "note": f.reason or f.note,
+        }
+        for f in found
+    ]

@@ -102,7 +102,7 @@ def all_in_one(tiny_dir: Path, repo_id: str, vae_prefix: str = "first_stage_mode
 
 
 def _bad_files(folder: Path, tiny_dir: Path) -> None:
-    """Files a scan must skip, each with its reason: a LoRA, a cut-short file, another model, a GGUF, fp8."""
+    """Files a scan must skip, each with its reason: a LoRA, a cut-short file, another model, a GGUF, NF4."""
     g = torch.Generator().manual_seed(14)
     lora = {"lora_unet_double_blocks_0_img_attn_qkv.lora_down.weight": torch.randn(4, 32, generator=g)}
     _save(folder / "loras" / "style-lora.safetensors", lora)
@@ -111,10 +111,12 @@ def _bad_files(folder: Path, tiny_dir: Path) -> None:
     whole.write_bytes(data[: len(data) // 2])  # cut short, as an interrupted download leaves it
     _save(folder / "unet" / "not-flux.safetensors", {"conv1.weight": torch.randn(8, 3, 3, 3, generator=g)})
     (folder / "unet" / "flux1-dev-Q8_0.gguf").write_bytes(b"GGUF" + bytes(60))
-    fp8 = bfl_transformer(tiny_dir, "black-forest-labs/FLUX.1-Kontext-dev")
-    scaled = {k: v.to(torch.float8_e4m3fn) if v.ndim == 2 else v for k, v in fp8.items()}
-    scaled |= {k.replace(".weight", ".scale_weight"): torch.ones(()) for k, v in fp8.items() if v.ndim == 2}
-    _save(folder / "diffusion_models" / "flux1-dev-kontext_fp8_scaled.safetensors", scaled)
+    # Forge's NF4 files: bitsandbytes' 4-bit weights with their quantisation state beside each.
+    nf4 = bfl_transformer(tiny_dir, "black-forest-labs/FLUX.1-dev")
+    nf4 |= {
+        k + ".quant_state.bitsandbytes__nf4": torch.zeros(8, dtype=torch.uint8) for k, v in nf4.items() if v.ndim == 2
+    }
+    _save(folder / "diffusion_models" / "flux1-dev-bnb-nf4-v2.safetensors", nf4)
 
 
 def write_comfyui_tree(root: Path, tiny_dir: Path) -> Path:
@@ -158,4 +160,42 @@ def write_forge_tree(root: Path, tiny_dir: Path) -> Path:
     _save(
         models / "Lora" / "forge-lora.safetensors", {"diffusion_model.x.lora_A.weight": torch.randn(4, 8, generator=g)}
     )
+    return root
+
+
+FP8_MAX = 448.0  # largest float8_e4m3fn value
+
+
+def fp8_scaled(state: dict[str, torch.Tensor], scaled: bool = True) -> dict[str, torch.Tensor]:
+    """`state` as ComfyUI's `_fp8_e4m3fn_scaled` files hold it: each 2-D weight as float8_e4m3fn with a
+    float32 `scale_weight` beside it (weight ~ fp8 x scale, the scale putting the largest value at 448) and
+    an empty `scaled_fp8` marker; other tensors as they are. With `scaled=False`, the plain fp8 files
+    (weights cast to float8, no scales)."""
+    out: dict[str, torch.Tensor] = {}
+    for name, tensor in state.items():
+        if name.endswith("weight") and tensor.ndim == 2:
+            if scaled:
+                scale = tensor.abs().max().float().clamp(min=1e-12) / FP8_MAX
+                out[name] = (tensor.float() / scale).to(torch.float8_e4m3fn)
+                out[name.removesuffix("weight") + "scale_weight"] = scale.reshape(())
+            else:
+                out[name] = tensor.to(torch.float8_e4m3fn)
+        else:
+            out[name] = tensor
+    if scaled:
+        out["scaled_fp8"] = torch.empty(0, dtype=torch.float8_e4m3fn)
+    return out
+
+
+def write_fp8_tree(root: Path, tiny_dir: Path) -> Path:
+    """A ComfyUI models folder of fp8 files: the [dev] transformer scaled (ComfyUI's `_fp8_scaled`), the
+    [schnell] one plain fp8, T5 scaled (`t5xxl_fp8_e4m3fn_scaled`), with the bf16 VAE and CLIP-L."""
+    models = root / "models"
+    dev, schnell = "black-forest-labs/FLUX.1-dev", "black-forest-labs/FLUX.1-schnell"
+    _save(models / "diffusion_models" / "flux1-dev-fp8-scaled.safetensors", fp8_scaled(bfl_transformer(tiny_dir, dev)))
+    plain = fp8_scaled(bfl_transformer(tiny_dir, schnell), scaled=False)
+    _save(models / "diffusion_models" / "flux1-schnell-fp8.safetensors", plain)
+    _save(models / "text_encoders" / "t5xxl_fp8_e4m3fn_scaled.safetensors", fp8_scaled(t5xxl(tiny_dir)))
+    _save(models / "vae" / "ae.safetensors", ae_vae(tiny_dir))
+    _save(models / "clip" / "clip_l.safetensors", clip_l(tiny_dir))
     return root

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gradio as gr
 
 from flux_ui import __version__
+from flux_ui.models import files
 from flux_ui.models.registry import Registry
 from flux_ui.ui import residency
 from flux_ui.ui.common import GPU, UiContext, refuse_foreign_files
@@ -21,6 +22,11 @@ def _models_tab(ctx: UiContext) -> None:
         """What the registry has loaded, and where, with the memory policy and memory in use."""
         return ctx.registry.status()
 
+    def model_files() -> list[dict]:
+        """Every model file in the --models-dir folders: what it was recognised as (by its tensors), its
+        format and size, what it is used for, or why it was skipped. Scans again."""
+        return files.report(files.scan(ctx.settings.models_dirs))
+
     def free_memory():
         """Drop cached transformers and auxiliary models (the shared encoders and VAE stay)."""
         ctx.registry.free_memory()
@@ -36,12 +42,19 @@ def _models_tab(ctx: UiContext) -> None:
         with gr.Row():
             refresh_btn = gr.Button("Refresh")
             free_btn = gr.Button("Free memory")
+        with gr.Accordion("Model files found (--models-dir)", open=bool(ctx.settings.models_dirs)):
+            files_panel = gr.Markdown(elem_id="model-files")
+            files_json = gr.JSON(visible=False)
+            rescan_btn = gr.Button("Rescan model files", elem_id="model-files-rescan")
         with gr.Accordion("Raw status (JSON)", open=False):
             status_json = gr.JSON(label="Registry")
     render = {"fn": residency.markdown, "inputs": status_json, "outputs": panel, "api_visibility": "private"}
     refresh_btn.click(status, None, status_json, api_name="status").then(**render)
     free_btn.click(free_memory, None, status_json, api_name="free_memory", concurrency_id=GPU).then(**render)
     tab.select(status, None, status_json, api_visibility="private").then(**render)
+    show_files = {"fn": residency.files_markdown, "inputs": files_json, "outputs": files_panel}
+    rescan_btn.click(model_files, None, files_json, api_name="model_files").then(**show_files, api_visibility="private")
+    tab.select(model_files, None, files_json, api_visibility="private").then(**show_files, api_visibility="private")
 
 
 def build_ui(registry: Registry) -> gr.Blocks:

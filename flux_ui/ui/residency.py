@@ -82,3 +82,16 @@ def markdown(status: dict) -> str:
     table += [f"| {' | '.join(row)} |" for row in rows]
     body = "\n".join(table) if rows else "_No model loaded yet: the first request loads what it needs._"
     return "\n\n".join([*lines, body])
+
+
+def files_markdown(rows: list[dict]) -> str:
+    """The model files found in the --models-dir folders, as a table (rows from `models.files.report`)."""
+    if not rows:
+        return "No `--models-dir` folders given, or no model files in them."
+    lines = ["| file | recognised as | format | size | used for | note |", "|---|---|---|---|---|---|"]
+    for r in rows:
+        name = r["file"].rsplit("/", 1)[-1].replace("|", "\\|")
+        size = f"{r['size_mb'] / 1000:.1f} GB" if r["size_mb"] >= 100 else f"{r['size_mb']:.1f} MB"
+        note = str(r["note"]).replace("|", "\\|")
+        lines.append(f"| `{name}` | {r['recognised as']} | {r['format']} | {size} | {r['used for'] or '—'} | {note} |")
+    return "\n".join(lines)
