@@ -25,7 +25,8 @@ def failing(err):
     return loader
 
 
-def test_gated_repo_says_accept_the_license_and_set_hf_token():
+def test_gated_repo_says_accept_the_license_and_set_hf_token(monkeypatch):
+    monkeypatch.setattr(sources, "hub_reachable", lambda: True)  # the hub answers; the file is gated
     url = "https://huggingface.co/black-forest-labs/FLUX.1-dev/resolve/main/transformer/config.json"
     response = httpx.Response(403, request=httpx.Request("GET", url))
     err = GatedRepoError("403 Client Error: cannot access gated repo", response=response)
@@ -70,3 +71,30 @@ def test_cli_and_environment(monkeypatch):
 def test_bad_model_flag():
     with pytest.raises(ValueError, match="NAME=SOURCE"):
         parse_model_paths(["dev"])
+
+
+def test_an_unreachable_hub_is_said_at_once(monkeypatch, tmp_path):
+    """No network and a model not in the cache: the message comes within seconds, not after the hub
+    client's retries; a model in the cache is still loaded (the loader runs)."""
+    import time
+
+    from huggingface_hub import constants
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")  # nothing listens there
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
+    sources._hub_answers.clear()
+    start = time.monotonic()
+    with pytest.raises(ModelUnavailableError) as exc:
+        sources.load("FLUX.1 [dev] transformer", "black-forest-labs/FLUX.1-dev", "--model dev=FOLDER", failing(OSError()))
+    assert time.monotonic() - start < 10
+    msg = str(exc.value)
+    assert "did not answer" in msg and "not in the local hub cache" in msg and "--model dev=FOLDER" in msg
+
+    snapshot = tmp_path / "models--org--cached" / "snapshots" / "abc123"
+    snapshot.mkdir(parents=True)
+    (snapshot / "model_index.json").write_text("{}")
+    (tmp_path / "models--org--cached" / "refs").mkdir()
+    (tmp_path / "models--org--cached" / "refs" / "main").write_text("abc123")
+    assert sources.load("cached model", "org/cached", "--model x=FOLDER", lambda: "loaded") == "loaded"

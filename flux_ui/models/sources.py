@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
@@ -45,6 +46,60 @@ def resolve_source(settings: Settings, name: str, repo_id: str) -> str:
         if local.is_dir():
             return str(local)
     return repo_id
+
+
+HUB_PROBE_TIMEOUT_S = 3.0  # how long the hub may take to answer before it counts as unreachable
+HUB_PROBE_TTL_S = 300.0  # how long an answer is trusted before the hub is asked again
+_hub_answers: dict[str, tuple[float, bool]] = {}  # endpoint -> (when asked, reachable)
+
+
+def hub_reachable() -> bool:
+    """Whether the hub (HF_ENDPOINT) answers within HUB_PROBE_TIMEOUT_S; remembered for HUB_PROBE_TTL_S.
+
+    Without it, a server with no network waits through the hub client's retries on every file of every
+    model (about 8 minutes for the first Generate) before it says anything."""
+    import httpx
+    from huggingface_hub import constants
+
+    endpoint, now = constants.ENDPOINT, time.monotonic()
+    if (known := _hub_answers.get(endpoint)) and now - known[0] < HUB_PROBE_TTL_S:
+        return known[1]
+    try:
+        httpx.head(endpoint, timeout=HUB_PROBE_TIMEOUT_S)  # any HTTP answer: the hub is there
+        reachable = True
+    except httpx.HTTPError as err:
+        log.warning("the hub at %s did not answer (%s): models come from the local cache only", endpoint, err)
+        reachable = False
+    _hub_answers[endpoint] = (now, reachable)
+    return reachable
+
+
+def in_hub_cache(repo_id: str) -> bool:
+    """Whether the local hub cache holds a snapshot of `repo_id`."""
+    from huggingface_hub import snapshot_download
+
+    try:
+        snapshot_download(repo_id, local_files_only=True)
+    except (LocalEntryNotFoundError, OSError, ValueError):
+        return False
+    return True
+
+
+def check_hub(what: str, source: str, setting: str) -> None:
+    """Refuse at once a hub `source` that cannot be had: the hub does not answer and the model is not in the
+    local cache (with the hub answering, or the model cached, the hub client takes it from there)."""
+    from huggingface_hub import constants
+
+    offline = constants.HF_HUB_OFFLINE or os.environ.get("HF_HUB_OFFLINE") == "1"
+    if is_local(source) or offline or hub_reachable() or in_hub_cache(source):
+        return
+    raise ModelUnavailableError(
+        what,
+        source,
+        f"the hub ({constants.ENDPOINT}) did not answer within {HUB_PROBE_TIMEOUT_S:g} s and the model is not "
+        "in the local hub cache",
+        f"Check the network and HF_ENDPOINT, or point {setting} (or --models-dir) at local files.",
+    )
 
 
 def shared_part_source(settings: Settings, part: str) -> str:
@@ -142,6 +197,7 @@ def load(what: str, source: str, setting: str, loader: Callable[[], T]) -> T:
     user can change to fix it ("--model dev=...").
     """
     log.info("loading %s from %s", what, source)
+    check_hub(what, source, setting)
     try:
         return loader()
     except (OSError, ValueError, ImportError, HfHubHTTPError, ConnectionError, TimeoutError) as err:
