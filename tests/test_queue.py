@@ -152,7 +152,15 @@ def test_every_task_of_the_table_reads_the_shared_request_fields(settings):
     from flux_ui.tasks import Request
     from flux_ui.tasks.table import TASKS
 
-    assert list(TASKS) == ["text_to_image", "kontext_edit", "redux_variation", "fill", "control", "vqa"]
+    assert list(TASKS) == [
+        "text_to_image",
+        "image_to_image",
+        "kontext_edit",
+        "redux_variation",
+        "fill",
+        "control",
+        "vqa",
+    ]
     png = Image.new("RGB", (96, 64), "gray")
     for name, spec in TASKS.items():
         raw = spec.from_request(Request(prompt="a fox", image=png, mask=png, steps=-5, max_new_tokens=0))

@@ -141,7 +141,7 @@ def _split_settings(line: str) -> list[tuple[str, str]]:
     return pairs
 
 
-def _shown(value: str) -> str:
+def shown(value: str) -> str:
     """`value` quoted for an error message, cut to _SHOWN_CHARS characters (values may be ~64 K long)."""
     return repr(value) if len(value) <= _SHOWN_CHARS else repr(value[:_SHOWN_CHARS]) + "..."
 
@@ -153,7 +153,7 @@ def _unquote(key: str, value: str) -> str:
         try:
             return json.loads(value)
         except ValueError:  # JSONDecodeError, e.g. `\q` (a bad escape) or a raw control character
-            raise ValueError(f"image parameters: {key!r} has a malformed quoted value ({_shown(value)})") from None
+            raise ValueError(f"image parameters: {key!r} has a malformed quoted value ({shown(value)})") from None
     return value
 
 
@@ -195,7 +195,7 @@ def parse_parameters(text: str) -> dict[str, str]:
     return out
 
 
-def _int_in(key: str, value: str, low: int, high: int, what: str = "") -> int:
+def int_in(key: str, value: str, low: int, high: int, what: str = "") -> int:
     """`value` as an int within [low, high]; ValueError naming `key` (and `what`, e.g. "width") if not."""
     name = f"{key!r} {what}".rstrip()
     try:
@@ -203,25 +203,25 @@ def _int_in(key: str, value: str, low: int, high: int, what: str = "") -> int:
     except ValueError:
         # int() refuses over 4300 digits (Python's guard against slow conversions): that is out of range too.
         if not value.strip().lstrip("+-").isdecimal():
-            raise ValueError(f"image parameters: {name} is not a whole number ({_shown(value)})") from None
+            raise ValueError(f"image parameters: {name} is not a whole number ({shown(value)})") from None
         number = high + 1
     if not low <= number <= high:
-        raise ValueError(f"image parameters: {name} is {_shown(value.strip())}, out of range; allowed {low} to {high}")
+        raise ValueError(f"image parameters: {name} is {shown(value.strip())}, out of range; allowed {low} to {high}")
     return number
 
 
-def _float_in(key: str, value: str, low: float = -math.inf, high: float = math.inf, what: str = "") -> float:
+def float_in(key: str, value: str, low: float = -math.inf, high: float = math.inf, what: str = "") -> float:
     """`value` as a finite float within [low, high]; ValueError naming `key` (and `what`) if not."""
     name = f"{key!r} {what}".rstrip()
     try:
         number = float(value)
     except ValueError:
-        raise ValueError(f"image parameters: {name} is not a number ({_shown(value)})") from None
+        raise ValueError(f"image parameters: {name} is not a number ({shown(value)})") from None
     if not math.isfinite(number):
-        raise ValueError(f"image parameters: {name} is {_shown(value.strip())}; it must be a finite number")
+        raise ValueError(f"image parameters: {name} is {shown(value.strip())}; it must be a finite number")
     if not low <= number <= high:
         raise ValueError(
-            f"image parameters: {name} is {_shown(value.strip())}, out of range; allowed {low:g} to {high:g}"
+            f"image parameters: {name} is {shown(value.strip())}, out of range; allowed {low:g} to {high:g}"
         )
     return number
 
@@ -236,27 +236,27 @@ def meta_from_parameters(text: str) -> ImageMeta:
     p = parse_parameters(text)
     sides = p.get("Size", "").split("x")
     if len(sides) != 2:
-        raise ValueError(f"image parameters: 'Size' is missing or malformed ({_shown(p.get('Size', ''))})")
-    width = _int_in("Size", sides[0], 1, MAX_IMAGE_SIDE, "width")
-    height = _int_in("Size", sides[1], 1, MAX_IMAGE_SIDE, "height")
+        raise ValueError(f"image parameters: 'Size' is missing or malformed ({shown(p.get('Size', ''))})")
+    width = int_in("Size", sides[0], 1, MAX_IMAGE_SIDE, "width")
+    height = int_in("Size", sides[1], 1, MAX_IMAGE_SIDE, "height")
     name = p.get("Variant") or next((v.name for v in VARIANTS.values() if v.label == p.get("Model")), "dev")
     loras = []
     for item in filter(None, (s.strip() for s in p.get("LoRAs", "").split(","))):
         lname, colon, weight = item.rpartition(":")
         if not colon:
-            raise ValueError(f"image parameters: 'LoRAs' entry {_shown(item)} is not name:weight")
+            raise ValueError(f"image parameters: 'LoRAs' entry {shown(item)} is not name:weight")
         # Any finite weight: UIs allow negative and over-1 weights; nan or inf would poison the merged model.
-        loras.append((lname, _float_in("LoRAs", weight, what=f"weight of {_shown(lname)}")))
+        loras.append((lname, float_in("LoRAs", weight, what=f"weight of {shown(lname)}")))
     for key in ("Seed", "Steps"):
         if key not in p:
             raise ValueError(f"image parameters: {key!r} is missing")
     return ImageMeta(
         prompt=p["Prompt"],
         variant=name,
-        seed=_int_in("Seed", p["Seed"], 0, SEED_MAX),
-        steps=_int_in("Steps", p["Steps"], 1, MAX_STEPS),
+        seed=int_in("Seed", p["Seed"], 0, SEED_MAX),
+        steps=int_in("Steps", p["Steps"], 1, MAX_STEPS),
         guidance=(
-            _float_in("Distilled CFG Scale", p["Distilled CFG Scale"], -MAX_GUIDANCE, MAX_GUIDANCE)
+            float_in("Distilled CFG Scale", p["Distilled CFG Scale"], -MAX_GUIDANCE, MAX_GUIDANCE)
             if "Distilled CFG Scale" in p
             else None
         ),

@@ -56,6 +56,9 @@ class GenerateRequest(BaseModel):
     image: str | None = Field(None, max_length=MAX_IMAGE_CHARS, description="base64 (or data: URL) PNG/JPEG/WebP")
     images: list[str] = Field([], max_length=3, description="Redux: up to three more references, base64 like `image`")
     strengths: list[Number] = Field([], max_length=4, description="Redux: one strength per reference, 0-2")
+    strength: Number | None = Field(
+        None, description="image_to_image: denoise strength, above 0 up to 1 (1 ignores the input); default 0.75"
+    )
     mask: str | None = Field(None, max_length=MAX_IMAGE_CHARS, description="Fill: white = repaint, base64")
     control_image: str | None = Field(None, max_length=MAX_IMAGE_CHARS, description="Control: a ready map")
     resolution: str | None = Field(None, max_length=32, description='"WIDTHxHEIGHT"; Kontext also "auto"')

@@ -93,6 +93,7 @@ class Request:
     image: object | None = None  # the input image (bytes, or anything load_image reads)
     images: tuple[object | None, ...] = ()  # Redux: more references
     strengths: tuple[object, ...] = ()  # Redux: one per reference
+    strength: object | None = None  # image to image: denoise strength, 0 < strength <= 1; None: its default
     mask: object | None = None  # Fill: white = repaint
     control_image: object | None = None  # Control: a ready map
     resolution: str | None = None  # "WIDTHxHEIGHT"; Kontext also "auto"

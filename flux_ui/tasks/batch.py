@@ -33,6 +33,7 @@ class Batch:
     loras: tuple[tuple[str, float], ...] = ()  # (name, scale) for the metadata
     extra: dict[str, str] = field(default_factory=dict)  # task-specific metadata
     encoder_prompt: str | None = None  # what the text encoders see, when not `prompt` (LoRA tags stripped)
+    steps_run: int | None = None  # steps the pipeline runs, when fewer than `steps` (image to image's strength)
 
 
 def generate_batch(
@@ -63,11 +64,12 @@ def generate_batch(
         prompt_embeds, pooled = embeds
     t = time.perf_counter()
     images = []
-    total = batch.steps * batch.num_images
+    steps_run = batch.steps if batch.steps_run is None else batch.steps_run  # what progress counts
+    total = steps_run * batch.num_images
     if batch.guidance is not None:
         inputs["guidance_scale"] = batch.guidance
     for i in range(batch.num_images):
-        callback = step_callback(registry, on_step, should_stop, i, batch.steps, total, batch.size)
+        callback = step_callback(registry, on_step, should_stop, i, steps_run, total, batch.size)
         with torch.inference_mode():
             out = pipe(
                 prompt_embeds=prompt_embeds,

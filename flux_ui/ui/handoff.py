@@ -1,4 +1,4 @@
-"""Handing a gallery image to another tab: "send to Kontext", "send to Redux", "back to text to image".
+"""Handing a gallery image to another tab: "image to image", "send to Kontext", "back to text to image"...
 
 A source is any tab whose handles have a `gallery`, the `selected` state that `track_selection` keeps for
 it, and an empty `send_row` under it. A target is a (tab id, attribute) entry: the attribute of that tab's
@@ -41,6 +41,7 @@ class Target:
 
 TARGETS = (
     Target("t2i", "Back to text to image (its parameters)", "parameters"),
+    Target("i2i", "Image to image"),
     Target("kontext", "Edit in Kontext", "receive"),
     Target("redux", "Redux variations"),
     Target("vqa", "Ask about it (VQA)"),

@@ -10,7 +10,7 @@ from PIL import Image
 from flux_ui.core.errors import InvalidInput
 from flux_ui.core.seeds import SEED_MAX
 from flux_ui.core.variants import Variant, get_variant, variants_for
-from flux_ui.media.metadata import meta_from_parameters, read_parameters
+from flux_ui.media.foreign_metadata import read_loaded
 from flux_ui.media.uploads import checked_upload
 from flux_ui.models.loras.library import LoraInfo, tagged_names, with_tags
 from flux_ui.tasks.text_to_image import SPEC, TextToImageParams
@@ -45,37 +45,51 @@ def text_to_image_variant(name: str) -> Variant:
 
 
 def form_values(file: str | None) -> tuple:
-    """Read the generation parameters embedded in a PNG and return them as the form's values: prompt,
-    variant, width, height, steps, guidance, seed, aspect preset, variant note. gr.Error if it has none."""
+    """Read the generation parameters embedded in a PNG (ours, A1111 / Forge, ComfyUI, SwarmUI, InvokeAI, or
+    a prompt alone) and return them as the form's values: prompt, variant, width, height, steps, guidance,
+    seed, aspect preset, variant note, and the notes on what could not be carried over. A field the image
+    does not say is left as it is (gr.skip()). gr.Error if it carries none, or a malformed value."""
     if not file:
         raise invalid(ValueError("image: upload a PNG made by FLUX UI or another SD UI"))
     try:
         with Image.open(checked_upload(file, "image")) as img:
-            text = read_parameters(img)
+            loaded = read_loaded(img)
     except InvalidInput as err:
         raise invalid(err) from None
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
-        raise invalid(ValueError("image: not a readable PNG; upload a PNG made by FLUX UI or another SD UI")) from None
-    if not text:
-        raise invalid(ValueError("image: it carries no generation parameters"))
-    try:
-        meta = meta_from_parameters(text)
-        variant = text_to_image_variant(meta.variant)
     except ValueError as err:
-        raise invalid(err) from None
-    guidance = meta.guidance if meta.guidance is not None else (variant.default_guidance or 0.0)
-    # Prompts keep their tags; a "LoRAs:" entry without a tag in the prompt gets one, so nothing is lost.
-    prompt = with_tags(meta.prompt, [*tagged_names(meta.prompt), *(n for n, _ in meta.loras)], dict(meta.loras))
+        if str(err).startswith("image parameters:"):
+            raise invalid(err) from None
+        raise invalid(ValueError("image: not a readable PNG; upload a PNG made by FLUX UI or another SD UI")) from None
+    except (OSError, SyntaxError, Image.DecompressionBombError):
+        raise invalid(ValueError("image: not a readable PNG; upload a PNG made by FLUX UI or another SD UI")) from None
+    if loaded is None:
+        raise invalid(ValueError("image: it carries no generation parameters"))
+    variant = text_to_image_variant(loaded.variant) if loaded.variant else None
+    notes = list(loaded.notes)
+    if variant is not None and variant.name != loaded.variant:
+        notes.insert(0, f"It was made with {get_variant(loaded.variant).label}; {variant.label} stands in.")
+    guidance = loaded.guidance
+    if guidance is None and variant is not None:
+        guidance = variant.default_guidance or 0.0
+    # Prompts keep their tags; LoRAs named elsewhere (a "LoRAs:" entry, loader nodes) become tags, so nothing is lost.
+    names = [*tagged_names(loaded.prompt), *(n for n, _ in loaded.loras)]
+    prompt = with_tags(loaded.prompt, names, dict(loaded.loras))
+
+    def kept(value):
+        return gr.skip() if value is None else value
+
+    source = f"Loaded from a {loaded.source} image." if loaded.source != "prompt only" else ""
     return (
         prompt,
-        variant.name,
-        meta.width,
-        meta.height,
-        meta.steps,
-        guidance,
-        meta.seed,
-        CUSTOM,
-        variant_note(variant.name),
+        kept(variant and variant.name),
+        kept(loaded.width),
+        kept(loaded.height),
+        kept(loaded.steps),
+        kept(guidance),
+        kept(loaded.seed),
+        CUSTOM if loaded.width is not None else gr.skip(),
+        variant_note(variant.name) if variant is not None else gr.skip(),
+        "\n".join([source, *(f"- {n}" for n in notes)]).strip(),
     )
 
 
@@ -137,7 +151,8 @@ def build(ctx: UiContext) -> TextToImageTab:
     def receive_parameters(path: str):
         """A hand-off fills the form as loading the file does, and shows guidance only where it applies."""
         values = list(form_values(path))
-        values[5] = gr.update(value=values[5], visible=get_variant(values[1]).uses_guidance)
+        if isinstance(values[1], str):
+            values[5] = gr.update(value=values[5], visible=get_variant(values[1]).uses_guidance)
         return tuple(values)
 
     def on_preset(label: str):
@@ -205,6 +220,7 @@ def build(ctx: UiContext) -> TextToImageTab:
                 cancel_btn = gr.Button("Cancel", variant="stop", elem_id="cancel")
             with gr.Accordion("Load parameters from image", open=False):
                 params_file = gr.File(label="PNG with parameters", file_types=[".png"], elem_id="params-file")
+                params_notes = gr.Markdown(elem_id="params-notes")  # what the image said that the form cannot take
         with gr.Column(scale=1):
             gallery = gr.Gallery(label="Images", columns=2, format="png", elem_id="gallery", interactive=False)
             send_row = gr.Row()  # hand-off buttons, added once every tab exists
@@ -233,7 +249,7 @@ def build(ctx: UiContext) -> TextToImageTab:
         **gpu_event(settings),
     )
     cancel_btn.click(ctx.cancel, None, None, cancels=[event], queue=False, api_visibility="private")
-    form = [*inputs[:-1], preset, note]
+    form = [*inputs[:-1], preset, note, params_notes]
     params_file.upload(load_parameters, params_file, form, api_name="load_parameters").success(
         show_guidance, variant, guidance, api_visibility="private"
     )

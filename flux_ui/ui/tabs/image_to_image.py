@@ -1,0 +1,126 @@
+"""The image-to-image tab: an input image redrawn from a prompt, with a denoise strength, by any
+text-to-image variant and the LoRAs the prompt's tags name."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import gradio as gr
+
+from flux_ui.core.seeds import SEED_MAX
+from flux_ui.core.variants import get_variant, variants_for
+from flux_ui.tasks.image_to_image import AUTO, DEFAULT_STRENGTH, SPEC, ImageToImageParams
+from flux_ui.ui.common import PRESETS, UiContext, gpu_event
+from flux_ui.ui.handoff import track_selection
+
+SIZES = [AUTO, *(f"{w}x{h}" for w, h in PRESETS.values())]
+STRENGTH_NOTE = (
+    "**Strength** is how much of the schedule is run again: 0.2-0.4 keeps the composition and changes "
+    "details, 0.6-0.8 keeps colours and layout loosely, 1 ignores the input (the text-to-image result of "
+    "the same seed and size). About strength × steps steps run. 0 is refused: nothing would change."
+)
+
+
+@dataclass
+class ImageToImageTab:
+    """Components other tabs hand images to."""
+
+    image: gr.Image  # the input; hand-off buttons put a gallery image here
+    gallery: gr.Gallery
+    selected: gr.State  # index of the result the user clicked
+    send_row: gr.Row  # where the hand-off buttons go
+
+
+def build(ctx: UiContext) -> ImageToImageTab:
+    settings = ctx.settings
+    dev = get_variant("dev")
+
+    def generate(
+        image: dict | str | None,
+        prompt: str,
+        strength: float = DEFAULT_STRENGTH,
+        variant: str = "dev",
+        size: str = AUTO,
+        steps: int = dev.default_steps,
+        guidance: float = dev.default_guidance,
+        seed: int = -1,
+        num_images: int = 1,
+        request: gr.Request = None,
+        progress: gr.Progress = gr.Progress(),
+    ):
+        """Redraw an image from a prompt with FLUX.1 [dev], [schnell] or Krea [dev].
+
+        Args:
+            image: the input image (PNG, JPEG or WebP; 64 px to 20 megapixels).
+            prompt: what the result should show; <lora:NAME:WEIGHT> tags apply LoRAs (see /loras).
+            strength: denoise strength, above 0 up to 1; 1 ignores the input.
+            variant: dev, schnell or krea-dev.
+            size: "auto" (the input's size within the megapixel limit, multiples of 16) or WIDTHxHEIGHT.
+            steps: steps of the full schedule; about strength x steps of them run.
+            guidance: distilled guidance (dev 3.5, Krea 4.5); ignored by schnell.
+            seed: -1 for a random seed; image i uses seed + i.
+            num_images: how many images to make from the input.
+        """
+        raw = ImageToImageParams(image, prompt, strength, variant, size, steps, guidance, seed, num_images)
+        gallery, result, text = yield from ctx.run_images(SPEC, raw, request, progress)
+        yield gallery, result.seed, text
+
+    def on_variant(name: str):
+        v = get_variant(name)
+        guidance = gr.update(value=v.default_guidance, visible=True) if v.uses_guidance else gr.update(visible=False)
+        return gr.update(value=v.default_steps), guidance
+
+    with gr.Tab("Image to image", id="i2i"), gr.Row():
+        with gr.Column(scale=1):
+            image = gr.Image(label="Input image", type="filepath", sources=["upload", "clipboard"], elem_id="i2i-image")
+            prompt = gr.Textbox(
+                label="Prompt (<lora:NAME:WEIGHT> tags apply LoRAs)",
+                lines=3,
+                placeholder="The same street at night, in the rain…",
+                elem_id="i2i-prompt",
+            )
+            strength = gr.Slider(
+                0.0, 1.0, value=DEFAULT_STRENGTH, step=0.01, label="Denoise strength", elem_id="i2i-strength"
+            )
+            gr.Markdown(STRENGTH_NOTE)
+            with gr.Row():
+                choices = [(v.label, v.name) for v in variants_for("text_to_image")]
+                variant = gr.Dropdown(choices, value="dev", label="Model", elem_id="i2i-variant")
+                size = gr.Dropdown(
+                    SIZES,
+                    value=AUTO,
+                    label="Output size",
+                    info="auto: the input's size, scaled to the megapixel limit in multiples of 16",
+                    allow_custom_value=True,
+                    elem_id="i2i-size",
+                )
+            with gr.Row():
+                steps = gr.Slider(
+                    1, settings.max_steps, value=dev.default_steps, step=1, label="Steps", elem_id="i2i-steps"
+                )
+                guidance = gr.Slider(0.0, 30.0, value=dev.default_guidance, step=0.1, label="Guidance")
+            with gr.Row():
+                seed = gr.Number(value=-1, label=f"Seed (-1 = random, up to {SEED_MAX})", elem_id="i2i-seed")
+                num_images = gr.Slider(1, settings.max_images, value=1, step=1, label="Images")
+            with gr.Row():
+                generate_btn = gr.Button("Generate", variant="primary", elem_id="i2i-generate")
+                cancel_btn = gr.Button("Cancel", variant="stop", elem_id="i2i-cancel")
+        with gr.Column(scale=1):
+            gallery = gr.Gallery(label="Images", columns=2, format="png", interactive=False, elem_id="i2i-gallery")
+            send_row = gr.Row()
+            last_seed = gr.Number(label="Seed used", interactive=False, precision=0)
+            info = gr.Markdown(elem_id="i2i-info")
+        selected = track_selection(gallery)  # inside the tab: a component between tabs confuses the tab bar
+
+    variant.input(on_variant, variant, [steps, guidance], api_visibility="private")
+    event = gr.on(
+        [generate_btn.click, prompt.submit],
+        generate,
+        [image, prompt, strength, variant, size, steps, guidance, seed, num_images],
+        [gallery, last_seed, info],
+        api_name="image_to_image",
+        # The image is decoded by the validator (images.load_image), which knows our limits and names the field.
+        **gpu_event(settings),
+    )
+    cancel_btn.click(ctx.cancel, None, None, cancels=[event], queue=False, api_visibility="private")
+    return ImageToImageTab(image=image, gallery=gallery, selected=selected, send_row=send_row)
