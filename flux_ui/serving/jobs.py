@@ -19,8 +19,14 @@ from dataclasses import dataclass, field
 from typing import TypeVar
 
 import anyio
+import torch
 from fastapi import HTTPException, Request
 
+from flux_ui.core.errors import Cancelled, InvalidInput, ModelUnavailableError
+from flux_ui.models.faults import out_of_memory_message, recover_from_oom
+from flux_ui.models.registry import Registry
+from flux_ui.output.run import Outcome, run_task
+from flux_ui.tasks import Request as TaskRequest
 from flux_ui.tasks import StepEvent
 
 log = logging.getLogger(__name__)
@@ -116,3 +122,40 @@ class Jobs:
             finally:
                 with self._lock:
                     self._running.pop(key, None)
+
+
+@dataclass(frozen=True)
+class Failure:
+    """Why a job gave no outcome, for an API to answer in its own shape."""
+
+    status: int  # the HTTP status REST would answer
+    kind: str  # invalid, queue_full, cancelled, interrupted, unavailable, out_of_memory
+    message: str  # for invalid: the message without its field
+    field: str | None = None  # for invalid: the task's field (the API maps it to its own name)
+
+
+async def run_outcome(
+    jobs: Jobs, registry: Registry, request: Request, api: str, task: str, make: Callable[[], TaskRequest]
+) -> Outcome | Failure:
+    """`task` on the request `make()` builds (in the worker thread: decoding images is work too), through
+    the job path, delivered; every expected failure as a Failure rather than an exception."""
+
+    def work(job: Running) -> Outcome | Failure:
+        try:
+            return run_task(registry, task, make(), job.on_event, job.stop.is_set)
+        except InvalidInput as err:
+            return Failure(422, "invalid", str(err).partition(": ")[2], err.field)
+        except ModelUnavailableError as err:
+            return Failure(503, "unavailable", str(err))
+        except Cancelled:
+            if job.interrupted:
+                return Failure(200, "interrupted", "interrupted")
+            return Failure(499, "cancelled", "cancelled: the client disconnected")
+        except torch.OutOfMemoryError:
+            recover_from_oom(registry)
+            return Failure(503, "out_of_memory", out_of_memory_message())
+
+    try:
+        return await jobs.run(request, Running(api, task), work)
+    except QueueFull as err:
+        return Failure(503, "queue_full", str(err.detail))
