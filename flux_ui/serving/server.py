@@ -1,5 +1,5 @@
 """Serving: one FastAPI app on one port with the HTTP APIs (REST in flux_ui/serving/rest.py, OpenAI's images API
-in openai_api.py) and the Gradio UI mounted at /,
+in openai_api.py, AUTOMATIC1111's in a1111_api.py) and the Gradio UI mounted at /,
 run by uvicorn; the login that guards them; the optional Gradio share link and MCP server.
 
 Why not `demo.launch()`: it builds its own FastAPI app and serves only that, so the REST routes and
@@ -25,7 +25,8 @@ from flux_ui.serving.throttle import FailureThrottle, LoginThrottle
 log = logging.getLogger(__name__)
 GENERATED_USER = "flux"  # the user name of a generated login
 # The HTTP APIs' routes that take a key: their 401s count as failed logins (serving/throttle.py).
-API_PATHS = ("/generate", "/v1/images/generations", "/v1/images/edits", "/v1/models")
+API_PATHS = ("/generate", "/v1/images/generations", "/v1/images/edits", "/v1/models", "/sdapi/v1/txt2img")
+API_PATHS += ("/sdapi/v1/img2img", "/sdapi/v1/options")
 
 
 @dataclass(frozen=True)
@@ -73,7 +74,7 @@ def build_app(registry, login: Login):
     from fastapi import FastAPI
 
     from flux_ui import __version__
-    from flux_ui.serving import openai_api
+    from flux_ui.serving import a1111_api, openai_api
     from flux_ui.serving import rest as api
     from flux_ui.serving.jobs import Jobs
     from flux_ui.ui.app import build_ui
@@ -89,6 +90,7 @@ def build_app(registry, login: Login):
     jobs = Jobs(settings.queue_size)  # one queue bound for every HTTP API
     api.install(app, registry, login.credentials, jobs)
     openai_api.install(app, registry, login.credentials, jobs)
+    a1111_api.install(app, registry, login.credentials, jobs)
     demo = build_ui(registry)
     demo.queue(max_size=settings.queue_size, default_concurrency_limit=4)
     # Gradio keeps a copy of the app's config (about 1,200 objects) for each session, and every API call
