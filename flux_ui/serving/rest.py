@@ -1,26 +1,22 @@
 """The REST API beside the UI: `GET /health` and `POST /generate`, on the same port (FastAPI, pydantic).
 
 Requests run the same task functions as the UI (flux_ui/tasks/*), so validation, metadata and saved files
-are the same. GPU work is serialised by the registry's lock, which every task holds while its pipeline is
-lent; on top of that at most `--queue-size` REST requests may be waiting or running at once, and the next
-is answered 503 at once rather than left to pile up threads (Gradio's queue does the same for the UI).
+are the same. Jobs take the one path of every HTTP API (flux_ui/serving/jobs.py): at most `--queue-size`
+requests waiting or running at once (the next is answered 503 at once), a worker thread per job, and
+cancellation when the client disconnects.
 """
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
 import io
 import logging
 import re
 import secrets
-import threading
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Literal
 
-import anyio
 import torch
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
@@ -32,9 +28,9 @@ from flux_ui.core.errors import Cancelled, InvalidInput, ModelUnavailableError
 from flux_ui.media.metadata import format_parameters, png_info
 from flux_ui.models.faults import out_of_memory_message, recover_from_oom
 from flux_ui.models.registry import Registry
-from flux_ui.output.deliver import deliver
+from flux_ui.output.run import Outcome, run_task
+from flux_ui.serving.jobs import Jobs, Running
 from flux_ui.tasks import Request as TaskRequest
-from flux_ui.tasks import TaskResult
 from flux_ui.tasks.table import TASKS
 
 log = logging.getLogger(__name__)
@@ -42,7 +38,6 @@ log = logging.getLogger(__name__)
 Task = Literal[tuple(TASKS)]  # the task table's names: a new task is offered here without a change
 MAX_IMAGE_CHARS = 40_000_000  # one base64 image (about 30 MB of file); the decoder checks pixels after
 MAX_TEXT_CHARS = 20_000  # pydantic's bound; the tasks' own, lower limits give the precise message
-DISCONNECT_POLL_S = 0.25  # how often a running job checks that its client is still there
 Number = StrictInt | StrictFloat  # strict: "28" or true is a type error naming the field, not coerced
 
 
@@ -92,27 +87,6 @@ class GenerateResponse(BaseModel):
     warnings: list[str] = []
 
 
-@dataclass
-class Gate:
-    """At most `size` REST jobs waiting or running; the next is refused at once."""
-
-    size: int
-
-    def __post_init__(self) -> None:
-        self._slots = threading.BoundedSemaphore(max(1, self.size))
-
-    def __enter__(self) -> Gate:
-        if not self._slots.acquire(blocking=False):
-            raise HTTPException(
-                503,
-                f"Queue full: {self.size} requests are already waiting or running; try again in a moment.",
-            )
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._slots.release()
-
-
 def decode_base64(value: str | None, field: str, max_mb: float) -> bytes | None:
     """Raw bytes from base64 or a data: URL, at most `max_mb` MB (--max-upload-mb, the limit of uploads
     in the UI); the image decoder (images.load_image) checks the rest."""
@@ -148,17 +122,14 @@ def rest_field(field: str, req: GenerateRequest) -> str:
     return field
 
 
-def _run(registry: Registry, req: GenerateRequest, stop: Callable[[], bool]) -> TaskResult | str:
-    """Validate `req` with its task's own validator and run it; return its result (the answer for vqa).
-    `stop()` is checked between steps (tokens for vqa): true, the task raises Cancelled."""
-    settings = registry.settings
+def task_request(req: GenerateRequest, max_upload_mb: float) -> TaskRequest:
+    """The task layer's request from a REST body, its base64 images decoded (InvalidInput names the field)."""
 
     def decode(value: str | None, field: str) -> bytes | None:
-        return decode_base64(value, field, settings.max_upload_mb)
+        return decode_base64(value, field, max_upload_mb)
 
-    spec = TASKS[req.task]
     fields = req.model_dump(exclude={"task", "image", "images", "mask", "control_image", "strengths"})
-    request = TaskRequest(
+    return TaskRequest(
         **fields,
         image=decode(req.image, "image"),
         images=tuple(decode(v, f"images[{i}]") for i, v in enumerate(req.images)),
@@ -166,9 +137,6 @@ def _run(registry: Registry, req: GenerateRequest, stop: Callable[[], bool]) -> 
         mask=decode(req.mask, "mask"),
         control_image=decode(req.control_image, "control_image"),
     )
-    job = spec.validate(spec.from_request(request), settings, registry.loras)
-    result = spec.run(registry, job, None, stop)
-    return result if spec.images else result.answer
 
 
 def _png(result_image, meta) -> str:
@@ -177,10 +145,9 @@ def _png(result_image, meta) -> str:
     return base64.b64encode(buf.getvalue()).decode("ascii")
 
 
-def _respond(registry: Registry, req: GenerateRequest, result: TaskResult | str) -> GenerateResponse:
-    if isinstance(result, str):
-        return GenerateResponse(task=req.task, answer=result)
-    delivered, warnings = deliver(registry, result)  # screened and saved, as in the UI
+def _respond(req: GenerateRequest, outcome: Outcome) -> GenerateResponse:
+    if outcome.result is None:
+        return GenerateResponse(task=req.task, answer=outcome.answer)
     images = [
         ImageOut(
             png=_png(d.image, d.meta),
@@ -188,43 +155,62 @@ def _respond(registry: Registry, req: GenerateRequest, result: TaskResult | str)
             parameters=format_parameters(d.meta),
             saved=None if d.saved is None else str(d.saved),
         )
-        for d in delivered
+        for d in outcome.delivered
     ]
-    return GenerateResponse(task=req.task, images=images, seed=result.seed, timings=result.timings, warnings=warnings)
+    result = outcome.result
+    return GenerateResponse(
+        task=req.task, images=images, seed=result.seed, timings=result.timings, warnings=outcome.warnings
+    )
 
 
 def _error(status: int, message: str, field: str | None = None) -> JSONResponse:
     return JSONResponse({"error": message, "field": field}, status_code=status)
 
 
+def authorized(request: Request, api_key: str | None, auth: tuple[str, str] | None) -> bool:
+    """Whether `request` may use the HTTP APIs: it carries the API key (as X-API-Key, or as a Bearer
+    token, which is how OpenAI clients send theirs) or, when the UI has a login, that login as HTTP Basic;
+    with neither configured, every request may."""
+    if api_key is None and auth is None:
+        return True
+    header = request.headers.get("authorization", "")
+    given = request.headers.get("x-api-key")
+    if given is None and header.lower().startswith("bearer "):
+        given = header[7:].strip()
+    if api_key is not None and given is not None and secrets.compare_digest(given.encode(), api_key.encode()):
+        return True
+    if auth is not None and header.lower().startswith("basic "):
+        try:
+            user, _, password = base64.b64decode(header[6:]).decode().partition(":")
+        except (binascii.Error, ValueError):
+            user, password = "", ""
+        if secrets.compare_digest(user.encode(), auth[0].encode()) and secrets.compare_digest(
+            password.encode(), auth[1].encode()
+        ):
+            return True
+    return False
+
+
+def unauthorized_message(api_key: str | None) -> str:
+    how = "an X-API-Key header (or Bearer token)" if api_key is not None else "HTTP Basic auth with the UI's login"
+    return f"Unauthorized: send {how}."
+
+
 def key_checker(api_key: str | None, auth: tuple[str, str] | None) -> Callable[[Request], None]:
-    """A dependency that lets a REST call through with the API key (X-API-Key) or, when the UI has a
-    login, that login as HTTP Basic; with neither configured, every call passes."""
+    """A dependency that lets a REST call through when `authorized`, else answers 401."""
 
     def check(request: Request) -> None:
-        if api_key is None and auth is None:
-            return
-        given = request.headers.get("x-api-key")
-        if api_key is not None and given is not None and secrets.compare_digest(given, api_key):
-            return
-        basic = request.headers.get("authorization", "")
-        if auth is not None and basic.lower().startswith("basic "):
-            try:
-                user, _, password = base64.b64decode(basic[6:]).decode().partition(":")
-            except (binascii.Error, ValueError):
-                user, password = "", ""
-            if secrets.compare_digest(user, auth[0]) and secrets.compare_digest(password, auth[1]):
-                return
-        how = "an X-API-Key header" if api_key is not None else "HTTP Basic auth with the UI's login"
-        raise HTTPException(401, f"Unauthorized: send {how}.", headers={"WWW-Authenticate": "Basic"})
+        if not authorized(request, api_key, auth):
+            raise HTTPException(401, unauthorized_message(api_key), headers={"WWW-Authenticate": "Basic"})
 
     return check
 
 
-def router(registry: Registry, auth: tuple[str, str] | None = None) -> APIRouter:
-    """The REST routes over `registry`; `auth` is the UI's login, which also opens the REST API."""
+def router(registry: Registry, auth: tuple[str, str] | None = None, jobs: Jobs | None = None) -> APIRouter:
+    """The REST routes over `registry`; `auth` is the UI's login, which also opens the REST API; `jobs` the
+    job path shared with the other HTTP APIs (a new one if None)."""
     settings = registry.settings
-    gate = Gate(settings.queue_size)
+    jobs = jobs or Jobs(settings.queue_size)
     guard = Depends(key_checker(settings.api_key, auth))
     api = APIRouter()
 
@@ -253,20 +239,13 @@ def router(registry: Registry, auth: tuple[str, str] | None = None) -> APIRouter
         Errors: 401 without the key, 413 for a body over --max-body-mb, 422 for a bad field (the message names
         it), 503 when the queue is full or memory ran out, 500 for anything else. A client that
         disconnects cancels its job after the current step, so the GPU is not spent on nobody."""
-        with gate:
-            stop = threading.Event()
-            work = asyncio.ensure_future(anyio.to_thread.run_sync(lambda: _serve(req, stop.is_set)))
-            while not work.done():
-                await asyncio.wait({work}, timeout=DISCONNECT_POLL_S)
-                if not work.done() and not stop.is_set() and await request.is_disconnected():
-                    log.info("REST client disconnected: cancelling its %s job", req.task)
-                    stop.set()
-            return work.result()
+        return await jobs.run(request, Running("rest", req.task), lambda job: _serve(req, job))
 
-    def _serve(req: GenerateRequest, stop: Callable[[], bool]) -> GenerateResponse | JSONResponse:
+    def _serve(req: GenerateRequest, job: Running) -> GenerateResponse | JSONResponse:
         try:
-            result = _run(registry, req, stop)
-            return _respond(registry, req, result)  # inside: the safety classifier may fail to load
+            request = task_request(req, settings.max_upload_mb)
+            # Delivery (the safety classifier may fail to load) happens inside, as in the UI.
+            return _respond(req, run_task(registry, req.task, request, job.on_event, job.stop.is_set))
         except InvalidInput as err:
             field = rest_field(err.field, req)  # the task names the UI's parameter; say the caller's
             return _error(422, f"{field}: {str(err).partition(': ')[2]}", field)
@@ -291,9 +270,9 @@ def router(registry: Registry, auth: tuple[str, str] | None = None) -> APIRouter
     return api
 
 
-def install(app: FastAPI, registry: Registry, auth: tuple[str, str] | None = None) -> None:
+def install(app: FastAPI, registry: Registry, auth: tuple[str, str] | None = None, jobs: Jobs | None = None) -> None:
     """Add the REST routes, the body-size limit and field-naming validation errors to `app`."""
-    app.include_router(router(registry, auth))
+    app.include_router(router(registry, auth, jobs))
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -1,4 +1,5 @@
-"""Serving: one FastAPI app on one port with the REST API (flux_ui/serving/rest.py) and the Gradio UI mounted at /,
+"""Serving: one FastAPI app on one port with the HTTP APIs (REST in flux_ui/serving/rest.py, OpenAI's images API
+in openai_api.py, AUTOMATIC1111's in a1111_api.py) and the Gradio UI mounted at /,
 run by uvicorn; the login that guards them; the optional Gradio share link and MCP server.
 
 Why not `demo.launch()`: it builds its own FastAPI app and serves only that, so the REST routes and
@@ -23,6 +24,9 @@ from flux_ui.serving.throttle import FailureThrottle, LoginThrottle
 
 log = logging.getLogger(__name__)
 GENERATED_USER = "flux"  # the user name of a generated login
+# The HTTP APIs' routes that take a key: their 401s count as failed logins (serving/throttle.py).
+API_PATHS = ("/generate", "/v1/images/generations", "/v1/images/edits", "/v1/models", "/sdapi/v1/txt2img")
+API_PATHS += ("/sdapi/v1/img2img", "/sdapi/v1/options")
 
 
 @dataclass(frozen=True)
@@ -70,7 +74,9 @@ def build_app(registry, login: Login):
     from fastapi import FastAPI
 
     from flux_ui import __version__
+    from flux_ui.serving import a1111_api, openai_api
     from flux_ui.serving import rest as api
+    from flux_ui.serving.jobs import Jobs
     from flux_ui.ui.app import build_ui
 
     settings = registry.settings
@@ -81,7 +87,10 @@ def build_app(registry, login: Login):
         version=__version__,
         description="REST API of FLUX UI; the Gradio UI is served at /. See README.md, 'REST API'.",
     )
-    api.install(app, registry, login.credentials)
+    jobs = Jobs(settings.queue_size)  # one queue bound for every HTTP API
+    api.install(app, registry, login.credentials, jobs)
+    openai_api.install(app, registry, login.credentials, jobs)
+    a1111_api.install(app, registry, login.credentials, jobs)
     demo = build_ui(registry)
     demo.queue(max_size=settings.queue_size, default_concurrency_limit=4)
     # Gradio keeps a copy of the app's config (about 1,200 objects) for each session, and every API call
@@ -107,8 +116,8 @@ def build_app(registry, login: Login):
     # have any server file read (a path in an Image's or a chat message's FileData). The task layer checks
     # again on its own (flux_ui/media/uploads.py).
     demo.has_launched = True
-    # Repeated failed logins (the UI's /login, REST's 401s) from one address are slowed down.
-    app.add_middleware(LoginThrottle, throttle=FailureThrottle())
+    # Repeated failed logins (the UI's /login, the HTTP APIs' 401s) from one address are slowed down.
+    app.add_middleware(LoginThrottle, throttle=FailureThrottle(), paths=("/login", *API_PATHS))
     return app
 
 
