@@ -87,7 +87,9 @@ def test_an_unreachable_hub_is_said_at_once(monkeypatch, tmp_path):
     sources._hub_answers.clear()
     start = time.monotonic()
     with pytest.raises(ModelUnavailableError) as exc:
-        sources.load("FLUX.1 [dev] transformer", "black-forest-labs/FLUX.1-dev", "--model dev=FOLDER", failing(OSError()))
+        sources.load(
+            "FLUX.1 [dev] transformer", "black-forest-labs/FLUX.1-dev", "--model dev=FOLDER", failing(OSError())
+        )
     assert time.monotonic() - start < 10
     msg = str(exc.value)
     assert "did not answer" in msg and "not in the local hub cache" in msg and "--model dev=FOLDER" in msg
