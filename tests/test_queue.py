@@ -123,7 +123,7 @@ def test_a_valid_job_waits_its_turn_and_is_told_its_place(server):
 def test_line_gives_turns_in_arrival_order_and_counts_places():
     import threading
 
-    from flux_ui.tasks.jobs import Line
+    from flux_ui.core.turns import Line
 
     line = Line()
     tickets = [line.join() for _ in range(3)]
@@ -168,3 +168,31 @@ def test_every_task_of_the_table_reads_the_shared_request_fields(settings):
         with pytest.raises(InvalidInput) as err:
             spec.validate(raw, settings, None)
         assert err.value.field == ("max_new_tokens" if name == "vqa" else "steps"), f"{name}: {err.value}"
+
+
+def test_a_rest_job_waits_in_the_same_line_as_the_ui(server):
+    """The HTTP APIs' jobs take their turn in the registry's one line, behind a UI job that came first."""
+    import threading
+
+    first = Client(server, verbose=False).submit(
+        prompt="first", width=512, height=512, steps=100, seed=1, api_name="/text_to_image"
+    )
+    started(first)
+    answer: dict = {}
+
+    def rest() -> None:
+        body = json.dumps({"task": "text_to_image", "prompt": "rest", "resolution": "64x64", "steps": 1, "seed": 4})
+        request = urllib.request.Request(server + "generate", body.encode(), {"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=120) as r:
+            answer["body"] = json.loads(r.read())
+
+    thread = threading.Thread(target=rest)
+    thread.start()
+    try:
+        thread.join(2)
+        assert thread.is_alive(), "the REST job ran while the UI job held its turn"
+        assert not first.done()
+    finally:
+        first.cancel()
+    thread.join(60)
+    assert answer["body"]["seed"] == 4 and len(answer["body"]["images"]) == 1

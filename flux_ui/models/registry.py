@@ -24,6 +24,7 @@ from flux_ui.core import memory
 from flux_ui.core.errors import InvalidInput
 from flux_ui.core.memory import WORKSPACE_BYTES, module_bytes
 from flux_ui.core.settings import Settings
+from flux_ui.core.turns import Line
 from flux_ui.core.variants import Variant, get_variant
 from flux_ui.models import loading, placement, sources, speed
 from flux_ui.models.loading import SharedParts
@@ -43,6 +44,7 @@ class Registry(Placement):
         self._previewer: LatentPreviewer | None = None
         self.load_counts: Counter[str] = Counter()  # component -> loads from disk or hub
         self.loras = LoraLibrary(settings.lora_dirs, settings.hub_loras)  # the LoRAs a prompt can name
+        self.line = Line()  # turns at the GPU for every surface's jobs, in arrival order
 
     # -- loading ---------------------------------------------------------------------------------
 

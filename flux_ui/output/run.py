@@ -43,7 +43,8 @@ def run_task(
         raise InvalidInput("task", f"unknown task {task!r}; choose one of: {', '.join(TASKS)}")
     spec = TASKS[task]
     job = spec.validate(spec.from_request(request), registry.settings, registry.loras)
-    result = spec.run(registry, job, on_event, should_stop)
+    with registry.line.turn(should_stop):  # after validation: a bad field never waits behind another job
+        result = spec.run(registry, job, on_event, should_stop)
     if not spec.images:
         return Outcome(task, answer=result.answer, timings=dict(result.timings))
     delivered, warnings = deliver(registry, result)  # may raise ModelUnavailableError (safety classifier)

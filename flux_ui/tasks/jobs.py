@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 import queue
 import threading
-from collections import deque
 from collections.abc import Callable, Iterator
 from typing import Generic, TypeVar
 
@@ -71,42 +70,3 @@ class Job(Generic[E, T]):
                 self._thread.join()
         if self._error is not None:
             raise self._error
-
-
-class Line:
-    """First come, first served turns at the GPU, with each waiter's place in line.
-
-    Gradio's queue (one concurrency group with a limit of one) would serialise the UI's jobs too, but a
-    request waiting there has not been looked at: a bad field would be reported only when its turn came,
-    behind someone's 30-second job. (Gradio's `validator=` runs before its queue, but a refusal reaches
-    gradio_client as a ValidationError instead of the AppError every client of this API handles, and the
-    browser shows it on the component, not as the error naming the fix.) So the UI lets up to
-    --queue-size requests in at once, validates each at once, and only valid jobs wait here. The holder of
-    a turn is the first in line until it `leave`s.
-    """
-
-    def __init__(self) -> None:
-        self._changed = threading.Condition()
-        self._line: deque[object] = deque()
-
-    def join(self) -> object:
-        """A ticket at the end of the line; `leave` it when done (or when giving up)."""
-        ticket = object()
-        with self._changed:
-            self._line.append(ticket)
-        return ticket
-
-    def wait(self, ticket: object, timeout: float) -> bool:
-        """Whether it is `ticket`'s turn, waiting up to `timeout` seconds for it."""
-        with self._changed:
-            return self._changed.wait_for(lambda: self._line[0] is ticket, timeout)
-
-    def ahead(self, ticket: object) -> int:
-        """How many are before `ticket` (the one whose turn it is included)."""
-        with self._changed:
-            return self._line.index(ticket)
-
-    def leave(self, ticket: object) -> None:
-        with self._changed:
-            self._line.remove(ticket)
-            self._changed.notify_all()

@@ -2,7 +2,8 @@
 
 Every event that touches the GPU shares one concurrency group (`GPU`, see `gpu_event`): up to --queue-size
 requests are let in at once and validated at once (a bad field is refused without waiting behind a running
-job); valid jobs then take turns at the GPU in arrival order (`tasks.jobs.Line`), told their place in line.
+job); valid jobs then take turns at the GPU in arrival order (`core.turns.Line`, the registry's one line,
+shared with the HTTP APIs), told their place in line.
 Gradio's bounded queue holds what comes beyond that. Model and input errors become `gr.Error` here and
 only here.
 """
@@ -30,7 +31,7 @@ from flux_ui.models.faults import out_of_memory_message, recover_from_oom
 from flux_ui.models.registry import Registry
 from flux_ui.output.deliver import Delivered, deliver
 from flux_ui.tasks import StepCallback, StepEvent, TaskResult, TaskSpec
-from flux_ui.tasks.jobs import Job, Line
+from flux_ui.tasks.jobs import Job
 
 log = logging.getLogger(__name__)
 GPU = "gpu"  # the concurrency id of every event that runs models
@@ -61,7 +62,6 @@ class UiContext:
     running: dict[str, Job] = field(default_factory=dict)  # session hash -> its running job
     tabs: dict[str, object] = field(default_factory=dict)  # tab id -> the handles its build() returned
     lock: threading.Lock = field(default_factory=threading.Lock)
-    line: Line = field(default_factory=Line)  # turns at the GPU
 
     @property
     def settings(self) -> Settings:
@@ -144,14 +144,14 @@ class UiContext:
         if key:
             with self.lock:
                 self.running[key] = job
-        ticket = self.line.join()
+        ticket = self.registry.line.join()
         events = None
         try:
             told = None
-            while not self.line.wait(ticket, WAIT_POLL_S):
+            while not self.registry.line.wait(ticket, WAIT_POLL_S):
                 if job.cancel_event.is_set():
                     raise Cancelled()
-                if waiting is not None and (ahead := self.line.ahead(ticket)) != told:
+                if waiting is not None and (ahead := self.registry.line.ahead(ticket)) != told:
                     waiting(told := ahead)
                 yield idle
             if told and waiting is not None:
@@ -173,7 +173,7 @@ class UiContext:
         finally:
             if events is not None:
                 events.close()  # a closed generator stops its job (Job.follow) before the turn is given up
-            self.line.leave(ticket)
+            self.registry.line.leave(ticket)
             if key:
                 with self.lock:
                     self.running.pop(key, None)
