@@ -12,7 +12,8 @@ import logging
 import os
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import TypeVar
 
@@ -74,32 +75,32 @@ def hub_reachable() -> bool:
     return reachable
 
 
-def in_hub_cache(repo_id: str) -> bool:
-    """Whether the local hub cache holds a snapshot of `repo_id`."""
-    from huggingface_hub import snapshot_download
-
-    try:
-        snapshot_download(repo_id, local_files_only=True)
-    except (LocalEntryNotFoundError, OSError, ValueError):
-        return False
-    return True
+_REPO_ID = re.compile(r"^[\w.-]+/[\w.-]+$")  # "org/name": what the hub serves
 
 
-def check_hub(what: str, source: str, setting: str) -> None:
-    """Refuse at once a hub `source` that cannot be had: the hub does not answer and the model is not in the
-    local cache (with the hub answering, or the model cached, the hub client takes it from there)."""
+def hub_down(source: str) -> bool:
+    """Whether `source` is a hub repo id while the hub does not answer (and downloads are not off anyway)."""
     from huggingface_hub import constants
 
-    offline = constants.HF_HUB_OFFLINE or os.environ.get("HF_HUB_OFFLINE") == "1"
-    if is_local(source) or offline or hub_reachable() or in_hub_cache(source):
-        return
-    raise ModelUnavailableError(
-        what,
-        source,
-        f"the hub ({constants.ENDPOINT}) did not answer within {HUB_PROBE_TIMEOUT_S:g} s and the model is not "
-        "in the local hub cache",
-        f"Check the network and HF_ENDPOINT, or point {setting} (or --models-dir) at local files.",
-    )
+    if is_local(source) or not _REPO_ID.match(source):
+        return False
+    if constants.HF_HUB_OFFLINE or os.environ.get("HF_HUB_OFFLINE") == "1":
+        return False
+    return not hub_reachable()
+
+
+@contextmanager
+def offline() -> Iterator[None]:
+    """The hub client in offline mode for one load: cached files are used, anything else fails at once
+    instead of being retried for minutes. (Loads run one at a time, under the registry's lock.)"""
+    from huggingface_hub import constants
+
+    before = constants.HF_HUB_OFFLINE
+    constants.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        constants.HF_HUB_OFFLINE = before
 
 
 def shared_part_source(settings: Settings, part: str) -> str:
@@ -127,7 +128,7 @@ def is_local(source: str) -> bool:
     return source.startswith((".", "/", "~")) or Path(source).expanduser().exists()
 
 
-def _explain(err: BaseException, what: str, source: str, setting: str) -> ModelUnavailableError:
+def _explain(err: BaseException, what: str, source: str, setting: str, down: bool = False) -> ModelUnavailableError:
     """Turn a loading exception (and the chain behind it) into a message a user can act on."""
     chain = [err]
     while chain[-1].__cause__ is not None or chain[-1].__context__ is not None:
@@ -158,6 +159,16 @@ def _explain(err: BaseException, what: str, source: str, setting: str) -> ModelU
             "the repository is gated",
             f"Accept the license at https://huggingface.co/{source}, create a read token, set HF_TOKEN "
             f"and restart, {local_fix}.",
+        )
+    if down:
+        from huggingface_hub import constants
+
+        return ModelUnavailableError(
+            what,
+            source,
+            f"the hub ({constants.ENDPOINT}) did not answer within {HUB_PROBE_TIMEOUT_S:g} s and the model is not "
+            "in the local hub cache",
+            f"Check the network and HF_ENDPOINT, or point {setting} (or --models-dir) at local files.",
         )
     if any(isinstance(e, LocalEntryNotFoundError) for e in chain) or os.environ.get("HF_HUB_OFFLINE") == "1":
         return ModelUnavailableError(
@@ -197,11 +208,12 @@ def load(what: str, source: str, setting: str, loader: Callable[[], T]) -> T:
     user can change to fix it ("--model dev=...").
     """
     log.info("loading %s from %s", what, source)
-    check_hub(what, source, setting)
+    down = hub_down(source)
     try:
-        return loader()
+        with offline() if down else nullcontext():
+            return loader()
     except (OSError, ValueError, ImportError, HfHubHTTPError, ConnectionError, TimeoutError) as err:
-        raise _explain(err, what, source, setting) from err
+        raise _explain(err, what, source, setting, down) from err
 
 
 # What reading a single file raises when it is cut short or holds something else: safetensors' own error,
