@@ -1,0 +1,197 @@
+"""History: the SQLite store of saved images (write, search, filters, delete, rebuild from the PNGs), the
+`history` API on a running server, and the History tab in a browser."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import replace
+from datetime import date, timedelta
+
+import pytest
+from PIL import Image
+
+from flux_ui.media.metadata import ImageMeta
+from flux_ui.models.registry import Registry
+from flux_ui.output.deliver import deliver
+from flux_ui.output.files import save_image
+from flux_ui.output.history import DB_NAME, History, Query, infer_task
+from flux_ui.tasks import GeneratedImage, TaskResult
+
+
+def meta(prompt: str, seed: int = 1, variant: str = "dev", **kw) -> ImageMeta:
+    return ImageMeta(prompt=prompt, variant=variant, seed=seed, steps=2, guidance=3.5, width=16, height=16, **kw)
+
+
+def save(outputs, m: ImageMeta, history: History | None = None, **kw):
+    path = save_image(Image.new("RGB", (16, 16), (m.seed % 255, 0, 0)), m, outputs)
+    if history is not None:
+        history.record(path, m, **kw)
+    return path
+
+
+@pytest.fixture
+def store(tmp_path) -> History:
+    return History(tmp_path / "outputs")
+
+
+def test_write_then_list_newest_first_with_every_field(store):
+    save(store.root, meta("a red fox", 1), store, user="ann", task="text_to_image")
+    save(store.root, meta("a blue bird", 2, loras=(("kohya-fox", 0.8),)), store)
+    records, total = store.query(Query())
+    assert total == 2 and [r.prompt for r in records] == ["a blue bird", "a red fox"]
+    fox = records[1]
+    assert (fox.task, fox.model, fox.seed, fox.width, fox.height, fox.steps, fox.guidance, fox.user) == (
+        "text_to_image",
+        "dev",
+        1,
+        16,
+        16,
+        2,
+        3.5,
+        "ann",
+    )
+    assert fox.path.endswith("-1.png") and "/" in fox.path and "Seed: 1" in fox.parameters
+    assert records[0].loras == [("kohya-fox", 0.8)] and records[0].user is None
+    assert (store.root / DB_NAME).is_file()
+
+
+def test_search_and_filters(store):
+    save(store.root, meta("a red fox in snow", 1), store)
+    save(store.root, meta("a red 100% fox_", 2, variant="schnell"), store)
+    save(store.root, meta("a cat", 3, loras=(("neon", 1.0),)), store)
+    save(store.root, meta("an edit", 4, variant="kontext-dev", extra={"Context size": "16x16"}), store)
+
+    def prompts(**kw) -> set[str]:
+        return {r.prompt for r in store.query(Query(**kw))[0]}
+
+    assert prompts(text="RED fox") == {"a red fox in snow", "a red 100% fox_"}
+    assert prompts(text="100%") == {"a red 100% fox_"} and prompts(text="x_") == {"a red 100% fox_"}
+    assert prompts(text="%") == {"a red 100% fox_"}  # LIKE's wildcards are taken literally
+    assert prompts(model="schnell") == {"a red 100% fox_"}
+    assert prompts(task="kontext") == {"an edit"}
+    assert prompts(lora="neon") == {"a cat"} and prompts(lora="neo") == set()
+    today = date.today()
+    assert len(prompts(since=today, until=today)) == 4
+    assert prompts(since=today + timedelta(days=1)) == set() and prompts(until=today - timedelta(days=1)) == set()
+    assert store.choices()["model"] == ["dev", "kontext-dev", "schnell"] and store.choices()["lora"] == ["neon"]
+    records, total = store.query(Query(page=2, page_size=3))
+    assert total == 4 and len(records) == 1
+
+
+def test_per_user_filter(store):
+    save(store.root, meta("mine", 1), store, user="ann")
+    save(store.root, meta("theirs", 2), store, user="bob")
+    assert [r.prompt for r in store.query(Query(user="ann"))[0]] == ["mine"]
+    assert store.choices(user="bob")["task"] == ["text_to_image"]
+
+
+def test_delete_removes_file_and_record_and_refuses_paths_outside(store, tmp_path):
+    path = save(store.root, meta("gone soon", 1), store)
+    keep = save(store.root, meta("kept", 2), store)
+    doomed = store.query(Query(text="gone"))[0][0]
+    assert store.delete(doomed.id).prompt == "gone soon"
+    assert not path.exists() and keep.exists()
+    assert store.get(doomed.id) is None and store.delete(doomed.id) is None
+    # A record whose path leads outside (a tampered database) deletes nothing.
+    outside = tmp_path / "secret.png"
+    outside.write_bytes(b"x")
+    with store._connect() as conn:
+        conn.execute("UPDATE images SET path = '../secret.png'")
+    record = store.query(Query())[0][0]
+    with pytest.raises(ValueError, match="not inside the outputs folder"):
+        store.delete(record.id)
+    assert outside.exists()
+
+
+def test_rebuild_from_the_pngs_after_the_database_is_deleted(store):
+    save(store.root, meta("first", 1, loras=(("neon", 0.5),)), store, task="text_to_image")
+    save(store.root, meta("an edit", 2, variant="kontext-dev", extra={"Context size": "16x16"}), store)
+    (store.root / DB_NAME).unlink()
+    for suffix in ("-wal", "-shm"):
+        (store.root / (DB_NAME + suffix)).unlink(missing_ok=True)
+    assert store.query(Query())[1] == 0
+    assert store.rebuild() == (2, 0)
+    records = {r.prompt: r for r in store.query(Query())[0]}
+    assert records["first"].task == "text_to_image" and records["first"].loras == [("neon", 0.5)]
+    assert records["an edit"].task == "kontext" and records["an edit"].model == "kontext-dev"
+    assert store.rebuild() == (0, 0)  # nothing missing: nothing to do
+
+
+def test_rebuild_indexes_older_pngs_and_drops_records_of_missing_files(store):
+    older = save(store.root, meta("from an older version", 5))  # a PNG that was never recorded
+    gone = save(store.root, meta("deleted by hand", 6), store)
+    gone.unlink()
+    Image.new("RGB", (8, 8)).save(store.root / "plain.png")  # no parameters at all
+    assert store.rebuild() == (2, 1)
+    records = {r.path: r for r in store.query(Query())[0]}
+    assert records[store.relative(older)].prompt == "from an older version"
+    assert records["plain.png"].task == "unknown" and records["plain.png"].seed is None
+
+
+def test_a_record_survives_a_restart(store):
+    save(store.root, meta("lasting", 9), store, user="ann")
+    again = History(store.root)  # as a new process would open it
+    (record,), _ = again.query(Query(text="lasting"))
+    assert record.user == "ann" and again.get(record.id) == record
+
+
+def test_infer_task_from_each_tasks_keys():
+    assert infer_task({"Seed": "1", "Variant": "dev"}) == "text_to_image"
+    assert infer_task({"Seed": "1", "Denoising strength": "0.6"}) == "image_to_image"
+    assert infer_task({"Variant": "fill-dev"}) == "fill"
+    assert infer_task({"Control": "canny"}) == "control"
+    assert infer_task({"Variant": "redux-dev"}) == "redux"
+    assert infer_task({}) == "unknown"
+
+
+def result_of(*metas: ImageMeta) -> TaskResult:
+    return TaskResult([GeneratedImage(Image.new("RGB", (16, 16)), m) for m in metas], seed=metas[0].seed)
+
+
+def test_deliver_records_each_saved_image_with_user_and_task(settings):
+    registry = Registry(settings)
+    delivered, warnings = deliver(registry, result_of(meta("x", 1), meta("x", 2)), user="ann", task="text_to_image")
+    assert not warnings and all(d.saved for d in delivered)
+    records, total = History(settings.outputs_dir).query(Query(user="ann"))
+    assert total == 2 and {r.seed for r in records} == {1, 2}
+
+
+def test_no_history_records_nothing(settings):
+    registry = Registry(replace(settings, history=False))
+    delivered, _ = deliver(registry, result_of(meta("x", 1)))
+    assert delivered[0].saved.exists() and not (settings.outputs_dir / DB_NAME).exists()
+
+
+def test_a_failed_record_write_keeps_the_png(settings, caplog):
+    (settings.outputs_dir / DB_NAME).mkdir(parents=True)  # a folder where the database should be
+    registry = Registry(settings)
+    with caplog.at_level(logging.WARNING):
+        delivered, warnings = deliver(registry, result_of(meta("kept anyway", 3)))
+    assert delivered[0].saved is not None and delivered[0].saved.exists()
+    assert not warnings  # the image was saved: nothing for the user to act on
+    assert "could not record" in caplog.text
+    (settings.outputs_dir / DB_NAME).rmdir()  # the database is back: the next start indexes the PNG
+    store = History(settings.outputs_dir)
+    assert store.rebuild() == (1, 0) and store.query(Query(text="kept"))[1] == 1
+
+
+def test_concurrent_writers_all_land(store):
+    import threading
+
+    paths = [save(store.root, meta(f"p{i}", i)) for i in range(8)]
+    errors = []
+
+    def write(i: int) -> None:
+        try:
+            store.record(paths[i], meta(f"p{i}", i))
+        except Exception as err:  # noqa: BLE001 - collected and asserted below
+            errors.append(err)
+
+    threads = [threading.Thread(target=write, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors and store.query(Query())[1] == 8
+    assert time.time() - store.query(Query())[0][0].created < 60
