@@ -195,3 +195,52 @@ def test_concurrent_writers_all_land(store):
         t.join()
     assert not errors and store.query(Query())[1] == 8
     assert time.time() - store.query(Query())[0][0].created < 60
+
+
+# --- end to end: `python app.py --tiny` through gradio_client -------------------------------------------------
+
+
+def generate(client, prompt: str, seed: int) -> None:
+    client.predict(prompt=prompt, seed=seed, width=64, height=64, steps=1, api_name="/text_to_image")
+
+
+def test_history_api_on_a_running_server(tiny_dir, tmp_path):
+    from conftest import running_app
+    from gradio_client import Client
+    from gradio_client.exceptions import AppError
+
+    outputs = tmp_path / "outputs"
+    older = save(outputs, meta("made by an older version", 77))  # no database yet: indexed at start-up
+    with running_app(tiny_dir, tmp_path) as (url, _):
+        client = Client(url, verbose=False)
+        listed = client.predict(api_name="/history")
+        assert [r["prompt"] for r in listed] == ["made by an older version"]
+        generate(client, "a red fox in the snow", 11)
+        generate(client, "a blue bird on a wire", 12)
+        listed = client.predict(api_name="/history")
+        assert [r["seed"] for r in listed] == [12, 11, 77]
+        assert listed[0]["task"] == "text_to_image" and listed[0]["user"] is None
+        assert (outputs / listed[0]["file"]).is_file()
+        found = client.predict(query="FOX snow", api_name="/history")
+        assert [r["seed"] for r in found] == [11]
+        with pytest.raises(AppError, match="since: '12/01' is not a date"):
+            client.predict(since="12/01", api_name="/history")
+        deleted = client.predict(record_id=found[0]["id"], api_name="/history_delete")
+        assert deleted["seed"] == 11 and not (outputs / deleted["file"]).exists()
+        assert [r["seed"] for r in client.predict(api_name="/history")] == [12, 77]
+        with pytest.raises(AppError, match="record_id: no image"):
+            client.predict(record_id=found[0]["id"], api_name="/history_delete")
+    assert older.exists()
+
+    # A restart with a login: the records lasted, and the user sees only the images made under their login.
+    with running_app(tiny_dir, tmp_path, "--auth", "ann:secret-pw") as (url, _):
+        client = Client(url, verbose=False, auth=("ann", "secret-pw"))
+        assert client.predict(api_name="/history") == []
+        generate(client, "ann's own", 21)
+        (mine,) = client.predict(api_name="/history")
+        assert (mine["seed"], mine["user"]) == (21, "ann")
+        with pytest.raises(AppError, match="no image"):  # not hers: refused as if it did not exist
+            client.predict(record_id=1, api_name="/history_delete")
+    with running_app(tiny_dir, tmp_path, "--auth", "ann:secret-pw", "--history-shared") as (url, _):
+        client = Client(url, verbose=False, auth=("ann", "secret-pw"))
+        assert [r["seed"] for r in client.predict(api_name="/history")] == [21, 12, 77]

@@ -76,8 +76,10 @@ class Record:
     user: str | None
 
     def as_dict(self) -> dict:
-        """JSON-able, with the creation time also as ISO text (local time)."""
+        """JSON-able, with the creation time also as ISO text (local time). The path is under "file": a
+        "path" key would make Gradio's client take the record for a file to download."""
         out = asdict(self)
+        out["file"] = out.pop("path")
         out["loras"] = [list(pair) for pair in self.loras]
         out["created_iso"] = datetime.fromtimestamp(self.created).isoformat(timespec="seconds")
         return out
