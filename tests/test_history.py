@@ -244,3 +244,36 @@ def test_history_api_on_a_running_server(tiny_dir, tmp_path):
     with running_app(tiny_dir, tmp_path, "--auth", "ann:secret-pw", "--history-shared") as (url, _):
         client = Client(url, verbose=False, auth=("ann", "secret-pw"))
         assert [r["seed"] for r in client.predict(api_name="/history")] == [21, 12, 77]
+
+
+# --- in a browser: the History tab shows what was just made -----------------------------------------------
+
+
+def test_history_tab_shows_the_image_just_generated(page, app_server):
+    from conftest import set_number
+
+    page.locator("#prompt textarea").fill("a lighthouse at dusk")
+    set_number(page, "width", 64)
+    set_number(page, "height", 64)
+    set_number(page, "steps", 1)
+    page.locator("#seed input").fill("8642")
+    page.locator("#generate").click()
+    page.wait_for_function("() => document.querySelector('#info').innerText.includes('Seed 8642')", timeout=120_000)
+
+    page.get_by_role("tab", name="History").click()
+    thumb = page.locator("#history-gallery img").first
+    thumb.wait_for(state="visible", timeout=60_000)
+    assert "lighthouse" in page.locator("#history-gallery").inner_text()
+    assert "/gradio_api/file=" in thumb.get_attribute("src") and "result-" in thumb.get_attribute("src")
+    # Search narrows the list; selecting an image shows its parameters and file name.
+    page.locator("#history-search textarea").fill("lighthouse")
+    page.locator("#history-search textarea").press("Enter")
+    page.wait_for_function(
+        "() => document.querySelector('#history-count').innerText.startsWith('1 image')", timeout=30_000
+    )
+    thumb.click()
+    page.wait_for_function(
+        "() => document.querySelector('#history-parameters textarea').value.includes('Seed: 8642')", timeout=30_000
+    )
+    assert "-8642.png" in page.locator("#history-details").inner_text()
+    page.get_by_role("tab", name="Text to image").click()
