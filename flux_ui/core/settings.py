@@ -47,6 +47,8 @@ class Settings:
     models_dirs: tuple[Path, ...] = ()  # ComfyUI / Forge / A1111 roots or models folders, scanned for single files
     shared_repo: str = DEFAULT_SHARED_REPO  # source of the T5/CLIP encoders and the VAE
     outputs_dir: Path = Path("outputs")  # generated PNGs land in dated subfolders here
+    history: bool = True  # index saved images in <outputs_dir>/history.sqlite and show the History tab
+    history_shared: bool = False  # with a login, every user sees every image in History (else only their own)
     max_megapixels: float = 2.0  # largest width*height accepted, in millions of pixels
     max_steps: int = 100  # most denoising steps accepted per image
     max_images: int = 4  # most images per request
@@ -204,6 +206,18 @@ def build_parser() -> argparse.ArgumentParser:
         "--outputs-dir",
         default=_env("outputs_dir", "outputs"),
         help="where images are saved",
+    )
+    p.add_argument(
+        "--history",
+        action=argparse.BooleanOptionalAction,
+        default=_env("history", "1").lower() in {"1", "true", "yes", "on"},
+        help="record saved images in <outputs-dir>/history.sqlite and show the History tab",
+    )
+    p.add_argument(
+        "--history-shared",
+        action="store_true",
+        default=_env_flag("history_shared"),
+        help="with a login, every user sees every image in History",
     )
     p.add_argument("--max-megapixels", type=float, default=float(_env("max_megapixels", "2.0")))
     p.add_argument("--max-steps", type=int, default=int(_env("max_steps", "100")))
@@ -368,6 +382,8 @@ def settings_from_args(argv: list[str] | None = None) -> Settings:
         models_dirs=tuple(dict.fromkeys(Path(d).expanduser() for d in a.models_dir)),
         shared_repo=a.shared_repo,
         outputs_dir=Path(a.outputs_dir),
+        history=a.history,
+        history_shared=a.history_shared,
         max_megapixels=a.max_megapixels,
         max_steps=a.max_steps,
         max_images=a.max_images,

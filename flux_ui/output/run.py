@@ -47,5 +47,5 @@ def run_task(
         result = spec.run(registry, job, on_event, should_stop)
     if not spec.images:
         return Outcome(task, answer=result.answer, timings=dict(result.timings))
-    delivered, warnings = deliver(registry, result)  # may raise ModelUnavailableError (safety classifier)
+    delivered, warnings = deliver(registry, result, task=task)  # may raise ModelUnavailableError (safety classifier)
     return Outcome(task, delivered, warnings, result, timings=dict(result.timings))

@@ -60,7 +60,7 @@ def _models_tab(ctx: UiContext) -> None:
 def build_ui(registry: Registry) -> gr.Blocks:
     """Build the Blocks app around `registry`; call `.queue(...)` and `.launch()` on the result."""
     from flux_ui.ui import handoff
-    from flux_ui.ui.tabs import control, fill, image_to_image, kontext, redux, text_to_image, vqa
+    from flux_ui.ui.tabs import control, fill, history, image_to_image, kontext, redux, text_to_image, vqa
 
     ctx = UiContext(registry)
     with gr.Blocks(title="FLUX UI") as demo:
@@ -79,6 +79,8 @@ def build_ui(registry: Registry) -> gr.Blocks:
             ctx.tabs["vqa"] = vqa.build(ctx)
             ctx.tabs["fill"] = fill.build(ctx)
             ctx.tabs["control"] = control.build(ctx)
+            if ctx.settings.history:
+                ctx.tabs["history"] = history.build(ctx)
             _models_tab(ctx)
         handoff.wire(ctx, tabs)  # after every tab exists: each gallery gets buttons for the tabs present
         # "Suggest an edit" in VQA: the instruction becomes the Kontext tab's instruction.

@@ -115,7 +115,7 @@ class UiContext:
             show,
             (gr.skip(),) * (1 + others),
         )
-        gallery, notes = self.save(result)
+        gallery, notes = self.save(result, getattr(request, "username", None), spec.name)
         text = "\n\n".join(line for line in (summary(result, notes), spec.describe(result)) if line)
         return gallery, result, text
 
@@ -186,11 +186,14 @@ class UiContext:
         if job is not None:
             job.cancel()
 
-    def save(self, result: TaskResult) -> tuple[list[tuple[object, str]], list[str]]:
-        """Save every image; return gallery items and warnings. An image that cannot be saved (a full
-        disk, say) is still returned, as a picture, with a warning that it was not saved."""
+    def save(
+        self, result: TaskResult, user: str | None = None, task: str | None = None
+    ) -> tuple[list[tuple[object, str]], list[str]]:
+        """Save every image (recorded in the history as `user`'s, made by `task`); return gallery items and
+        warnings. An image that cannot be saved (a full disk, say) is still returned, as a picture, with a
+        warning that it was not saved."""
         try:  # --safety-checker: flagged images are blurred first; without the classifier, nothing is shown
-            delivered, notes = deliver(self.registry, result)
+            delivered, notes = deliver(self.registry, result, user, task)
         except ModelUnavailableError as err:
             raise gr.Error(str(err), title="Safety classifier not available", duration=None) from None
         gallery = [_gallery_item(d) for d in delivered]
