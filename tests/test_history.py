@@ -277,3 +277,21 @@ def test_history_tab_shows_the_image_just_generated(page, app_server):
     )
     assert "-8642.png" in page.locator("#history-details").inner_text()
     page.get_by_role("tab", name="Text to image").click()
+
+
+def test_history_is_on_by_default_only_on_a_private_server(monkeypatch):
+    """On a share link, a public host without a login, or a Space, every visitor would see everyone's
+    images: History is off unless asked for."""
+    from flux_ui.core.settings import settings_from_args
+
+    monkeypatch.delenv("FLUX_UI_HISTORY", raising=False)
+    monkeypatch.delenv("SPACE_ID", raising=False)
+
+    def history(*argv: str) -> bool:
+        return settings_from_args(["--tiny", *argv]).history
+
+    assert history() and history("--host", "0.0.0.0", "--auth", "me:secret")
+    assert not history("--share") and not history("--host", "0.0.0.0", "--no-auth")
+    assert history("--share", "--history") and not history("--no-history")
+    monkeypatch.setenv("SPACE_ID", "someone/flux-ui")
+    assert not history()

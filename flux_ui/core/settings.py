@@ -210,8 +210,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--history",
         action=argparse.BooleanOptionalAction,
-        default=_env("history", "1").lower() in {"1", "true", "yes", "on"},
-        help="record saved images in <outputs-dir>/history.sqlite and show the History tab",
+        default=None if _env("history", "") == "" else _env_flag("history"),
+        help="record saved images in <outputs-dir>/history.sqlite and show the History tab (default: on for a "
+        "private server: loopback host, no share link, not a Space, or any server with --auth)",
     )
     p.add_argument(
         "--history-shared",
@@ -278,6 +279,15 @@ def parse_model_paths(items: list[str]) -> dict[str, str]:
             raise ValueError(f"--model: expected NAME=SOURCE, got {item!r}")
         out[name.strip()] = source.strip()
     return out
+
+
+def default_history(a: argparse.Namespace) -> bool:
+    """History is on by default only where its images are the user's own to see: a server on the loopback
+    address without a share link, outside a Space, or one with an --auth login its owner hands out. On a
+    share link (one generated login for everyone who has the link), a public host without a login, or a
+    Space, every visitor would see every other visitor's images: off unless --history asks for it."""
+    private = a.host in ("127.0.0.1", "localhost", "::1") and not a.share and not os.environ.get("SPACE_ID")
+    return private or bool(a.auth)
 
 
 def parse_auth(value: str) -> tuple[str, str] | None:
@@ -382,7 +392,7 @@ def settings_from_args(argv: list[str] | None = None) -> Settings:
         models_dirs=tuple(dict.fromkeys(Path(d).expanduser() for d in a.models_dir)),
         shared_repo=a.shared_repo,
         outputs_dir=Path(a.outputs_dir),
-        history=a.history,
+        history=default_history(a) if a.history is None else a.history,
         history_shared=a.history_shared,
         max_megapixels=a.max_megapixels,
         max_steps=a.max_steps,
