@@ -59,6 +59,7 @@ class Settings:
     max_sessions: int = 400  # sessions whose UI state (Kontext chain, selection) is kept; the oldest dropped
     transformer_cache: int = 2  # transformers kept loaded (LRU); the rest are dropped
     memory_policy: str = "resident"  # how models sit in GPU memory: a name of flux_ui.core.policies.POLICIES
+    vae_tiling: str = "auto"  # VAE in tiles: on, off, or auto (above the memory policy's size)
     policy_reason: str = "default"  # why that policy, for the log and the Models tab ("23.6 GiB GPU")
     ram_budget_bytes: int | None = None  # most bytes of warm (RAM-held) transformers; None: no limit
     gpu_transformers: int = 1  # transformers kept on the GPU at once (the active one included)
@@ -234,6 +235,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="auto, resident, fp8-24gb, offload-12gb or cpu; auto picks from the GPU's memory (see README)",
     )
     p.add_argument(
+        "--vae-tiling",
+        choices=("auto", "on", "off"),
+        default=_env("vae_tiling", "auto"),
+        help="VAE encode/decode in overlapping tiles: auto (above a size the memory policy sets), on or off",
+    )
+    p.add_argument(
         "--ram-budget-gb",
         default=_env("ram_budget_gb", "auto"),
         help="GiB of CPU RAM for warm transformers; auto: 70%% of the RAM available at start-up",
@@ -381,6 +388,7 @@ def settings_from_args(argv: list[str] | None = None) -> Settings:
         dtype=resolve_dtype(a.dtype, device),
         speed=speed,
         memory_policy=policy.name,
+        vae_tiling=a.vae_tiling,
         policy_reason=reason,
         ram_budget_bytes=_budget(a),
         gpu_transformers=_gpu_transformers(a, policy.name, device),

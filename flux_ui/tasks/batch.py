@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from flux_ui.core.policies import tile_vae
 from flux_ui.core.seeds import batch_seed
 from flux_ui.core.variants import Variant
 from flux_ui.media.metadata import ImageMeta
@@ -50,6 +51,12 @@ def generate_batch(
     own `embeds`, (prompt_embeds, pooled_prompt_embeds), as Redux does) and generating."""
     timings = {}
     width, height = batch.size
+    settings = registry.settings
+    # The VAE is shared; it is set for this request while the pipeline is lent (under the registry's lock).
+    if tile_vae(settings.vae_tiling, settings.policy, batch.size):
+        pipe.vae.enable_tiling()
+    else:
+        pipe.vae.disable_tiling()
     if embeds is None:
         t = time.perf_counter()
         with torch.inference_mode():
