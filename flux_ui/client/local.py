@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import re
 from collections.abc import Callable
 from pathlib import Path
 
@@ -13,11 +12,10 @@ from flux_ui.core.settings import Settings, lora_dirs, settings_from_args
 from flux_ui.media.metadata import format_parameters
 from flux_ui.models.registry import Registry
 from flux_ui.output.run import run_task
-from flux_ui.tasks import Request
+from flux_ui.tasks import Request, api_field
 
 _PATHS = {"tiny_dir", "outputs_dir", "model_root"}  # Settings fields that are one Path
 _PATH_TUPLES = {"lora_dirs", "models_dirs"}  # ... a tuple of Paths
-_TASK_FIELD = re.compile(r"(image|strength)_(\d+)")
 
 
 def local_settings(settings: Settings | None, fields: dict[str, object]) -> Settings:
@@ -46,18 +44,8 @@ def local_settings(settings: Settings | None, fields: dict[str, object]) -> Sett
 
 
 def request_field(field: str, request: Request) -> str:
-    """The Python API's name of a task parameter, as REST names them (`rest.rest_field`): the tasks name
-    the UI's fields (`instruction`, `image_2`, `strength_1`, `width`)."""
-    if field in ("instruction", "question"):
-        return "prompt"
-    if field in ("width", "height", "size") and request.resolution is not None:
-        return "resolution"
-    if m := _TASK_FIELD.fullmatch(field):
-        n = int(m.group(2))
-        if m.group(1) == "strength":
-            return f"strengths[{n - 1}]"
-        return "image" if n == 1 else f"images[{n - 2}]"
-    return field
+    """The Python API's name of a task parameter, as REST names them (see `tasks.api_field`)."""
+    return api_field(field, request.resolution)
 
 
 class LocalBackend:

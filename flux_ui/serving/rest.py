@@ -12,7 +12,6 @@ import base64
 import binascii
 import io
 import logging
-import re
 import secrets
 from collections.abc import Callable
 from typing import Literal
@@ -31,6 +30,7 @@ from flux_ui.models.registry import Registry
 from flux_ui.output.run import Outcome, run_task
 from flux_ui.serving.jobs import Jobs, Running
 from flux_ui.tasks import Request as TaskRequest
+from flux_ui.tasks import api_field
 from flux_ui.tasks.table import TASKS
 
 log = logging.getLogger(__name__)
@@ -104,22 +104,9 @@ def decode_base64(value: str | None, field: str, max_mb: float) -> bytes | None:
         raise InvalidInput(field, "is not valid base64") from None
 
 
-_TASK_FIELD = re.compile(r"(image|strength)_(\d+)")
-
-
 def rest_field(field: str, req: GenerateRequest) -> str:
-    """The REST name of a task parameter: the tasks name the UI's fields (`instruction`, `image_2`,
-    `strength_1`, `width`); a REST caller sent `prompt`, `images[0]`, `strengths[0]`, `resolution`."""
-    if field in ("instruction", "question"):
-        return "prompt"
-    if field in ("width", "height", "size") and req.resolution is not None:
-        return "resolution"
-    if m := _TASK_FIELD.fullmatch(field):
-        n = int(m.group(2))
-        if m.group(1) == "strength":
-            return f"strengths[{n - 1}]"
-        return "image" if n == 1 else f"images[{n - 2}]"
-    return field
+    """The REST name of a task parameter (see `tasks.api_field`)."""
+    return api_field(field, req.resolution)
 
 
 def task_request(req: GenerateRequest, max_upload_mb: float) -> TaskRequest:

@@ -12,6 +12,7 @@ checked and typed, images decoded, defaults filled in). Task functions take only
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
@@ -109,6 +110,25 @@ class Request:
     top: object = 0
     bottom: object = 0
     max_new_tokens: object | None = None
+
+
+_NUMBERED = re.compile(r"(image|strength)_(\d+)")
+
+
+def api_field(field: str, resolution: str | None = None) -> str:
+    """A task parameter's name in the APIs' shared fields (`Request`): the tasks name the UI's fields
+    (`instruction`, `question`, `image_2`, `strength_1`, `width`); an API caller sent `prompt`,
+    `images[0]`, `strengths[0]`, and `resolution` when it gave one."""
+    if field in ("instruction", "question"):
+        return "prompt"
+    if field in ("width", "height", "size") and resolution is not None:
+        return "resolution"
+    if m := _NUMBERED.fullmatch(field):
+        n = int(m.group(2))
+        if m.group(1) == "strength":
+            return f"strengths[{n - 1}]"
+        return "image" if n == 1 else f"images[{n - 2}]"
+    return field
 
 
 def no_extra(result: Any) -> str:
