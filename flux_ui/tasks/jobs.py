@@ -49,10 +49,23 @@ class Job(Generic[E, T]):
     def __iter__(self) -> Iterator[E]:
         return self.follow()
 
+    @property
+    def running(self) -> bool:
+        return self._thread.is_alive()
+
+    def join(self) -> None:
+        """Wait until the task has returned (after a cancel: after its current step)."""
+        self._thread.join()
+
     def follow(self, idle_s: float | None = None) -> Iterator[E | None]:
         """Start the task and yield its events; with `idle_s`, also None whenever no event came for that
-        long (so that a caller streaming to a client yields regularly, and can be closed there)."""
+        long (so that a caller streaming to a client yields regularly, and can be closed there).
+
+        Left early, the task is told to stop after its current step. When the iteration is closed (a
+        cancelled Gradio event closes its handler, on the server's event loop), it is not waited for: the
+        caller decides what waits for `join` (see `ui.common.UiContext.stream`); otherwise it is."""
         self._thread.start()
+        closing = False
         try:
             while True:
                 try:
@@ -63,10 +76,14 @@ class Job(Generic[E, T]):
                 if event is _DONE:
                     break
                 yield event
+        except GeneratorExit:
+            closing = True
+            raise
         finally:
             if self._thread.is_alive():
                 log.info("job abandoned by its caller: stopping after the current step")
                 self.cancel()
-                self._thread.join()
+                if not closing:
+                    self._thread.join()
         if self._error is not None:
             raise self._error

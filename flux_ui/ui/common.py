@@ -15,6 +15,7 @@ import os
 import secrets
 import shutil
 import threading
+import time
 from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -133,7 +134,7 @@ class UiContext:
         place changes, and `waiting(0)` when the turn comes.
 
         `idle` (an update that changes nothing, such as a gr.skip() per output) is yielded whenever
-        nothing happened for WAIT_POLL_S: Gradio can close a generator only where it yields, and closing
+        nothing was yielded for WAIT_POLL_S: Gradio can close a generator only where it yields, and closing
         it is how a cancelled event (a client's cancel, a closed page) stops its job.
 
         Registers the job for the session's Cancel button (which also takes a waiting job out of line)
@@ -157,9 +158,13 @@ class UiContext:
             if told and waiting is not None:
                 waiting(0)  # its turn: says so
             events = job.follow(WAIT_POLL_S)
+            last = time.monotonic()
             for ev in events:
-                update = idle if ev is None else show(ev)
+                update = None if ev is None else show(ev)
+                if update is None and time.monotonic() - last >= WAIT_POLL_S:
+                    update = idle  # steps without previews still yield now and then (see the docstring)
                 if update is not None:
+                    last = time.monotonic()
                     yield update
         except Cancelled:
             raise gr.Error("Generation cancelled.", title="Cancelled", print_exception=False) from None
@@ -172,12 +177,21 @@ class UiContext:
             raise gr.Error(out_of_memory_message(), title="Out of memory", duration=None) from None
         finally:
             if events is not None:
-                events.close()  # a closed generator stops its job (Job.follow) before the turn is given up
-            self.registry.line.leave(ticket)
+                events.close()  # tells a job still running to stop after its current step
+            if job.running:
+                # Closed by Gradio (a cancelled event): this runs on the server's event loop, which must not
+                # wait for the step to end. The turn passes on once the job has stopped, from a thread.
+                threading.Thread(target=self._leave_after, args=(job, ticket), daemon=True).start()
+            else:
+                self.registry.line.leave(ticket)
             if key:
                 with self.lock:
                     self.running.pop(key, None)
         return job.result
+
+    def _leave_after(self, job: Job, ticket: object) -> None:
+        job.join()
+        self.registry.line.leave(ticket)
 
     def cancel(self, request: gr.Request) -> None:
         """Ask the session's running job to stop after its current step."""
