@@ -82,14 +82,21 @@ def test_img2img_edits_with_kontext_and_inpaints_with_a_mask(http):
     info = json.loads(body["info"])
     img = decode(body["images"][0])
     assert body["parameters"]["init_images"] is None
-    if info["task"] == "kontext_edit":  # until the task table has image_to_image
-        assert img.size == (64, 64) and "denoising_strength" in info["ignored"]
+    assert info["task"] == "image_to_image" and "denoising_strength" not in info.get("ignored", [])
+    assert img.size == (64, 64)
+    assert "Denoising strength: 0.6" in read_parameters(img)
     mask = Image.new("L", (96, 64), 0)
     mask.paste(255, (0, 0, 48, 64))
     r = http.post("/sdapi/v1/img2img", json={**job, "mask": b64_png(mask)})
     assert r.status_code == 200, r.text
     assert json.loads(r.json()["info"])["task"] == "fill"
     assert meta_from_parameters(read_parameters(decode(r.json()["images"][0]))).variant == "fill-dev"
+
+
+def test_sampler_scheduler_and_vae_menus(http):
+    assert [s["name"] for s in http.get("/sdapi/v1/samplers").json()] == ["Euler"]
+    assert http.get("/sdapi/v1/schedulers").json()[0]["name"] == "simple"
+    assert http.get("/sdapi/v1/sd-vae").json() == [{"model_name": "Automatic", "filename": None}]
 
 
 def test_models_loras_and_switching_the_model(http):

@@ -233,6 +233,35 @@ def router(registry: Registry, auth: tuple[str, str] | None, jobs: Jobs) -> APIR
             for v in text_to_image_variants()
         ]
 
+    # Clients fill their sampler and scheduler menus from these (SillyTavern, Krita plugins) and fail on a
+    # 404. FLUX.1 runs one sampler: the flow-matching Euler scheduler of its pipelines, which `sampler_name`
+    # and `scheduler` of a request cannot change (a request that sends them finds them in info's `ignored`).
+    @api.get("/samplers", summary="A1111: the samplers (FLUX.1's flow-matching Euler)")
+    async def samplers(request: Request):
+        if (refusal := refused(request)) is not None:
+            return refusal
+        return [{"name": "Euler", "aliases": ["euler", "flow_match_euler"], "options": {}}]
+
+    @api.get("/schedulers", summary="A1111: the schedulers (FLUX.1's own)")
+    async def schedulers(request: Request):
+        if (refusal := refused(request)) is not None:
+            return refusal
+        return [
+            {
+                "name": "simple",
+                "label": "Simple",
+                "aliases": ["flow_match"],
+                "default_rho": -1,
+                "need_inner_model": False,
+            }
+        ]
+
+    @api.get("/sd-vae", summary="A1111: the VAEs (FLUX.1's shared one)")
+    async def sd_vae(request: Request):
+        if (refusal := refused(request)) is not None:
+            return refusal
+        return [{"model_name": "Automatic", "filename": None}]
+
     @api.get("/loras", summary="A1111: the LoRAs a prompt can name")
     async def loras(request: Request):
         if (refusal := refused(request)) is not None:
