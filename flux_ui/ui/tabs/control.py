@@ -16,7 +16,7 @@ from flux_ui.core.seeds import SEED_MAX
 from flux_ui.core.variants import CONTROL_LORAS, get_variant
 from flux_ui.media.control_maps import CANNY_HIGH, CANNY_LOW
 from flux_ui.tasks.control import MODES, SPEC, ControlParams, control_map, output_size, validate_control
-from flux_ui.ui.common import UiContext, gpu_event, invalid
+from flux_ui.ui.common import UiContext, gpu_event, image_event, invalid
 from flux_ui.ui.handoff import track_selection
 
 MODE_CHOICES = [("Canny edges", "canny"), ("Depth", "depth")]
@@ -61,7 +61,6 @@ def build(ctx: UiContext) -> ControlTab:
         num_images: int = 1,
         map_from_source: bool = False,
         request: gr.Request = None,
-        progress: gr.Progress = gr.Progress(),
     ):
         """Generate images that follow the Canny edges or the depth of a source image.
 
@@ -95,8 +94,10 @@ def build(ctx: UiContext) -> ControlTab:
             seed,
             num_images,
         )
-        gallery, result, text = yield from ctx.run_images(SPEC, raw, request, progress, others=3)
-        yield gallery, result.control_image, result.seed, text
+        done = yield from ctx.run_images(SPEC, raw, request, others=3)
+        if done is not None:  # None: cancelled, and already shown
+            gallery, result, text = done
+            yield gallery, result.control_image, result.seed, text
 
     def compute_map(
         image: dict | None,
@@ -223,13 +224,13 @@ def build(ctx: UiContext) -> ControlTab:
         **gpu_event(settings),
     ).success(lambda: True, None, map_from_source, api_visibility="private")
     gr.on([cmap.upload, cmap.clear], lambda: False, None, map_from_source, queue=False, api_visibility="private")
-    event = gr.on(
+    gr.on(
         [generate_btn.click, prompt.submit],
         generate,
         [image, prompt, mode, route, cmap, low, high, scale, steps, guidance, seed, num_images, map_from_source],
         [gallery, cmap, last_seed, info],
         api_name="control",
-        **gpu_event(settings),
+        **image_event(settings),
     )
-    cancel_btn.click(ctx.cancel, None, None, cancels=[event], queue=False, api_visibility="private")
+    cancel_btn.click(ctx.cancel, None, None, queue=False, api_visibility="private")  # see run_images
     return ControlTab(image=image, prompt=prompt, gallery=gallery, selected=selected, send_row=send_row)

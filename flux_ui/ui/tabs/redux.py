@@ -9,7 +9,7 @@ import gradio as gr
 from flux_ui.core.seeds import SEED_MAX
 from flux_ui.core.variants import get_variant
 from flux_ui.tasks.redux import MAX_REFERENCES, MAX_SCALE, SPEC, ReduxParams
-from flux_ui.ui.common import CUSTOM, MAX_SLIDER_SIDE, PRESETS, UiContext, gpu_event
+from flux_ui.ui.common import CUSTOM, MAX_SLIDER_SIDE, PRESETS, UiContext, image_event
 from flux_ui.ui.handoff import track_selection
 
 VARIANT = get_variant("redux-dev")
@@ -55,7 +55,6 @@ def build(ctx: UiContext) -> ReduxTab:
         seed: int = -1,
         num_images: int = 1,
         request: gr.Request = None,
-        progress: gr.Progress = gr.Progress(),
     ):
         """Make variations of one to four reference images with FLUX.1 Redux [dev] on FLUX.1 [dev].
 
@@ -87,8 +86,10 @@ def build(ctx: UiContext) -> ReduxTab:
             seed=seed,
             num_images=num_images,
         )
-        gallery, result, text = yield from ctx.run_images(SPEC, raw, request, progress, noun="variation")
-        yield gallery, result.seed, text
+        done = yield from ctx.run_images(SPEC, raw, request, noun="variation")
+        if done is not None:  # None: cancelled, and already shown
+            gallery, result, text = done
+            yield gallery, result.seed, text
 
     def on_preset(label: str):
         return PRESETS.get(label, (gr.skip(), gr.skip()))
@@ -143,14 +144,14 @@ def build(ctx: UiContext) -> ReduxTab:
 
     preset.input(on_preset, preset, [width, height], api_visibility="private")
     inputs = [*images, *strengths, prompt, prompt_scale, pooled_scale, width, height, steps, guidance, seed, num_images]
-    event = gr.on(
+    gr.on(
         [generate_btn.click, prompt.submit],
         variations,
         inputs,
         [gallery, last_seed, info],
         api_name="redux_variation",
         # Images are decoded by the validator (see the Kontext tab).
-        **gpu_event(settings),
+        **image_event(settings),
     )
-    cancel_btn.click(ctx.cancel, None, None, cancels=[event], queue=False, api_visibility="private")
+    cancel_btn.click(ctx.cancel, None, None, queue=False, api_visibility="private")  # see run_images
     return ReduxTab(image=images[0], gallery=gallery, selected=selected, send_row=send_row)

@@ -14,7 +14,7 @@ from flux_ui.media.foreign_metadata import read_loaded
 from flux_ui.media.uploads import checked_upload
 from flux_ui.models.loras.library import LoraInfo, tagged_names, with_tags
 from flux_ui.tasks.text_to_image import SPEC, TextToImageParams
-from flux_ui.ui.common import CUSTOM, MAX_SLIDER_SIDE, PRESETS, UiContext, gpu_event, invalid
+from flux_ui.ui.common import CUSTOM, MAX_SLIDER_SIDE, PRESETS, UiContext, image_event, invalid
 from flux_ui.ui.handoff import Receiver, track_selection
 
 
@@ -122,7 +122,6 @@ def build(ctx: UiContext) -> TextToImageTab:
         seed: int = -1,
         num_images: int = 1,
         request: gr.Request = None,
-        progress: gr.Progress = gr.Progress(),
     ):
         """Generate images from a prompt with FLUX.1 [dev], [schnell] or Krea [dev].
 
@@ -137,8 +136,10 @@ def build(ctx: UiContext) -> TextToImageTab:
             num_images: how many images to generate.
         """
         raw = TextToImageParams(prompt, variant, width, height, steps, guidance, seed, num_images)
-        gallery, result, text = yield from ctx.run_images(SPEC, raw, request, progress)
-        yield gallery, result.seed, text
+        done = yield from ctx.run_images(SPEC, raw, request)
+        if done is not None:  # None: cancelled, and already shown
+            gallery, result, text = done
+            yield gallery, result.seed, text
 
     def on_variant(name: str):
         v = get_variant(name)
@@ -240,15 +241,15 @@ def build(ctx: UiContext) -> TextToImageTab:
     random_btn.click(lambda: -1, None, seed, api_visibility="private")
     reuse_btn.click(lambda s: -1 if s is None else s, last_seed, seed, api_visibility="private")
     inputs = [prompt, variant, width, height, steps, guidance, seed, num_images]
-    event = gr.on(
+    gr.on(
         [generate_btn.click, prompt.submit],
         generate,
         inputs,
         [gallery, last_seed, info],
         api_name="text_to_image",
-        **gpu_event(settings),
+        **image_event(settings),
     )
-    cancel_btn.click(ctx.cancel, None, None, cancels=[event], queue=False, api_visibility="private")
+    cancel_btn.click(ctx.cancel, None, None, queue=False, api_visibility="private")  # see run_images
     form = [*inputs[:-1], preset, note, params_notes]
     params_file.upload(load_parameters, params_file, form, api_name="load_parameters").success(
         show_guidance, variant, guidance, api_visibility="private"
