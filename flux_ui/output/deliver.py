@@ -29,7 +29,8 @@ class Delivered:
 def deliver(registry: Registry, result: TaskResult) -> tuple[list[Delivered], list[str]]:
     """Screen (with --safety-checker; raises ModelUnavailableError if the classifier cannot load) and save
     every image of `result`; return them with the warnings a caller should show."""
-    warnings = screen(registry, result)
+    # The notes of its making (a prompt cut short) first, once each: every image of a batch shares them.
+    warnings = [*dict.fromkeys(note for item in result.images for note in item.notes), *screen(registry, result)]
     delivered = []
     for item in result.images:
         try:
