@@ -42,6 +42,19 @@ def route_note(mode: str, route: str) -> str:
     return f"`{v.repo_id}` · {v.default_steps} steps, guidance {v.default_guidance:g} · non-commercial license"
 
 
+def mode_defaults(mode: str, steps: float, guidance: float) -> tuple:
+    """Steps and guidance for a switch to `mode`: a value still at another mode's default becomes the new
+    mode's default; one the user changed is kept (gr.skip())."""
+    new = get_variant(MODES[mode])
+    others = [get_variant(name) for m, name in MODES.items() if m != mode]
+    steps_default = any(steps == v.default_steps for v in others)
+    guidance_default = any(guidance == v.default_guidance for v in others)
+    return (
+        new.default_steps if steps_default else gr.skip(),
+        new.default_guidance if guidance_default else gr.skip(),
+    )
+
+
 def build(ctx: UiContext) -> ControlTab:
     settings = ctx.settings
     canny_variant = get_variant(MODES["canny"])
@@ -134,11 +147,9 @@ def build(ctx: UiContext) -> ControlTab:
             return None, False
         return compute_map(image, mode, low_threshold, high_threshold), True
 
-    def on_mode(mode: str, route: str):
-        v = get_variant(MODES[mode])
+    def on_mode(mode: str, route: str, steps: float, guidance: float):
         return (
-            gr.update(value=v.default_steps),
-            gr.update(value=v.default_guidance),
+            *mode_defaults(mode, steps, guidance),
             gr.update(visible=mode == "canny"),
             gr.update(visible=route == "lora"),
             route_note(mode, route),
@@ -196,7 +207,7 @@ def build(ctx: UiContext) -> ControlTab:
     gr.on(
         [mode.input, route.input],
         on_mode,
-        [mode, route],
+        [mode, route, steps, guidance],
         [steps, guidance, thresholds, scale, note],
         api_visibility="private",
     )

@@ -20,10 +20,8 @@ from flux_ui.ui.handoff import Receiver, pick, track_selection
 VARIANT = get_variant("kontext-dev")
 SIZES = [AUTO, *(f"{w}x{h}" for w, h in VARIANT.resolutions)]
 ONE_IMAGE_NOTE = (
-    "**One input image.** diffusers 0.42.1's `FluxKontextPipeline` takes a single image: given a list, it "
-    "treats the images as a batch of separate edits (one per prompt), not as references to combine, so a "
-    "second reference image is not supported here. To combine two pictures, put them side by side in one "
-    "image and describe what to do with each."
+    "Kontext edits **one image** at a time. To combine two pictures, put them side by side in one image "
+    "and say what to do with each."
 )
 
 

@@ -97,21 +97,26 @@ def build(ctx: UiContext) -> ReduxTab:
     with gr.Tab("Redux variation", id="redux"), gr.Row():
         with gr.Column(scale=1):
             images, strengths = [], []
-            for first in range(1, MAX_REFERENCES + 1, 2):  # two references per row
-                with gr.Row():
-                    for i in (first, first + 1):
-                        with gr.Column(min_width=200):
-                            optional = "" if i == 1 else " (optional)"
-                            images.append(
-                                gr.Image(
-                                    label=f"Reference {i}{optional}",
-                                    type="filepath",
-                                    sources=["upload", "clipboard"],
-                                    height=180,
-                                    elem_id=f"redux-image-{i}",
-                                )
-                            )
-                            strengths.append(gr.Slider(0.0, MAX_SCALE, value=1.0, step=0.05, label=f"Strength {i}"))
+
+            def reference(i: int) -> None:
+                images.append(
+                    gr.Image(
+                        label=f"Reference {i}" if i == 1 else f"Reference {i} (optional)",
+                        type="filepath",
+                        sources=["upload", "clipboard"],
+                        height=260 if i == 1 else 180,
+                        elem_id=f"redux-image-{i}",
+                    )
+                )
+                strengths.append(gr.Slider(0.0, MAX_SCALE, value=1.0, step=0.05, label=f"Strength {i}"))
+
+            reference(1)  # one slot in view; the others, to mix several pictures, fold away
+            with gr.Accordion(f"+ more references (up to {MAX_REFERENCES})", open=False, elem_id="redux-more"):
+                for first in range(2, MAX_REFERENCES + 1, 2):  # two per row
+                    with gr.Row():
+                        for i in range(first, min(first + 2, MAX_REFERENCES + 1)):
+                            with gr.Column(min_width=200):
+                                reference(i)
             prompt = gr.Textbox(label="Prompt (optional)", lines=2, elem_id="redux-prompt")
             with gr.Row():
                 prompt_scale = gr.Slider(0.0, MAX_SCALE, value=1.0, step=0.05, label="Prompt scale")
