@@ -14,7 +14,9 @@ LONG_STEPS = 100  # the most steps a run may have: long enough to watch and canc
 
 def wait_text(page, elem_id: str, text: str, timeout: int = SLOW) -> None:
     page.wait_for_function(
-        "([id, text]) => document.querySelector('#' + id)?.innerText.includes(text)", arg=[elem_id, text], timeout=timeout
+        "([id, text]) => document.querySelector('#' + id)?.innerText.includes(text)",
+        arg=[elem_id, text],
+        timeout=timeout,
     )
 
 

@@ -78,6 +78,7 @@ def build_app(registry, login: Login):
     from flux_ui.serving import rest as api
     from flux_ui.serving.jobs import Jobs
     from flux_ui.ui.app import build_ui
+    from flux_ui.ui.shortcuts import head
 
     settings = registry.settings
     if settings.mcp:
@@ -107,6 +108,7 @@ def build_app(registry, login: Login):
         allowed_paths=[],
         max_file_size=int(settings.max_upload_mb * 1_000_000),
         footer_links=["api", "settings"],
+        head=head(),  # Ctrl+Enter runs the open tab's main action
         mcp_server=settings.mcp,
         server_name=settings.host,
         server_port=settings.port,

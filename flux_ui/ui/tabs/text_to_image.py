@@ -156,8 +156,21 @@ def build(ctx: UiContext) -> TextToImageTab:
             values[5] = gr.update(value=values[5], visible=get_variant(values[1]).uses_guidance)
         return tuple(values)
 
+    def reuse_last(last: float | None, request: gr.Request):
+        """The seed of this session's last finished run; before one, the seed is left as it is ("Seed used"
+        is empty, and the browser may send it as 0)."""
+        with ctx.lock:
+            ran = (request.session_hash, SPEC.name) in ctx.shown
+        if last is None or not ran:
+            gr.Info("No image made yet in this session: the seed is left as it is.", title="Nothing to reuse")
+            return gr.skip()
+        return int(last)
+
     def on_preset(label: str):
         return PRESETS.get(label, (gr.skip(), gr.skip()))
+
+    def check_parameters(file: str | None) -> None:
+        form_values(file)  # raises gr.Error naming what is wrong with the file
 
     def load_parameters(file: str | None):
         """Read the generation parameters embedded in a PNG and return them as form values."""
@@ -239,7 +252,7 @@ def build(ctx: UiContext) -> TextToImageTab:
     )
     lora_refresh.click(refresh_loras, prompt, [lora_pick, lora_info], api_visibility="private")
     random_btn.click(lambda: -1, None, seed, api_visibility="private")
-    reuse_btn.click(lambda s: -1 if s is None else s, last_seed, seed, api_visibility="private")
+    reuse_btn.click(reuse_last, last_seed, seed, api_visibility="private")
     inputs = [prompt, variant, width, height, steps, guidance, seed, num_images]
     gr.on(
         [generate_btn.click, prompt.submit],
@@ -251,9 +264,11 @@ def build(ctx: UiContext) -> TextToImageTab:
     )
     cancel_btn.click(ctx.cancel, None, None, queue=False, api_visibility="private")  # see run_images
     form = [*inputs[:-1], preset, note, params_notes]
-    params_file.upload(load_parameters, params_file, form, api_name="load_parameters").success(
-        show_guidance, variant, guidance, api_visibility="private"
-    )
+    # The file is checked first, in an event with no outputs: Gradio marks every output of a failed event
+    # with a red "Error" pill that stays until that output changes again; the toast says what is wrong.
+    params_file.upload(check_parameters, params_file, None, show_progress="hidden", api_visibility="private").success(
+        load_parameters, params_file, form, api_name="load_parameters"
+    ).success(show_guidance, variant, guidance, api_visibility="private")
     return TextToImageTab(
         prompt=prompt,
         gallery=gallery,
