@@ -14,6 +14,7 @@ import os
 import secrets
 import shutil
 import threading
+import time
 from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -74,6 +75,7 @@ class UiContext:
         spec: TaskSpec,
         raw: object,
         request: gr.Request | None,
+        progress: gr.Progress | None = None,
         noun: str = "image",
         others: int = 2,
     ) -> Generator[object, None, tuple[list, TaskResult, str] | None]:
@@ -88,7 +90,8 @@ class UiContext:
         preview) and the info line says where the run stopped.
 
         The events that call this set `show_progress="hidden"` (`image_event`): Gradio's overlay would
-        cover the previews, and the info line is the one progress indicator."""
+        cover the previews, and the info line is the one progress indicator in the page. `progress` gets
+        the same words all the same: API clients (gradio_client's `job.status().progress_data`) read them."""
         try:
             job = spec.validate(raw, self.settings, self.registry.loras)
         except InvalidInput as err:
@@ -97,25 +100,35 @@ class UiContext:
         shown = gallery_preview(noun)
         last: list[StepEvent] = []
 
-        def on_step(ev: StepEvent) -> tuple:
+        told = Told(progress)
+
+        def on_step(ev: StepEvent) -> tuple | None:
             last[:] = [ev]
+            if not told.line((ev.done, ev.total), progress_line(ev), ev.preview is not None or ev.step >= ev.steps):
+                return None
             return (shown(ev), *skips, progress_line(ev))
 
         def waiting(ahead: int) -> tuple:
             plural = "s" if ahead != 1 else ""
             text = f"Waiting for the GPU: {ahead} job{plural} ahead" if ahead else "Loading models…"
+            told.line(0, text, True)
             return (gr.skip(), *skips, text)
 
         key = (request.session_hash if request is not None else None, spec.name)
+        updates = self.stream(
+            lambda on_step, stop: spec.run(self.registry, job, on_step, stop),
+            request,
+            on_step,
+            (gr.skip(), *skips, gr.skip()),
+            waiting,
+            keep_cancelled=True,
+        )
         try:
-            result = yield from self.stream(
-                lambda on_step, stop: spec.run(self.registry, job, on_step, stop),
-                request,
-                on_step,
-                (gr.skip(), *skips, gr.skip()),
-                waiting,
-                keep_cancelled=True,
-            )
+            while True:
+                yield next(updates)
+                told.flush()
+        except StopIteration as done:
+            result = done.value
         except Cancelled:
             where = f" at step {last[0].step} of {last[0].steps}" if last else " before it started"
             if last and last[0].total > last[0].steps:
@@ -124,6 +137,8 @@ class UiContext:
                 before = self.shown.get(key, [])
             yield (before, *skips, f"**Cancelled**{where}. Nothing was saved.")
             return None
+        finally:
+            updates.close()  # a closed page closes this generator: the job stops (see `stream`)
         gallery, notes = self.save(result)
         if key[0]:
             with self.lock:
@@ -298,6 +313,39 @@ def check_shape(block_fn, index: int, value: object, name: str) -> None:
         first = err.errors()[0] if err.errors() else {"msg": "does not fit", "loc": ()}
         where = "/".join(str(p) for p in first.get("loc", ())) or "the value"
         raise invalid(InvalidInput(name, f"is not in the expected form ({where}: {first['msg']})")) from None
+
+
+TEXT_EVERY_S = 0.25  # the info line's progress changes at most this often (a preview always shows)
+
+
+class Told:
+    """One run's progress, said twice: in the info line (the page) and to gr.Progress, which API clients
+    read (`job.status().progress_data` in gradio_client). A client's status shows only the newest message
+    and a yielded output is one, so gr.Progress hears the words of an info-line update only once that
+    update has been yielded (`flush`); between info-line updates (at most every TEXT_EVERY_S, or with a
+    preview) it hears each step at once."""
+
+    def __init__(self, progress: gr.Progress | None):
+        self.progress = progress
+        self.pending: tuple[object, str] | None = None
+        self.shown_at = float("-inf")
+
+    def line(self, value: object, text: str, now: bool) -> bool:
+        """Whether `text` goes to the info line now (`now`, or none for TEXT_EVERY_S); if not, gr.Progress
+        hears it at once."""
+        if now or time.monotonic() - self.shown_at >= TEXT_EVERY_S:
+            self.shown_at = time.monotonic()
+            self.pending = (value, text)
+            return True
+        if self.progress is not None:
+            self.progress(value, desc=text)
+        return False
+
+    def flush(self) -> None:
+        """After an update is yielded: gr.Progress hears its words."""
+        if self.pending is not None and self.progress is not None:
+            self.progress(self.pending[0], desc=self.pending[1])
+        self.pending = None
 
 
 def gallery_preview(noun: str = "image") -> Callable[[StepEvent], object]:

@@ -74,6 +74,7 @@ def build(ctx: UiContext) -> ControlTab:
         num_images: int = 1,
         map_from_source: bool = False,
         request: gr.Request = None,
+        progress: gr.Progress = gr.Progress(),
     ):
         """Generate images that follow the Canny edges or the depth of a source image.
 
@@ -107,7 +108,7 @@ def build(ctx: UiContext) -> ControlTab:
             seed,
             num_images,
         )
-        done = yield from ctx.run_images(SPEC, raw, request, others=3)
+        done = yield from ctx.run_images(SPEC, raw, request, progress, others=3)
         if done is not None:  # None: cancelled, and already shown
             gallery, result, text = done
             yield gallery, result.control_image, result.seed, text

@@ -66,6 +66,7 @@ def build(ctx: UiContext) -> FillTab:
         seed: int = -1,
         num_images: int = 1,
         request: gr.Request = None,
+        progress: gr.Progress = gr.Progress(),
     ):
         """Fill the white area of `mask` in `image` and/or extend the image by the outpaint amounts, with
         FLUX.1 Fill [dev].
@@ -85,7 +86,7 @@ def build(ctx: UiContext) -> FillTab:
             num_images: how many images to generate.
         """
         raw = FillParams(image, prompt, mask, left, right, top, bottom, steps, guidance, seed, num_images)
-        done = yield from ctx.run_images(SPEC, raw, request)
+        done = yield from ctx.run_images(SPEC, raw, request, progress)
         if done is not None:  # None: cancelled, and already shown
             gallery, result, text = done
             yield gallery, result.seed, text

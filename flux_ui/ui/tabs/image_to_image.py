@@ -46,6 +46,7 @@ def build(ctx: UiContext) -> ImageToImageTab:
         seed: int = -1,
         num_images: int = 1,
         request: gr.Request = None,
+        progress: gr.Progress = gr.Progress(),
     ):
         """Redraw an image from a prompt with FLUX.1 [dev], [schnell] or Krea [dev].
 
@@ -61,7 +62,7 @@ def build(ctx: UiContext) -> ImageToImageTab:
             num_images: how many images to make from the input.
         """
         raw = ImageToImageParams(image, prompt, strength, variant, size, steps, guidance, seed, num_images)
-        done = yield from ctx.run_images(SPEC, raw, request)
+        done = yield from ctx.run_images(SPEC, raw, request, progress)
         if done is not None:  # None: cancelled, and already shown
             gallery, result, text = done
             yield gallery, result.seed, text

@@ -83,6 +83,7 @@ def build(ctx: UiContext) -> KontextTab:
         seed: int = -1,
         num_images: int = 1,
         request: gr.Request = None,
+        progress: gr.Progress = gr.Progress(),
     ):
         """Edit an image as an instruction says, with FLUX.1 Kontext [dev].
 
@@ -96,7 +97,7 @@ def build(ctx: UiContext) -> KontextTab:
             num_images: how many edits to make.
         """
         raw = KontextParams(image, instruction, size, steps, guidance, seed, num_images)
-        done = yield from ctx.run_images(SPEC, raw, request, noun="edit")
+        done = yield from ctx.run_images(SPEC, raw, request, progress, noun="edit")
         if done is not None:  # None: cancelled, and already shown
             gallery, result, text = done
             yield gallery, result.seed, text

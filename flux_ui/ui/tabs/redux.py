@@ -55,6 +55,7 @@ def build(ctx: UiContext) -> ReduxTab:
         seed: int = -1,
         num_images: int = 1,
         request: gr.Request = None,
+        progress: gr.Progress = gr.Progress(),
     ):
         """Make variations of one to four reference images with FLUX.1 Redux [dev] on FLUX.1 [dev].
 
@@ -86,7 +87,7 @@ def build(ctx: UiContext) -> ReduxTab:
             seed=seed,
             num_images=num_images,
         )
-        done = yield from ctx.run_images(SPEC, raw, request, noun="variation")
+        done = yield from ctx.run_images(SPEC, raw, request, progress, noun="variation")
         if done is not None:  # None: cancelled, and already shown
             gallery, result, text = done
             yield gallery, result.seed, text

@@ -122,6 +122,7 @@ def build(ctx: UiContext) -> TextToImageTab:
         seed: int = -1,
         num_images: int = 1,
         request: gr.Request = None,
+        progress: gr.Progress = gr.Progress(),
     ):
         """Generate images from a prompt with FLUX.1 [dev], [schnell] or Krea [dev].
 
@@ -136,7 +137,7 @@ def build(ctx: UiContext) -> TextToImageTab:
             num_images: how many images to generate.
         """
         raw = TextToImageParams(prompt, variant, width, height, steps, guidance, seed, num_images)
-        done = yield from ctx.run_images(SPEC, raw, request)
+        done = yield from ctx.run_images(SPEC, raw, request, progress)
         if done is not None:  # None: cancelled, and already shown
             gallery, result, text = done
             yield gallery, result.seed, text
