@@ -10,17 +10,30 @@ from flux_ui.core.settings import settings_from_args
 log = logging.getLogger("flux_ui")
 
 
+class NoTorchvisionFallback(logging.Filter):
+    """transformers warns, for each image processor, that it "requires torchvision" and falls back to its
+    Pillow version: the Pillow versions are the ones this app means to use (torchvision is not among its
+    requirements), so the warning asks nothing of the user."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "requires torchvision (not installed); falling back" not in record.getMessage()
+
+
 def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("transformers.utils.import_utils").addFilter(NoTorchvisionFallback())
     settings = settings_from_args(argv)
 
     from flux_ui.models.registry import Registry
     from flux_ui.serving.server import resolve_auth, serve
 
     if settings.tiny:
+        from transformers.utils import logging as transformers_logging
+
         from flux_ui.tiny.loras import TINY_LORA_SUBDIR, write_tiny_loras
         from flux_ui.tiny.models import ensure_tiny_models
 
+        transformers_logging.disable_progress_bar()  # "Writing model shards" bars, once per tiny model
         ensure_tiny_models(settings.tiny_dir)
         write_tiny_loras(settings.tiny_dir / TINY_LORA_SUBDIR)
         log.info("tiny mode: random-weight models from %s", settings.tiny_dir)

@@ -35,7 +35,8 @@ def deliver(
     every image of `result`, each recorded in the history (with --history) as made by `user` (the login,
     None without one) with `task` (None: told from the parameters); return them with the warnings a caller
     should show."""
-    warnings = screen(registry, result)
+    # The notes of its making (a prompt cut short) first, once each: every image of a batch shares them.
+    warnings = [*dict.fromkeys(note for item in result.images for note in item.notes), *screen(registry, result)]
     history = History(registry.settings.outputs_dir) if registry.settings.history else None
     delivered = []
     for item in result.images:

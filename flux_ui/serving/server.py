@@ -78,6 +78,7 @@ def build_app(registry, login: Login):
     from flux_ui.serving import rest as api
     from flux_ui.serving.jobs import Jobs
     from flux_ui.ui.app import build_ui
+    from flux_ui.ui.shortcuts import head
 
     settings = registry.settings
     if settings.mcp:
@@ -107,6 +108,7 @@ def build_app(registry, login: Login):
         allowed_paths=[],
         max_file_size=int(settings.max_upload_mb * 1_000_000),
         footer_links=["api", "settings"],
+        head=head(),  # Ctrl+Enter runs the open tab's main action
         mcp_server=settings.mcp,
         server_name=settings.host,
         server_port=settings.port,
@@ -155,7 +157,9 @@ def serve(registry, login: Login) -> None:
     # What start-up made (modules, the app, the UI) lives as long as the process: out of the collector's
     # reach, full collections scan only what requests make, so they stay short.
     gc.freeze()
-    log.info("serving the UI at http://%s:%d/ and the REST API docs at /docs", settings.host, settings.port)
+    # One line that says where to open it: on all interfaces (0.0.0.0), this machine's own address.
+    host = "localhost" if settings.host in ("0.0.0.0", "::", "") else settings.host
+    log.info("Open http://%s:%d/ in a browser (REST API docs at /docs)", host, settings.port)
     if login.generated:
         user, password = login.credentials  # type: ignore[misc]
         # A warning, so that it shows at any log level: without it nobody can log in.

@@ -46,6 +46,7 @@ class StepEvent:
 class GeneratedImage:
     image: Image.Image
     meta: ImageMeta
+    notes: tuple[str, ...] = ()  # what the user should be told about its making (a prompt cut short)
 
 
 @dataclass

@@ -57,11 +57,13 @@ def generate_batch(
         pipe.vae.enable_tiling()
     else:
         pipe.vae.disable_tiling()
+    text = batch.prompt if batch.encoder_prompt is None else batch.encoder_prompt
+    notes = tuple(cut_notes(pipe, text, batch.variant.max_sequence_length))
     if embeds is None:
         t = time.perf_counter()
         with torch.inference_mode():
             prompt_embeds, pooled, _ = pipe.encode_prompt(
-                prompt=batch.prompt if batch.encoder_prompt is None else batch.encoder_prompt,
+                prompt=text,
                 prompt_2=None,
                 device=registry.settings.device,
                 max_sequence_length=batch.variant.max_sequence_length,
@@ -100,6 +102,33 @@ def generate_batch(
             loras=batch.loras,
             extra=dict(batch.extra),
         )
-        images.append(GeneratedImage(out.images[0], meta))
+        images.append(GeneratedImage(out.images[0], meta, notes))
     timings["generate"] = time.perf_counter() - t
     return images, timings
+
+
+def cut_notes(pipe, prompt: str, t5_tokens: int) -> list[str]:
+    """What the text encoders do not read of `prompt`, as notes for the user: the pipelines truncate it
+    silently (diffusers only logs it) to CLIP-L's 77 tokens (the pooled embedding) and to the variant's
+    T5 limit, `t5_tokens` (512, or 256 for [schnell]). Each note says where the cut falls. Counted with
+    the pipeline's own tokenizers (the shared ones); a pipeline without them (Redux's base, which is given
+    embeddings) gets none."""
+    notes = []
+    for name, tokenizer, limit in (
+        ("CLIP", getattr(pipe, "tokenizer", None), getattr(getattr(pipe, "tokenizer", None), "model_max_length", 77)),
+        ("T5", getattr(pipe, "tokenizer_2", None), t5_tokens),
+    ):
+        if tokenizer is None or not prompt:
+            continue
+        ids = tokenizer(prompt, truncation=False, add_special_tokens=True).input_ids
+        if len(ids) <= limit:
+            continue
+        kept = tokenizer(prompt, truncation=True, max_length=limit, add_special_tokens=True).input_ids
+        text = tokenizer.decode(kept, skip_special_tokens=True).strip()
+        tail = " ".join(text.split()[-6:])
+        reader = "the pooled prompt (CLIP-L)" if name == "CLIP" else "the text encoder (T5-XXL)"
+        notes.append(
+            f"⚠ Prompt cut: it is {len(ids)} {name} tokens and {reader} reads only the first {limit}; "
+            f"what comes after “…{tail}” is not seen by it."
+        )
+    return notes

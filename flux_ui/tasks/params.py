@@ -26,7 +26,12 @@ def check_int(field: str, value: object) -> int:
 
 def check_range(field: str, value: float, low: float, high: float, fix: str = "") -> None:
     if not low <= value <= high:
-        raise InvalidInput(field, f"{value} is out of range; use {low:g} to {high:g}{fix}")
+        raise InvalidInput(field, f"{value} is out of range; use {plain(low)} to {plain(high)}{fix}")
+
+
+def plain(number: float) -> str:
+    """A limit as a person types it: 4294967295, not 4.29497e+09 (`:g` keeps six digits); 0.5, not 0.500000."""
+    return str(int(number)) if float(number).is_integer() else f"{number:.10g}"
 
 
 def check_text(field: str, value: str) -> str:

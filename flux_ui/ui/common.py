@@ -31,7 +31,7 @@ from flux_ui.media.uploads import checked_upload, upload_dir
 from flux_ui.models.faults import out_of_memory_message, recover_from_oom
 from flux_ui.models.registry import Registry
 from flux_ui.output.deliver import Delivered, deliver
-from flux_ui.tasks import StepCallback, StepEvent, TaskResult, TaskSpec
+from flux_ui.tasks import StepEvent, TaskResult, TaskSpec
 from flux_ui.tasks.jobs import Job
 
 log = logging.getLogger(__name__)
@@ -61,6 +61,8 @@ class UiContext:
 
     registry: Registry
     running: dict[str, Job] = field(default_factory=dict)  # session hash -> its running job
+    # (session hash, task name) -> the gallery items of its last finished run: what a Cancel shows again
+    shown: dict[tuple[str, str], list] = field(default_factory=dict)
     tabs: dict[str, object] = field(default_factory=dict)  # tab id -> the handles its build() returned
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -68,55 +70,79 @@ class UiContext:
     def settings(self) -> Settings:
         return self.registry.settings
 
-    def follow(
-        self,
-        task: Callable[[StepCallback, Callable[[], bool]], TaskResult],
-        request: gr.Request | None,
-        progress: gr.Progress,
-        show: Callable[[StepEvent], object | None],
-        idle: object,
-    ) -> Generator[object, None, TaskResult]:
-        """`stream` for image tasks, driving the progress bar from their step events and saying the place in
-        line while the job waits for its turn."""
-
-        def on_step(ev: StepEvent) -> object | None:
-            progress((ev.done, ev.total), desc=f"Image {ev.image_index + 1}, step {ev.step}/{ev.steps}")
-            return show(ev)
-
-        def waiting(ahead: int) -> None:
-            plural = "s" if ahead != 1 else ""
-            progress(0, desc=f"Waiting for the GPU: {ahead} job{plural} ahead" if ahead else "Loading models…")
-
-        waiting(0)
-        return (yield from self.stream(task, request, on_step, idle, waiting))
-
     def run_images(
         self,
         spec: TaskSpec,
         raw: object,
         request: gr.Request | None,
-        progress: gr.Progress,
+        progress: gr.Progress | None = None,
         noun: str = "image",
         others: int = 2,
-    ) -> Generator[object, None, tuple[list, TaskResult, str]]:
+    ) -> Generator[object, None, tuple[list, TaskResult, str] | None]:
         """What every image tab does with a request: validate `raw` with `spec` (a bad field becomes
         gr.Error at once, before any waiting), run it in turn with live previews in the gallery (the
-        event's first output; `others` more outputs are left alone meanwhile), deliver the images (safety
-        screen, saving, warnings). Returns (gallery items, result, summary text):
-        `gallery, result, text = yield from ctx.run_images(...)`."""
+        event's first output) and one line of progress in the info line (its last output: the place in
+        line, the step, decoding; the outputs between are left alone: `others` counts them and the info
+        line), deliver the images
+        (safety screen, saving, warnings). Returns (gallery items, result, summary text):
+        `gallery, result, text = yield from ctx.run_images(...)`; or None when the session's Cancel
+        stopped it: the gallery then shows again what it showed before the run (never a half-made
+        preview) and the info line says where the run stopped.
+
+        The events that call this set `show_progress="hidden"` (`image_event`): Gradio's overlay would
+        cover the previews, and the info line is the one progress indicator in the page. `progress` gets
+        the same words all the same: API clients (gradio_client's `job.status().progress_data`) read them."""
         try:
             job = spec.validate(raw, self.settings, self.registry.loras)
         except InvalidInput as err:
             raise invalid(err) from None
-        show = gallery_preview(noun, others)
-        result = yield from self.follow(
+        skips = (gr.skip(),) * (others - 1)  # the outputs between the gallery and the info line
+        shown = gallery_preview(noun)
+        last: list[StepEvent] = []
+
+        told = Told(progress)
+
+        def on_step(ev: StepEvent) -> tuple | None:
+            last[:] = [ev]
+            if not told.line((ev.done, ev.total), progress_line(ev), ev.preview is not None or ev.step >= ev.steps):
+                return None
+            return (shown(ev), *skips, progress_line(ev))
+
+        def waiting(ahead: int) -> tuple:
+            plural = "s" if ahead != 1 else ""
+            text = f"Waiting for the GPU: {ahead} job{plural} ahead" if ahead else "Loading models…"
+            told.line(0, text, True)
+            return (gr.skip(), *skips, text)
+
+        key = (request.session_hash if request is not None else None, spec.name)
+        updates = self.stream(
             lambda on_step, stop: spec.run(self.registry, job, on_step, stop),
             request,
-            progress,
-            show,
-            (gr.skip(),) * (1 + others),
+            on_step,
+            (gr.skip(), *skips, gr.skip()),
+            waiting,
+            keep_cancelled=True,
         )
+        try:
+            while True:
+                yield next(updates)
+                told.flush()
+        except StopIteration as done:
+            result = done.value
+        except Cancelled:
+            where = f" at step {last[0].step} of {last[0].steps}" if last else " before it started"
+            if last and last[0].total > last[0].steps:
+                where += f" (image {last[0].image_index + 1})"
+            with self.lock:
+                before = self.shown.get(key, [])
+            yield (before, *skips, f"**Cancelled**{where}. Nothing was saved.")
+            return None
+        finally:
+            updates.close()  # a closed page closes this generator: the job stops (see `stream`)
         gallery, notes = self.save(result, getattr(request, "username", None), spec.name)
+        if key[0]:
+            with self.lock:
+                self.shown[key] = gallery
         text = "\n\n".join(line for line in (summary(result, notes), spec.describe(result)) if line)
         return gallery, result, text
 
@@ -126,19 +152,22 @@ class UiContext:
         request: gr.Request | None,
         show: Callable[[E], object | None],
         idle: object,
-        waiting: Callable[[int], None] | None = None,
+        waiting: Callable[[int], object | None] | None = None,
+        keep_cancelled: bool = False,
     ) -> Generator[object, None, T]:
         """Wait for a turn at the GPU, then run `task` as a Job; yield `show(event)` for each event that
         `show` maps to a UI update (not None), and return the task's result
-        (`result = yield from ctx.stream(...)`). While in line, `waiting(jobs ahead)` is called as the
-        place changes, and `waiting(0)` when the turn comes.
+        (`result = yield from ctx.stream(...)`). `waiting(jobs ahead)` maps the place in line to an update (or
+        None), first when the job joins the line, then as the place changes, and `waiting(0)` when the turn
+        comes.
 
         `idle` (an update that changes nothing, such as a gr.skip() per output) is yielded whenever
         nothing was yielded for WAIT_POLL_S: Gradio can close a generator only where it yields, and closing
         it is how a cancelled event (a client's cancel, a closed page) stops its job.
 
         Registers the job for the session's Cancel button (which also takes a waiting job out of line)
-        and turns task failures into gr.Error.
+        and turns task failures into gr.Error; a Cancel too, unless `keep_cancelled` (then the caller gets
+        Cancelled, to show what a cancelled run leaves).
         """
         job = Job(task)
         key = request.session_hash if request is not None else None
@@ -149,14 +178,18 @@ class UiContext:
         events = None
         try:
             told = None
-            while not self.registry.line.wait(ticket, WAIT_POLL_S):
+            while True:
+                if waiting is not None and (ahead := self.registry.line.ahead(ticket)) != told:
+                    update = waiting(told := ahead)
+                    if update is not None:
+                        yield update
+                if self.registry.line.wait(ticket, WAIT_POLL_S):
+                    break
                 if job.cancel_event.is_set():
                     raise Cancelled()
-                if waiting is not None and (ahead := self.registry.line.ahead(ticket)) != told:
-                    waiting(told := ahead)
                 yield idle
-            if told and waiting is not None:
-                waiting(0)  # its turn: says so
+            if told and waiting is not None and (update := waiting(0)) is not None:
+                yield update  # its turn: says so
             events = job.follow(WAIT_POLL_S)
             last = time.monotonic()
             for ev in events:
@@ -167,6 +200,8 @@ class UiContext:
                     last = time.monotonic()
                     yield update
         except Cancelled:
+            if keep_cancelled:
+                raise
             raise gr.Error("Generation cancelled.", title="Cancelled", print_exception=False) from None
         except ModelUnavailableError as err:
             raise gr.Error(str(err), title="Model not available", duration=None) from None
@@ -296,17 +331,66 @@ def check_shape(block_fn, index: int, value: object, name: str) -> None:
         raise invalid(InvalidInput(name, f"is not in the expected form ({where}: {first['msg']})")) from None
 
 
-def gallery_preview(noun: str = "image", others: int = 2) -> Callable[[StepEvent], tuple | None]:
-    """A `show` for `UiContext.follow`: each step's live preview goes to the gallery (the event's first
-    output) until the images arrive; the `others` outputs are left as they are."""
+TEXT_EVERY_S = 0.25  # the info line's progress changes at most this often (a preview always shows)
 
-    def show(ev: StepEvent) -> tuple | None:
+
+class Told:
+    """One run's progress, said twice: in the info line (the page) and to gr.Progress, which API clients
+    read (`job.status().progress_data` in gradio_client). A client's status shows only the newest message
+    and a yielded output is one, so gr.Progress hears the words of an info-line update only once that
+    update has been yielded (`flush`); between info-line updates (at most every TEXT_EVERY_S, or with a
+    preview) it hears each step at once."""
+
+    def __init__(self, progress: gr.Progress | None):
+        self.progress = progress
+        self.pending: tuple[object, str] | None = None
+        self.shown_at = float("-inf")
+
+    def line(self, value: object, text: str, now: bool) -> bool:
+        """Whether `text` goes to the info line now (`now`, or none for TEXT_EVERY_S); if not, gr.Progress
+        hears it at once."""
+        if now or time.monotonic() - self.shown_at >= TEXT_EVERY_S:
+            self.shown_at = time.monotonic()
+            self.pending = (value, text)
+            return True
+        if self.progress is not None:
+            self.progress(value, desc=text)
+        return False
+
+    def flush(self) -> None:
+        """After an update is yielded: gr.Progress hears its words."""
+        if self.pending is not None and self.progress is not None:
+            self.progress(self.pending[0], desc=self.pending[1])
+        self.pending = None
+
+
+def gallery_preview(noun: str = "image") -> Callable[[StepEvent], object]:
+    """Each step's live preview as the gallery's value (captioned as a preview, which `handoff.pick`
+    refuses), or gr.skip() for a step without one."""
+
+    def show(ev: StepEvent) -> object:
         if ev.preview is None:
-            return None
-        caption = f"preview · {noun} {ev.image_index + 1}, step {ev.step}/{ev.steps}"
-        return ([(ev.preview, caption)], *(gr.skip(),) * others)
+            return gr.skip()
+        return [(ev.preview, f"{PREVIEW} · {noun} {ev.image_index + 1}, step {ev.step}/{ev.steps}")]
 
     return show
+
+
+PREVIEW = "preview"  # the first word of a live preview's caption
+
+
+def progress_line(ev: StepEvent) -> str:
+    """The info line during a run: which image, which step, or decoding after the last step."""
+    which = f"Image {ev.image_index + 1} of {ev.total // ev.steps}" if ev.total > ev.steps else "Image"
+    if ev.step >= ev.steps:
+        return f"{which}: decoding…"
+    return f"{which}, step {ev.step}/{ev.steps}"
+
+
+def image_event(settings: Settings) -> dict:
+    """`gpu_event` for the image tabs' run events: no Gradio progress overlay (it would cover the live
+    preview); `UiContext.run_images` writes the progress into the info line instead."""
+    return {**gpu_event(settings), "show_progress": "hidden"}
 
 
 def summary(result: TaskResult, notes: list[str]) -> str:

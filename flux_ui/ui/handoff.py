@@ -18,6 +18,7 @@ import gradio as gr
 
 from flux_ui.core.errors import InvalidInput
 from flux_ui.media.uploads import checked_upload
+from flux_ui.ui.common import PREVIEW
 
 log = logging.getLogger(__name__)
 
@@ -63,14 +64,24 @@ def track_selection(gallery: gr.Gallery) -> gr.State:
 
 
 def pick(items: list | None, index: int | None) -> str:
-    """The file path of gallery item `index` (the first if out of range); gr.Error if the gallery is empty."""
+    """The file path of gallery item `index` (the first if out of range); gr.Error if the gallery is empty or
+    shows a live preview (a run still going, or one whose last preview stayed)."""
     if not items:
         raise gr.Error("The gallery is empty: make an image first.", title="Nothing to send", print_exception=False)
     item = items[index if isinstance(index, int) and 0 <= index < len(items) else 0]
     if isinstance(item, dict):  # not preprocessed: {"image": FileData, "caption": ...}
         path = item.get("image", {}).get("path") if isinstance(item.get("image"), dict) else None
-    else:
-        path = item[0] if isinstance(item, tuple | list) else item  # preprocessed: (path, caption)
+        caption = item.get("caption")
+    else:  # preprocessed: (path, caption)
+        path, caption = (
+            (item[0], item[1] if len(item) > 1 else None) if isinstance(item, tuple | list) else (item, None)
+        )
+    if isinstance(caption, str) and caption.startswith(PREVIEW):  # a run's live preview: not an image yet
+        raise gr.Error(
+            "That is a preview of an unfinished run: wait for the image, then send it.",
+            title="Nothing to send yet",
+            print_exception=False,
+        )
     try:  # Gradio checked it already; this keeps a changed Gradio from passing on any path it is given
         return str(checked_upload(path or "", "image"))
     except InvalidInput as err:
@@ -98,7 +109,7 @@ def wire(ctx, tabs: gr.Tabs, targets: tuple[Target, ...] = TARGETS) -> list[str]
                 button = gr.Button(target.label, size="sm", elem_id=elem_id)
                 _connect(button, gallery, selected, dest, tabs, target.tab_id)
                 made.append(elem_id)
-    log.info("hand-off buttons: %s", ", ".join(made) or "none")
+    log.debug("hand-off buttons: %s", ", ".join(made) or "none")
     return made
 
 

@@ -16,7 +16,7 @@ from flux_ui.core.seeds import SEED_MAX
 from flux_ui.core.variants import CONTROL_LORAS, get_variant
 from flux_ui.media.control_maps import CANNY_HIGH, CANNY_LOW
 from flux_ui.tasks.control import MODES, SPEC, ControlParams, control_map, output_size, validate_control
-from flux_ui.ui.common import UiContext, gpu_event, invalid
+from flux_ui.ui.common import UiContext, gpu_event, image_event, invalid
 from flux_ui.ui.handoff import track_selection
 
 MODE_CHOICES = [("Canny edges", "canny"), ("Depth", "depth")]
@@ -40,6 +40,19 @@ def route_note(mode: str, route: str) -> str:
         return f"`{lora.repo_id}` on `{get_variant(lora.base).repo_id}` · non-commercial license"
     v = get_variant(MODES[mode])
     return f"`{v.repo_id}` · {v.default_steps} steps, guidance {v.default_guidance:g} · non-commercial license"
+
+
+def mode_defaults(mode: str, steps: float, guidance: float) -> tuple:
+    """Steps and guidance for a switch to `mode`: a value still at another mode's default becomes the new
+    mode's default; one the user changed is kept (gr.skip())."""
+    new = get_variant(MODES[mode])
+    others = [get_variant(name) for m, name in MODES.items() if m != mode]
+    steps_default = any(steps == v.default_steps for v in others)
+    guidance_default = any(guidance == v.default_guidance for v in others)
+    return (
+        new.default_steps if steps_default else gr.skip(),
+        new.default_guidance if guidance_default else gr.skip(),
+    )
 
 
 def build(ctx: UiContext) -> ControlTab:
@@ -95,8 +108,10 @@ def build(ctx: UiContext) -> ControlTab:
             seed,
             num_images,
         )
-        gallery, result, text = yield from ctx.run_images(SPEC, raw, request, progress, others=3)
-        yield gallery, result.control_image, result.seed, text
+        done = yield from ctx.run_images(SPEC, raw, request, progress, others=3)
+        if done is not None:  # None: cancelled, and already shown
+            gallery, result, text = done
+            yield gallery, result.control_image, result.seed, text
 
     def compute_map(
         image: dict | None,
@@ -133,11 +148,9 @@ def build(ctx: UiContext) -> ControlTab:
             return None, False
         return compute_map(image, mode, low_threshold, high_threshold), True
 
-    def on_mode(mode: str, route: str):
-        v = get_variant(MODES[mode])
+    def on_mode(mode: str, route: str, steps: float, guidance: float):
         return (
-            gr.update(value=v.default_steps),
-            gr.update(value=v.default_guidance),
+            *mode_defaults(mode, steps, guidance),
             gr.update(visible=mode == "canny"),
             gr.update(visible=route == "lora"),
             route_note(mode, route),
@@ -195,7 +208,7 @@ def build(ctx: UiContext) -> ControlTab:
     gr.on(
         [mode.input, route.input],
         on_mode,
-        [mode, route],
+        [mode, route, steps, guidance],
         [steps, guidance, thresholds, scale, note],
         api_visibility="private",
     )
@@ -223,13 +236,13 @@ def build(ctx: UiContext) -> ControlTab:
         **gpu_event(settings),
     ).success(lambda: True, None, map_from_source, api_visibility="private")
     gr.on([cmap.upload, cmap.clear], lambda: False, None, map_from_source, queue=False, api_visibility="private")
-    event = gr.on(
+    gr.on(
         [generate_btn.click, prompt.submit],
         generate,
         [image, prompt, mode, route, cmap, low, high, scale, steps, guidance, seed, num_images, map_from_source],
         [gallery, cmap, last_seed, info],
         api_name="control",
-        **gpu_event(settings),
+        **image_event(settings),
     )
-    cancel_btn.click(ctx.cancel, None, None, cancels=[event], queue=False, api_visibility="private")
+    cancel_btn.click(ctx.cancel, None, None, queue=False, api_visibility="private")  # see run_images
     return ControlTab(image=image, prompt=prompt, gallery=gallery, selected=selected, send_row=send_row)

@@ -17,7 +17,7 @@ from flux_ui.core.errors import InvalidInput
 from flux_ui.core.seeds import SEED_MAX
 from flux_ui.core.variants import get_variant
 from flux_ui.tasks.fill import SPEC, FillParams
-from flux_ui.ui.common import UiContext, gpu_event, invalid
+from flux_ui.ui.common import UiContext, image_event, invalid
 from flux_ui.ui.handoff import track_selection
 
 MAX_SLIDER_OUTPAINT = 1024  # pixels per side on the sliders; the API accepts more, up to the size limit
@@ -86,8 +86,10 @@ def build(ctx: UiContext) -> FillTab:
             num_images: how many images to generate.
         """
         raw = FillParams(image, prompt, mask, left, right, top, bottom, steps, guidance, seed, num_images)
-        gallery, result, text = yield from ctx.run_images(SPEC, raw, request, progress)
-        yield gallery, result.seed, text
+        done = yield from ctx.run_images(SPEC, raw, request, progress)
+        if done is not None:  # None: cancelled, and already shown
+            gallery, result, text = done
+            yield gallery, result.seed, text
 
     with gr.Tab("Fill", id="fill"), gr.Row():
         with gr.Column(scale=1):
@@ -137,12 +139,12 @@ def build(ctx: UiContext) -> FillTab:
         selected = track_selection(gallery)  # inside the tab: a component between tabs confuses the tab bar
 
     split = run_btn.click(split_editor, editor, [image, mask], api_visibility="private")
-    event = split.success(
+    split.success(
         run,
         [image, mask, prompt, *sides, steps, guidance, seed, num_images],
         [gallery, last_seed, info],
         api_name="fill",
-        **gpu_event(settings),
+        **image_event(settings),
     )
-    cancel_btn.click(ctx.cancel, None, None, cancels=[event], queue=False, api_visibility="private")
+    cancel_btn.click(ctx.cancel, None, None, queue=False, api_visibility="private")  # see run_images
     return FillTab(image=editor, prompt=prompt, gallery=gallery, selected=selected, send_row=send_row)

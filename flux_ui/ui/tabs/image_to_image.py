@@ -10,7 +10,7 @@ import gradio as gr
 from flux_ui.core.seeds import SEED_MAX
 from flux_ui.core.variants import get_variant, variants_for
 from flux_ui.tasks.image_to_image import AUTO, DEFAULT_STRENGTH, SPEC, ImageToImageParams
-from flux_ui.ui.common import PRESETS, UiContext, gpu_event
+from flux_ui.ui.common import PRESETS, UiContext, image_event
 from flux_ui.ui.handoff import track_selection
 
 SIZES = [AUTO, *(f"{w}x{h}" for w, h in PRESETS.values())]
@@ -62,8 +62,10 @@ def build(ctx: UiContext) -> ImageToImageTab:
             num_images: how many images to make from the input.
         """
         raw = ImageToImageParams(image, prompt, strength, variant, size, steps, guidance, seed, num_images)
-        gallery, result, text = yield from ctx.run_images(SPEC, raw, request, progress)
-        yield gallery, result.seed, text
+        done = yield from ctx.run_images(SPEC, raw, request, progress)
+        if done is not None:  # None: cancelled, and already shown
+            gallery, result, text = done
+            yield gallery, result.seed, text
 
     def on_variant(name: str):
         v = get_variant(name)
@@ -113,14 +115,14 @@ def build(ctx: UiContext) -> ImageToImageTab:
         selected = track_selection(gallery)  # inside the tab: a component between tabs confuses the tab bar
 
     variant.input(on_variant, variant, [steps, guidance], api_visibility="private")
-    event = gr.on(
+    gr.on(
         [generate_btn.click, prompt.submit],
         generate,
         [image, prompt, strength, variant, size, steps, guidance, seed, num_images],
         [gallery, last_seed, info],
         api_name="image_to_image",
         # The image is decoded by the validator (images.load_image), which knows our limits and names the field.
-        **gpu_event(settings),
+        **image_event(settings),
     )
-    cancel_btn.click(ctx.cancel, None, None, cancels=[event], queue=False, api_visibility="private")
+    cancel_btn.click(ctx.cancel, None, None, queue=False, api_visibility="private")  # see run_images
     return ImageToImageTab(image=image, gallery=gallery, selected=selected, send_row=send_row)

@@ -14,16 +14,14 @@ from flux_ui.media.images import load_image
 from flux_ui.media.metadata import parse_parameters, read_parameters
 from flux_ui.media.uploads import checked_upload
 from flux_ui.tasks.kontext import AUTO, SPEC, KontextParams, context_size, output_size
-from flux_ui.ui.common import UiContext, gpu_event
+from flux_ui.ui.common import UiContext, image_event
 from flux_ui.ui.handoff import Receiver, pick, track_selection
 
 VARIANT = get_variant("kontext-dev")
 SIZES = [AUTO, *(f"{w}x{h}" for w, h in VARIANT.resolutions)]
 ONE_IMAGE_NOTE = (
-    "**One input image.** diffusers 0.42.1's `FluxKontextPipeline` takes a single image: given a list, it "
-    "treats the images as a batch of separate edits (one per prompt), not as references to combine, so a "
-    "second reference image is not supported here. To combine two pictures, put them side by side in one "
-    "image and describe what to do with each."
+    "Kontext edits **one image** at a time. To combine two pictures, put them side by side in one image "
+    "and say what to do with each."
 )
 
 
@@ -99,8 +97,10 @@ def build(ctx: UiContext) -> KontextTab:
             num_images: how many edits to make.
         """
         raw = KontextParams(image, instruction, size, steps, guidance, seed, num_images)
-        gallery, result, text = yield from ctx.run_images(SPEC, raw, request, progress, noun="edit")
-        yield gallery, result.seed, text
+        done = yield from ctx.run_images(SPEC, raw, request, progress, noun="edit")
+        if done is not None:  # None: cancelled, and already shown
+            gallery, result, text = done
+            yield gallery, result.seed, text
 
     def new_chain(image):
         path = _path(image)
@@ -169,7 +169,7 @@ def build(ctx: UiContext) -> KontextTab:
         history = gr.State([])
         selected = track_selection(gallery)
 
-    event = gr.on(
+    gr.on(
         [edit_btn.click, instruction.submit],
         edit,
         [image, instruction, size, steps, guidance, seed, num_images],
@@ -177,9 +177,9 @@ def build(ctx: UiContext) -> KontextTab:
         api_name="kontext_edit",
         # The image is decoded by the validator (images.load_image): Gradio's own decoding knows nothing
         # of our limits and names no field.
-        **gpu_event(settings),
+        **image_event(settings),
     )
-    cancel_btn.click(ctx.cancel, None, None, cancels=[event], queue=False, api_visibility="private")
+    cancel_btn.click(ctx.cancel, None, None, queue=False, api_visibility="private")  # see run_images
     gr.on(
         [image.change, size.change],
         lambda img, sz: size_note(img, sz, settings),

@@ -9,7 +9,7 @@ import gradio as gr
 from flux_ui.core.seeds import SEED_MAX
 from flux_ui.core.variants import get_variant
 from flux_ui.tasks.redux import MAX_REFERENCES, MAX_SCALE, SPEC, ReduxParams
-from flux_ui.ui.common import CUSTOM, MAX_SLIDER_SIDE, PRESETS, UiContext, gpu_event
+from flux_ui.ui.common import CUSTOM, MAX_SLIDER_SIDE, PRESETS, UiContext, image_event
 from flux_ui.ui.handoff import track_selection
 
 VARIANT = get_variant("redux-dev")
@@ -87,8 +87,10 @@ def build(ctx: UiContext) -> ReduxTab:
             seed=seed,
             num_images=num_images,
         )
-        gallery, result, text = yield from ctx.run_images(SPEC, raw, request, progress, noun="variation")
-        yield gallery, result.seed, text
+        done = yield from ctx.run_images(SPEC, raw, request, progress, noun="variation")
+        if done is not None:  # None: cancelled, and already shown
+            gallery, result, text = done
+            yield gallery, result.seed, text
 
     def on_preset(label: str):
         return PRESETS.get(label, (gr.skip(), gr.skip()))
@@ -96,21 +98,26 @@ def build(ctx: UiContext) -> ReduxTab:
     with gr.Tab("Redux variation", id="redux"), gr.Row():
         with gr.Column(scale=1):
             images, strengths = [], []
-            for first in range(1, MAX_REFERENCES + 1, 2):  # two references per row
-                with gr.Row():
-                    for i in (first, first + 1):
-                        with gr.Column(min_width=200):
-                            optional = "" if i == 1 else " (optional)"
-                            images.append(
-                                gr.Image(
-                                    label=f"Reference {i}{optional}",
-                                    type="filepath",
-                                    sources=["upload", "clipboard"],
-                                    height=180,
-                                    elem_id=f"redux-image-{i}",
-                                )
-                            )
-                            strengths.append(gr.Slider(0.0, MAX_SCALE, value=1.0, step=0.05, label=f"Strength {i}"))
+
+            def reference(i: int) -> None:
+                images.append(
+                    gr.Image(
+                        label=f"Reference {i}" if i == 1 else f"Reference {i} (optional)",
+                        type="filepath",
+                        sources=["upload", "clipboard"],
+                        height=260 if i == 1 else 180,
+                        elem_id=f"redux-image-{i}",
+                    )
+                )
+                strengths.append(gr.Slider(0.0, MAX_SCALE, value=1.0, step=0.05, label=f"Strength {i}"))
+
+            reference(1)  # one slot in view; the others, to mix several pictures, fold away
+            with gr.Accordion(f"+ more references (up to {MAX_REFERENCES})", open=False, elem_id="redux-more"):
+                for first in range(2, MAX_REFERENCES + 1, 2):  # two per row
+                    with gr.Row():
+                        for i in range(first, min(first + 2, MAX_REFERENCES + 1)):
+                            with gr.Column(min_width=200):
+                                reference(i)
             prompt = gr.Textbox(label="Prompt (optional)", lines=2, elem_id="redux-prompt")
             with gr.Row():
                 prompt_scale = gr.Slider(0.0, MAX_SCALE, value=1.0, step=0.05, label="Prompt scale")
@@ -143,14 +150,14 @@ def build(ctx: UiContext) -> ReduxTab:
 
     preset.input(on_preset, preset, [width, height], api_visibility="private")
     inputs = [*images, *strengths, prompt, prompt_scale, pooled_scale, width, height, steps, guidance, seed, num_images]
-    event = gr.on(
+    gr.on(
         [generate_btn.click, prompt.submit],
         variations,
         inputs,
         [gallery, last_seed, info],
         api_name="redux_variation",
         # Images are decoded by the validator (see the Kontext tab).
-        **gpu_event(settings),
+        **image_event(settings),
     )
-    cancel_btn.click(ctx.cancel, None, None, cancels=[event], queue=False, api_visibility="private")
+    cancel_btn.click(ctx.cancel, None, None, queue=False, api_visibility="private")  # see run_images
     return ReduxTab(image=images[0], gallery=gallery, selected=selected, send_row=send_row)

@@ -14,7 +14,7 @@ from flux_ui.media.foreign_metadata import read_loaded
 from flux_ui.media.uploads import checked_upload
 from flux_ui.models.loras.library import LoraInfo, tagged_names, with_tags
 from flux_ui.tasks.text_to_image import SPEC, TextToImageParams
-from flux_ui.ui.common import CUSTOM, MAX_SLIDER_SIDE, PRESETS, UiContext, gpu_event, invalid
+from flux_ui.ui.common import CUSTOM, MAX_SLIDER_SIDE, PRESETS, UiContext, image_event, invalid
 from flux_ui.ui.handoff import Receiver, track_selection
 
 
@@ -137,8 +137,10 @@ def build(ctx: UiContext) -> TextToImageTab:
             num_images: how many images to generate.
         """
         raw = TextToImageParams(prompt, variant, width, height, steps, guidance, seed, num_images)
-        gallery, result, text = yield from ctx.run_images(SPEC, raw, request, progress)
-        yield gallery, result.seed, text
+        done = yield from ctx.run_images(SPEC, raw, request, progress)
+        if done is not None:  # None: cancelled, and already shown
+            gallery, result, text = done
+            yield gallery, result.seed, text
 
     def on_variant(name: str):
         v = get_variant(name)
@@ -155,8 +157,21 @@ def build(ctx: UiContext) -> TextToImageTab:
             values[5] = gr.update(value=values[5], visible=get_variant(values[1]).uses_guidance)
         return tuple(values)
 
+    def reuse_last(last: float | None, request: gr.Request):
+        """The seed of this session's last finished run; before one, the seed is left as it is ("Seed used"
+        is empty, and the browser may send it as 0)."""
+        with ctx.lock:
+            ran = (request.session_hash, SPEC.name) in ctx.shown
+        if last is None or not ran:
+            gr.Info("No image made yet in this session: the seed is left as it is.", title="Nothing to reuse")
+            return gr.skip()
+        return int(last)
+
     def on_preset(label: str):
         return PRESETS.get(label, (gr.skip(), gr.skip()))
+
+    def check_parameters(file: str | None) -> None:
+        form_values(file)  # raises gr.Error naming what is wrong with the file
 
     def load_parameters(file: str | None):
         """Read the generation parameters embedded in a PNG and return them as form values."""
@@ -238,21 +253,23 @@ def build(ctx: UiContext) -> TextToImageTab:
     )
     lora_refresh.click(refresh_loras, prompt, [lora_pick, lora_info], api_visibility="private")
     random_btn.click(lambda: -1, None, seed, api_visibility="private")
-    reuse_btn.click(lambda s: -1 if s is None else s, last_seed, seed, api_visibility="private")
+    reuse_btn.click(reuse_last, last_seed, seed, api_visibility="private")
     inputs = [prompt, variant, width, height, steps, guidance, seed, num_images]
-    event = gr.on(
+    gr.on(
         [generate_btn.click, prompt.submit],
         generate,
         inputs,
         [gallery, last_seed, info],
         api_name="text_to_image",
-        **gpu_event(settings),
+        **image_event(settings),
     )
-    cancel_btn.click(ctx.cancel, None, None, cancels=[event], queue=False, api_visibility="private")
+    cancel_btn.click(ctx.cancel, None, None, queue=False, api_visibility="private")  # see run_images
     form = [*inputs[:-1], preset, note, params_notes]
-    params_file.upload(load_parameters, params_file, form, api_name="load_parameters").success(
-        show_guidance, variant, guidance, api_visibility="private"
-    )
+    # The file is checked first, in an event with no outputs: Gradio marks every output of a failed event
+    # with a red "Error" pill that stays until that output changes again; the toast says what is wrong.
+    params_file.upload(check_parameters, params_file, None, show_progress="hidden", api_visibility="private").success(
+        load_parameters, params_file, form, api_name="load_parameters"
+    ).success(show_guidance, variant, guidance, api_visibility="private")
     return TextToImageTab(
         prompt=prompt,
         gallery=gallery,

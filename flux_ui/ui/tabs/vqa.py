@@ -176,7 +176,9 @@ def build(ctx: UiContext) -> VqaTab:
         api_name="vqa",
         **gpu,
     )
-    ask.success(lambda: "", None, question, api_visibility="private")
+    # The box is emptied as soon as the question is sent (it shows in the chat at once): registered after
+    # `ask`, which has read the question by the time this answers.
+    gr.on([ask_btn.click, question.submit], lambda: "", None, question, queue=False, api_visibility="private")
     prompt_box = ctx.tabs["t2i"].prompt
     describe = describe_btn.click(
         describe_as_prompt, [image, chat], [prompt_box, chat], api_name="describe_as_prompt", **gpu
