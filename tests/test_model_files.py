@@ -314,3 +314,13 @@ def test_the_app_serves_a_comfyui_folder_and_lists_its_files(tiny_dir, comfyui, 
         r = httpx.post(url + "generate", json=job, timeout=120)
         assert r.status_code == 200, r.text[:300]
         assert "from the file" in log.read_text()  # read from the single files, not the tiny repos
+
+
+def test_a_scan_is_reused_until_a_rescan(tmp_path, tiny_dir):
+    """Source lookups reuse a walk of the folders for a minute; the Models tab's Rescan walks again."""
+    folder = tmp_path / "models" / "vae"
+    tiny_files._save(folder / "ae.safetensors", tiny_files.ae_vae(tiny_dir))
+    first = files.scan([tmp_path])
+    tiny_files._save(tmp_path / "models" / "clip" / "clip_l.safetensors", tiny_files.clip_l(tiny_dir))
+    assert [f.path.name for f in files.scan([tmp_path])] == [f.path.name for f in first] == ["ae.safetensors"]
+    assert {f.path.name for f in files.scan([tmp_path], fresh=True)} == {"ae.safetensors", "clip_l.safetensors"}

@@ -11,6 +11,7 @@ used come back as "skipped" with the reason, so the Models tab can say why.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -313,12 +314,29 @@ def model_folders(folder: Path) -> list[Path]:
     return found or [folder]
 
 
-def scan(folders: Iterable[Path]) -> list[FoundFile]:
-    """Every model file below `folders` (see `model_folders`), identified, in search order; each file once."""
+SCAN_TTL_S = 60.0  # how long a scan's result serves source lookups before the folders are walked again
+_scans: dict[tuple[Path, ...], tuple[float, list[FoundFile]]] = {}
+
+
+def scan(folders: Iterable[Path], fresh: bool = False) -> list[FoundFile]:
+    """Every model file below `folders` (see `model_folders`), identified, in search order; each file once.
+
+    Source lookups run on requests (an auxiliary model's source, each control or VQA run), and a models
+    folder can hold thousands of files: a walk is reused for SCAN_TTL_S, unless `fresh` (the Models tab's
+    Rescan). Headers are read once per file anyway (`identify` is memoised by size and time)."""
+    key = tuple(Path(f).expanduser() for f in folders)
+    now = time.monotonic()
+    if not fresh and (known := _scans.get(key)) and now - known[0] < SCAN_TTL_S:
+        return list(known[1])
+    found = _walk(key)
+    _scans[key] = (now, found)
+    return list(found)
+
+
+def _walk(folders: tuple[Path, ...]) -> list[FoundFile]:
     seen: set[Path] = set()
     out = []
     for folder in folders:
-        folder = Path(folder).expanduser()
         if not folder.is_dir():
             log.warning("--models-dir %s: no such folder; skipped", folder)
             continue

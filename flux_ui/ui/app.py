@@ -25,7 +25,7 @@ def _models_tab(ctx: UiContext) -> None:
     def model_files() -> list[dict]:
         """Every model file in the --models-dir folders: what it was recognised as (by its tensors), its
         format and size, what it is used for, or why it was skipped. Scans again."""
-        return files.report(files.scan(ctx.settings.models_dirs))
+        return files.report(files.scan(ctx.settings.models_dirs, fresh=True))
 
     def free_memory():
         """Drop cached transformers and auxiliary models (the shared encoders and VAE stay)."""
