@@ -16,7 +16,7 @@ from flux_ui.core.seeds import SEED_MAX
 from flux_ui.core.variants import CONTROL_LORAS, get_variant
 from flux_ui.media.control_maps import CANNY_HIGH, CANNY_LOW
 from flux_ui.tasks.control import MODES, SPEC, ControlParams, control_map, output_size, validate_control
-from flux_ui.ui.common import UiContext, gpu_event, image_event, invalid
+from flux_ui.ui.common import UiContext, image_event, invalid
 from flux_ui.ui.handoff import track_selection
 
 MODE_CHOICES = [("Canny edges", "canny"), ("Depth", "depth")]
@@ -213,6 +213,9 @@ def build(ctx: UiContext) -> ControlTab:
         api_visibility="private",
     )
     map_inputs = [image, mode, low, high]
+    # Maps are quick and validate as they start: one at a time in a group of their own (the depth
+    # estimator takes the registry's lock), not among the --queue-size generations let in at once.
+    maps = {"concurrency_id": "control-maps", "concurrency_limit": 1, "preprocess": False}
     # A new source, mode or threshold makes the shown map stale: clear it at once, then recompute it.
     gr.on(
         [image.change, mode.input, low.release, high.release],
@@ -225,7 +228,7 @@ def build(ctx: UiContext) -> ControlTab:
         preview_map,
         map_inputs,
         [cmap, map_from_source],
-        **gpu_event(settings),
+        **maps,
         api_visibility="private",
     )
     map_btn.click(
@@ -233,7 +236,7 @@ def build(ctx: UiContext) -> ControlTab:
         map_inputs,
         cmap,
         api_name="control_map",
-        **gpu_event(settings),
+        **maps,
     ).success(lambda: True, None, map_from_source, api_visibility="private")
     gr.on([cmap.upload, cmap.clear], lambda: False, None, map_from_source, queue=False, api_visibility="private")
     gr.on(
