@@ -409,3 +409,14 @@ CUSTOM = "Custom"
 
 
 MAX_SLIDER_SIDE = 2048  # the megapixel limit is checked separately
+
+
+def seed_used_box(elem_id: str) -> gr.Number:
+    """The "Seed used" box, hidden until the session's first finished run: Gradio draws an empty Number
+    as 0, which reads as if seed 0 had been used."""
+    return gr.Number(label="Seed used", interactive=False, precision=0, visible=False, elem_id=elem_id)
+
+
+def seed_used(seed: int) -> dict:
+    """The update that shows a finished run's seed (and the box, the first time)."""
+    return gr.update(value=seed, visible=True)

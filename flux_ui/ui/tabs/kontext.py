@@ -14,7 +14,8 @@ from flux_ui.media.images import load_image
 from flux_ui.media.metadata import parse_parameters, read_parameters
 from flux_ui.media.uploads import checked_upload
 from flux_ui.tasks.kontext import AUTO, SPEC, KontextParams, context_size, output_size
-from flux_ui.ui.common import UiContext, image_event
+from flux_ui.ui import examples
+from flux_ui.ui.common import UiContext, image_event, seed_used, seed_used_box
 from flux_ui.ui.handoff import Receiver, pick, track_selection
 
 VARIANT = get_variant("kontext-dev")
@@ -100,7 +101,7 @@ def build(ctx: UiContext) -> KontextTab:
         done = yield from ctx.run_images(SPEC, raw, request, progress, noun="edit")
         if done is not None:  # None: cancelled, and already shown
             gallery, result, text = done
-            yield gallery, result.seed, text
+            yield gallery, seed_used(result.seed), text
 
     def new_chain(image):
         path = _path(image)
@@ -134,6 +135,7 @@ def build(ctx: UiContext) -> KontextTab:
             instruction = gr.Textbox(
                 label="Instruction", lines=2, placeholder="Make the sky stormy…", elem_id="instruction"
             )
+            examples.offer([image, instruction], examples.KONTEXT)
             size = gr.Dropdown(SIZES, value=AUTO, label="Output size", allow_custom_value=True, elem_id="kontext-size")
             note = gr.Markdown(size_note(None, AUTO, settings), elem_id="kontext-size-note")
             with gr.Row():
@@ -154,7 +156,7 @@ def build(ctx: UiContext) -> KontextTab:
                 again_btn = gr.Button("↪ Edit again (result becomes the input)", elem_id="kontext-again")
                 undo_btn = gr.Button("↶ Undo", elem_id="kontext-undo")
             send_row = gr.Row()
-            last_seed = gr.Number(label="Seed used", interactive=False, precision=0)
+            last_seed = seed_used_box("kontext-seed-used")
             info = gr.Markdown(elem_id="kontext-info")
             history_gallery = gr.Gallery(
                 label="Edit chain (oldest first)",
