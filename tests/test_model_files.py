@@ -77,7 +77,7 @@ def test_scanner_identifies_every_file_of_a_comfyui_install(comfyui):
         "style-lora.safetensors": "a LoRA",
         "broken.safetensors": "unreadable header",
         "not-flux.safetensors": "not a FLUX.1 file",
-        "flux1-dev-Q8_0.gguf": "GGUF files are not supported yet",
+        "flux1-dev-Q8_0.gguf": "unreadable GGUF header",
         "flux1-dev-bnb-nf4-v2.safetensors": "nf4 files are not supported yet",
     }
     for name, words in skipped.items():

@@ -13,12 +13,13 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
 
 import torch
 
+from flux_ui.models import quantized
 from flux_ui.models.layouts import BFL_PREFIX
 
 log = logging.getLogger(__name__)
@@ -55,7 +56,7 @@ FAMILIES = {
     "control": "FLUX.1 Canny/Depth",
 }
 DTYPE_FORMATS = {"BF16": "bf16", "F16": "fp16", "F32": "fp32", "F8_E4M3": "fp8", "F8_E5M2": "fp8"}
-UNSUPPORTED = ("gguf", "nf4")  # recognised, loaded in a later version
+UNSUPPORTED = ("nf4",)  # recognised, loaded in a later version
 
 
 @dataclass(frozen=True)
@@ -65,7 +66,7 @@ class FoundFile:
     path: Path
     kind: str  # "transformer", "checkpoint" (all-in-one), "vae", "clip_l", "t5xxl" or "skipped"
     size: int  # bytes on disk
-    format: str = ""  # weight format: bf16, fp16, fp32, fp8, fp8-scaled, gguf, nf4 ("" when unknown)
+    format: str = ""  # weight format: bf16, fp16, fp32, fp8, fp8-scaled, gguf-Q8_0 (-Q4_K...), nf4 ("" unknown)
     family: str | None = None  # transformer family, a key of FAMILIES
     variant: str | None = None  # the variant it serves (a name of flux_ui.core.variants.VARIANTS), if known
     layout: str = ""  # transformer keys: "bfl" or "diffusers"
@@ -285,7 +286,7 @@ def classify(path: Path, size: int, header: dict[str, tuple[str, tuple[int, ...]
 def _identify(path: Path, size: int, mtime_ns: int) -> FoundFile:
     """Memoised by size and modification time, so a second scan reads no header again."""
     if path.suffix == ".gguf":
-        return FoundFile(path, "skipped", size, "gguf", reason="GGUF files are not supported yet")
+        return _identify_gguf(path, size)
     if path.suffix in (".ckpt", ".pt", ".pth"):
         return FoundFile(path, "skipped", size, "pickle", reason="a pickle file: not read (loading one can run code)")
     from safetensors import SafetensorError
@@ -295,6 +296,23 @@ def _identify(path: Path, size: int, mtime_ns: int) -> FoundFile:
     except (SafetensorError, OSError) as err:
         return FoundFile(path, "skipped", size, reason=f"unreadable header: {err}")
     return classify(path, size, header)
+
+
+def _identify_gguf(path: Path, size: int) -> FoundFile:
+    """A GGUF file, by its header: only FLUX.1 transformers (architecture "flux", city96's ComfyUI-GGUF
+    files) are read; GGUF text encoders and other models are skipped with what they are."""
+    try:
+        arch, header = quantized.gguf_header(path)
+    except ValueError as err:
+        return FoundFile(path, "skipped", size, "gguf", reason=f"unreadable GGUF header: {err}")
+    fmt = quantized.gguf_format(header)
+    if arch != "flux":
+        return FoundFile(path, "skipped", size, fmt, reason=f"a GGUF file of architecture {arch or 'unknown'!r}, "
+                         "not a FLUX.1 transformer (the only model read from GGUF)")  # fmt: skip
+    found = classify(path, size, header)
+    if found.usable and found.kind != "transformer":
+        return replace(found, kind="skipped", format=fmt, reason="a GGUF file holding more than a transformer")
+    return replace(found, format=fmt)
 
 
 def identify(path: Path) -> FoundFile:

@@ -26,6 +26,8 @@ import time
 
 import torch
 
+from flux_ui.models import quantized
+
 log = logging.getLogger(__name__)
 
 # PyTorch SDPA as dispatched by default (flash attention on Hopper). On an H100 (torch 2.11) its cuDNN
@@ -45,6 +47,8 @@ def _fp8_filter(module: torch.nn.Module, fqn: str) -> bool:
         and module.out_features >= FP8_MIN_FEATURES
         and module.in_features % 16 == 0
         and module.out_features % 16 == 0
+        # Weights held quantised by a file's format (GGUF blocks, NF4) are bytes, not floats to convert.
+        and module.weight.dtype.is_floating_point
     )
 
 
@@ -117,6 +121,13 @@ def optimize_transformer(
     profile it changed nothing (3.23 s per image either way) but kept 2 GiB of unfused weights besides.
     """
     if profile == "off":
+        return transformer
+    if quantized.is_prequantized(transformer):
+        # A GGUF file's layers dequantise their weights on every call: float8 would need a second copy, and
+        # regional compile of those layers is unmeasured; the attention backend still applies.
+        transformer.set_attention_backend(ATTENTION_BACKEND)
+        log.info("speed profile %s: the transformer is kept as its quantised file holds it (no float8, no "
+                 "compile)", profile)  # fmt: skip
         return transformer
     start = time.perf_counter()
     if fuse_qkv:

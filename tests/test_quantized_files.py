@@ -1,0 +1,152 @@
+"""Quantised transformer files: GGUF (city96's ComfyUI-GGUF layout) and Forge's bitsandbytes NF4 files,
+written from the tiny models with the formats' own libraries, found by the scan and run through the app's
+real loading path, on the CPU."""
+
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from flux_ui.core.errors import ModelUnavailableError
+from flux_ui.core.variants import VARIANTS
+from flux_ui.models import files, single_file, sources
+from flux_ui.models.registry import Registry
+from flux_ui.tasks.text_to_image import TextToImageParams, text_to_image, validate_text_to_image
+from flux_ui.tiny import files as tiny_files
+from flux_ui.tiny.quantized_files import write_gguf
+
+DEV, SCHNELL = "black-forest-labs/FLUX.1-dev", "black-forest-labs/FLUX.1-schnell"
+
+
+def shared_files(models: Path, tiny_dir: Path) -> None:
+    tiny_files._save(models / "vae" / "ae.safetensors", tiny_files.ae_vae(tiny_dir))
+    tiny_files._save(models / "clip" / "clip_l.safetensors", tiny_files.clip_l(tiny_dir))
+    tiny_files._save(models / "text_encoders" / "t5xxl_fp16.safetensors", tiny_files.t5xxl(tiny_dir))
+
+
+@pytest.fixture(scope="module")
+def gguf_tree(tiny_dir, tmp_path_factory) -> Path:
+    """A ComfyUI models folder with GGUF transformers ([dev] Q8_0 in unet/, [schnell] Q4_0 in
+    diffusion_models/), a GGUF file of another architecture, a cut-short GGUF, and the shared parts."""
+    import gguf
+
+    root = tmp_path_factory.mktemp("ComfyUI-gguf")
+    models = root / "models"
+    write_gguf(models / "unet" / "flux1-dev-Q8_0.gguf", tiny_files.bfl_transformer(tiny_dir, DEV), "Q8_0")
+    schnell = tiny_files.bfl_transformer(tiny_dir, SCHNELL)
+    write_gguf(models / "diffusion_models" / "flux1-schnell-Q4_0.gguf", schnell, "Q4_0")
+    other = gguf.GGUFWriter(str(models / "unet" / "t5-v1_1-xxl-encoder-Q8_0.gguf"), arch="t5encoder")
+    other.add_tensor("enc.blk.0.attn_q.weight", np.zeros((32, 32), np.float32))
+    other.write_header_to_file(), other.write_kv_data_to_file(), other.write_tensors_to_file(), other.close()
+    whole = (models / "unet" / "flux1-dev-Q8_0.gguf").read_bytes()
+    (models / "unet" / "cut-Q8_0.gguf").write_bytes(whole[: len(whole) // 3])
+    shared_files(models, tiny_dir)
+    return root
+
+
+def image(registry, variant="dev"):
+    params = TextToImageParams(prompt="a red fox", variant=variant, width=64, height=64, steps=2, seed=3)
+    return np.asarray(text_to_image(registry, validate_text_to_image(params, registry.settings)).images[0].image)
+
+
+# -- GGUF ------------------------------------------------------------------------------------------------
+
+
+def test_gguf_files_are_identified_by_their_header(gguf_tree):
+    found = {f.path.name: f for f in files.scan([gguf_tree])}
+    dev, schnell = found["flux1-dev-Q8_0.gguf"], found["flux1-schnell-Q4_0.gguf"]
+    assert (dev.kind, dev.variant, dev.format, dev.layout) == ("transformer", "dev", "gguf-Q8_0", "bfl")
+    assert (schnell.kind, schnell.variant, schnell.format) == ("transformer", "schnell", "gguf-Q4_0")
+    t5 = found["t5-v1_1-xxl-encoder-Q8_0.gguf"]
+    assert t5.kind == "skipped" and "architecture 't5encoder'" in t5.reason, t5.reason
+    cut = found["cut-Q8_0.gguf"]
+    assert cut.kind == "skipped" and "unreadable GGUF header" in cut.reason, cut.reason
+    assert files.variant_files(found.values())["dev"] == gguf_tree / "models/unet/flux1-dev-Q8_0.gguf"
+
+
+def test_gguf_file_keeps_city96_layout(gguf_tree):
+    """What ComfyUI-GGUF reads: architecture "flux", BFL key names, embedders and final layer unquantised."""
+    import gguf
+
+    reader = gguf.GGUFReader(str(gguf_tree / "models/unet/flux1-dev-Q8_0.gguf"))
+    assert reader.get_field("general.architecture").contents() == "flux"
+    types = {t.name: t.tensor_type.name for t in reader.tensors}
+    assert types["double_blocks.0.img_attn.qkv.weight"] == "Q8_0"
+    assert types["single_blocks.0.linear1.weight"] == "Q8_0"
+    assert types["img_in.weight"] == "F16" and types["final_layer.linear.weight"] == "F16"
+    assert types["double_blocks.0.img_attn.qkv.bias"] == "F32"
+
+
+@pytest.mark.parametrize(("variant", "repo", "file", "bound"), [
+    ("dev", DEV, "unet/flux1-dev-Q8_0.gguf", 2**-7),  # 8-bit blocks: within 1/127 of each block's largest
+    ("schnell", SCHNELL, "diffusion_models/flux1-schnell-Q4_0.gguf", 2**-3),  # 4-bit: 1/8 of it, with slack
+])  # fmt: skip
+def test_gguf_weights_stay_quantised_within_their_step(settings, gguf_tree, tiny_dir, variant, repo, file, bound):
+    """diffusers' GGUF layers keep the blocks and dequantise on the fly (here on the CPU); each weight comes
+    back within its block's quantisation step of the original."""
+    from diffusers.quantizers.gguf.utils import GGUFLinear, dequantize_gguf_tensor
+
+    model = single_file.transformer(settings, VARIANTS[variant], str(gguf_tree / "models" / file))
+    qkv = model.transformer_blocks[0].attn.to_q
+    assert isinstance(qkv, GGUFLinear) and qkv.weight.dtype == torch.uint8  # still the file's blocks
+    original = tiny_files.transformer_state(tiny_dir, repo)
+    for name, module in model.named_modules():
+        if not isinstance(module, GGUFLinear):
+            continue
+        want = original[f"{name}.weight"].float()
+        got = dequantize_gguf_tensor(module.weight).float()
+        step = want.abs().reshape(want.shape[0], -1, 32).amax(-1, keepdim=True).expand(-1, -1, 32).reshape(want.shape)
+        assert ((got - want).abs() <= bound * step + 1e-3 * step).all(), name
+
+
+def test_image_from_a_gguf_file_is_close_to_the_full_precision_image(settings, gguf_tree):
+    """The app on a ComfyUI folder of GGUF + single files: Q8_0 stays within 8-bit rounding of the
+    full-precision image, Q4_0 within 4-bit's (measured on the tiny models: mean difference 0.01 of 255 with
+    Q8_0, 0.16 with Q4_0; max 1 and 2)."""
+    registry = Registry(replace(settings, models_dirs=(gguf_tree,)))
+    assert sources.resolve_source(registry.settings, "dev", DEV).endswith("flux1-dev-Q8_0.gguf")
+    got, want = image(registry).astype(np.int16), image(Registry(settings)).astype(np.int16)
+    diff = np.abs(got - want)
+    print(f"GGUF Q8_0 vs full precision: mean {diff.mean():.2f}, max {diff.max()} of 255")
+    assert diff.mean() < 0.5
+    q4 = image(registry, "schnell").astype(np.int16)
+    diff4 = np.abs(q4 - image(Registry(settings), "schnell").astype(np.int16))
+    print(f"GGUF Q4_0 vs full precision: mean {diff4.mean():.2f}, max {diff4.max()} of 255")
+    assert diff4.mean() < 2.0
+
+
+def test_a_cut_short_gguf_file_is_named_with_the_reason(settings, gguf_tree):
+    path = gguf_tree / "models/unet/cut-Q8_0.gguf"
+    registry = Registry(replace(settings, model_paths={"dev": str(path)}))
+    with pytest.raises(ModelUnavailableError) as exc:
+        registry.transformer("dev")
+    assert str(path) in str(exc.value) and "unreadable GGUF header" in str(exc.value), str(exc.value)
+
+
+# Where each K-quant block keeps its float16 scales (byte offsets in the block), as ggml lays them out.
+K_QUANT_F16 = {"Q2_K": (80, 82), "Q3_K": (108,), "Q4_K": (0, 2), "Q5_K": (0, 2), "Q6_K": (208,)}
+
+
+@pytest.mark.parametrize("qtype", sorted(K_QUANT_F16))
+def test_k_quants_dequantise_as_ggml_does(qtype):
+    """K-quant files (Q4_K_S, Q5_K, Q6_K...) cannot be written from the tiny models: their blocks hold 256
+    weights a row and the tiny rows are 32 to 160 wide, and the `gguf` package has no K-quant quantizer.
+    What the app relies on for them is diffusers' dequantiser, checked here against the `gguf` package's
+    reference on random blocks (random bits, with finite float16 scales)."""
+    import gguf
+    from diffusers.quantizers.gguf.utils import GGUFParameter, dequantize_gguf_tensor
+
+    kind = gguf.GGMLQuantizationType[qtype]
+    block, size = gguf.GGML_QUANT_SIZES[kind]
+    rng = np.random.default_rng(3)
+    raw = rng.integers(0, 256, size=(8, size), dtype=np.uint8)
+    for offset in K_QUANT_F16[qtype]:
+        raw[:, offset : offset + 2] = rng.uniform(-0.01, 0.01, size=(8, 1)).astype(np.float16).view(np.uint8)
+    rows = raw.reshape(4, 2 * size)  # 4 rows of 2 blocks: 512 weights a row
+    want = gguf.quants.dequantize(rows, kind)
+    got = dequantize_gguf_tensor(GGUFParameter(torch.from_numpy(rows.copy()), quant_type=kind)).float().numpy()
+    assert got.shape == want.shape == (4, 2 * block)
+    # diffusers multiplies the scales in float16: equal within float16's rounding of the block's range.
+    np.testing.assert_allclose(got, want, rtol=0, atol=2**-10 * float(np.abs(want).max()))
