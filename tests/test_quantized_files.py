@@ -15,9 +15,10 @@ from flux_ui.models import files, single_file, sources
 from flux_ui.models.registry import Registry
 from flux_ui.tasks.text_to_image import TextToImageParams, text_to_image, validate_text_to_image
 from flux_ui.tiny import files as tiny_files
-from flux_ui.tiny.quantized_files import write_gguf
+from flux_ui.tiny.quantized_files import nf4_state, write_gguf
 
 DEV, SCHNELL = "black-forest-labs/FLUX.1-dev", "black-forest-labs/FLUX.1-schnell"
+FILL = "black-forest-labs/FLUX.1-Fill-dev"
 
 
 def shared_files(models: Path, tiny_dir: Path) -> None:
@@ -150,3 +151,75 @@ def test_k_quants_dequantise_as_ggml_does(qtype):
     assert got.shape == want.shape == (4, 2 * block)
     # diffusers multiplies the scales in float16: equal within float16's rounding of the block's range.
     np.testing.assert_allclose(got, want, rtol=0, atol=2**-10 * float(np.abs(want).max()))
+
+
+# -- NF4 -------------------------------------------------------------------------------------------------
+
+# NF4's widest gap between codes is 0.304 of a block's largest value (-1 to -0.696): rounding within half.
+NF4_STEP = 0.16
+
+
+@pytest.fixture(scope="module")
+def nf4_tree(tiny_dir, tmp_path_factory) -> Path:
+    """A Forge install with NF4 files: [dev] as Forge's all-in-one `flux1-dev-bnb-nf4-v2` (the transformer in
+    NF4, the VAE under "vae.", CLIP-L, T5 in plain fp8), [schnell] and Fill as transformer files with the
+    first files' nested statistics."""
+    from flux_ui.models.layouts import BFL_PREFIX
+
+    models = tmp_path_factory.mktemp("forge-nf4") / "models"
+    parts = {
+        BFL_PREFIX: nf4_state(tiny_files.bfl_transformer(tiny_dir, DEV)),
+        "vae.": tiny_files.ae_vae(tiny_dir),
+        "text_encoders.clip_l.transformer.": tiny_files.clip_l(tiny_dir),
+        "text_encoders.t5xxl.transformer.": tiny_files.fp8_scaled(tiny_files.t5xxl(tiny_dir), scaled=False),
+    }
+    aio = {prefix + k: v for prefix, state in parts.items() for k, v in state.items()}
+    tiny_files._save(models / "Stable-diffusion" / "flux1-dev-bnb-nf4-v2.safetensors", aio)
+    for repo, name in ((SCHNELL, "flux1-schnell-bnb-nf4.safetensors"), (FILL, "flux1-fill-dev-bnb-nf4.safetensors")):
+        nf4 = nf4_state(tiny_files.bfl_transformer(tiny_dir, repo), nested=True)
+        tiny_files._save(models / "Stable-diffusion" / name, nf4)
+    return models.parent
+
+
+def test_nf4_files_are_identified_by_their_tensors(nf4_tree):
+    found = {f.path.name: f for f in files.scan([nf4_tree])}
+    dev = found["flux1-dev-bnb-nf4-v2.safetensors"]
+    assert (dev.kind, dev.variant, dev.format) == ("checkpoint", "dev", "nf4")
+    assert set(dev.parts) == {"transformer", "vae", "clip_l", "t5xxl"}
+    assert "bf16" in dev.note  # what it costs on the GPU once unpacked
+    assert found["flux1-schnell-bnb-nf4.safetensors"].variant == "schnell"
+    # Input width from the packed weight (two weights a byte) over its bias's length: 384 channels, Fill.
+    assert found["flux1-fill-dev-bnb-nf4.safetensors"].variant == "fill-dev"
+
+
+@pytest.mark.parametrize(
+    ("variant", "repo", "file"),
+    [("dev", DEV, "flux1-dev-bnb-nf4-v2.safetensors"), ("schnell", SCHNELL, "flux1-schnell-bnb-nf4.safetensors")],
+)
+def test_nf4_weights_unpack_within_their_step(settings, nf4_tree, tiny_dir, variant, repo, file):
+    """bitsandbytes unpacks each weight (plain and nested statistics) on the CPU: within half NF4's widest
+    step of its block's largest value (blocks of 64 weights in row order), plus bfloat16's rounding and the
+    8-bit rounding of nested statistics."""
+    model = single_file.transformer(settings, VARIANTS[variant], str(nf4_tree / "models/Stable-diffusion" / file))
+    loaded, original = model.state_dict(), tiny_files.transformer_state(tiny_dir, repo)
+    assert loaded.keys() == original.keys()
+    for name, want in original.items():
+        got, want = loaded[name].float(), want.float()
+        if want.ndim == 2:
+            blocks = want.reshape(-1, 64).abs().amax(1, keepdim=True).expand(-1, 64).reshape(want.shape)
+            assert ((got - want).abs() <= NF4_STEP * blocks * 1.02).all(), name
+        else:
+            assert torch.allclose(got, want, rtol=2**-8, atol=0), name  # bf16 in the file
+
+
+def test_image_from_nf4_files_is_close_to_the_full_precision_image(settings, nf4_tree):
+    """The app on Forge's all-in-one NF4 checkpoint (transformer, VAE and encoders all from it, T5 in
+    fp8): 4-bit weights change the image more than 8-bit ones (measured on the tiny models: mean difference
+    2.3 of 255, max 25)."""
+    registry = Registry(replace(settings, models_dirs=(nf4_tree,)))
+    assert sources.resolve_source(registry.settings, "dev", DEV).endswith("flux1-dev-bnb-nf4-v2.safetensors")
+    assert sources.shared_part_source(registry.settings, "t5").endswith("flux1-dev-bnb-nf4-v2.safetensors")
+    got, want = image(registry).astype(np.int16), image(Registry(settings)).astype(np.int16)
+    diff = np.abs(got - want)
+    print(f"NF4 vs full precision: mean {diff.mean():.2f}, max {diff.max()} of 255")
+    assert diff.mean() < 4.0

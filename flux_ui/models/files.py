@@ -55,8 +55,8 @@ FAMILIES = {
     "fill": "FLUX.1 Fill",
     "control": "FLUX.1 Canny/Depth",
 }
+NF4_NOTE = "4-bit weights unpacked when loaded: it costs the GPU what a bf16 file does (float8's with an fp8 policy)"
 DTYPE_FORMATS = {"BF16": "bf16", "F16": "fp16", "F32": "fp32", "F8_E4M3": "fp8", "F8_E5M2": "fp8"}
-UNSUPPORTED = ("nf4",)  # recognised, loaded in a later version
 
 
 @dataclass(frozen=True)
@@ -100,46 +100,20 @@ def read_header(path: Path) -> dict[str, tuple[str, tuple[int, ...]]]:
 
 def read_tensors(path: Path, prefix: str) -> dict[str, torch.Tensor]:
     """The tensors of a .safetensors file whose names start with `prefix`, without it; only those are read.
-    Float8 weights come back dequantised (see `dequantize_fp8`)."""
+    Float8 and bitsandbytes 4-bit weights come back dequantised (see `quantized`)."""
     from safetensors import safe_open
 
     with safe_open(str(path), framework="pt") as f:
         state = {k.removeprefix(prefix): f.get_tensor(k) for k in f.keys() if k.startswith(prefix)}  # noqa: SIM118
-    return dequantize_fp8(state)
-
-
-FP8_DTYPES = (torch.float8_e4m3fn, torch.float8_e5m2)
-FP8_EXTRAS = ("scale_weight", "scale_input", "scaled_fp8")  # ComfyUI's scaled-fp8 bookkeeping, not weights
-
-
-def dequantize_fp8(state: dict[str, torch.Tensor], dtype: torch.dtype = torch.bfloat16) -> dict[str, torch.Tensor]:
-    """`state` with float8 tensors turned into `dtype`: each times its per-tensor `scale_weight` where the
-    file has one (ComfyUI's `_scaled` files: weight = fp8 value x scale), as is where it has none (plain
-    fp8 files); the scale and marker tensors are dropped.
-
-    diffusers' single-file loader would cast the float8 values and ignore the scales it does not know, so a
-    scaled file's weights would come out wrong by their scale (up to hundreds of times), silently. One
-    tensor at a time, in bf16 by default, so the peak is the bf16 model, not a float32 copy."""
-    if not any(t.dtype in FP8_DTYPES for t in state.values()):
-        return state
-    out = {}
-    for name, tensor in state.items():
-        if name.rpartition(".")[2] in FP8_EXTRAS or name == "scaled_fp8":
-            continue
-        if tensor.dtype in FP8_DTYPES:
-            scale = state.get(name.removesuffix("weight") + "scale_weight") if name.endswith("weight") else None
-            value = tensor.to(torch.float32)
-            if scale is not None:
-                value = value * scale.to(torch.float32)
-            tensor = value.to(dtype)
-        out[name] = tensor
-    return out
+    if quantized.is_nf4(state):
+        return quantized.dequantize_nf4(state)
+    return quantized.dequantize_fp8(state)
 
 
 def _weight_format(header: dict[str, tuple[str, tuple[int, ...]]]) -> str:
     """The weights' format: quantisations first, else the dtype holding most elements."""
     names = header.keys()
-    if any(n.endswith(("quant_state.bitsandbytes__nf4", ".absmax")) or ".quant_state." in n for n in names):
+    if quantized.is_nf4(names):
         return "nf4"
     if any(n.endswith(("scale_weight", "scaled_fp8")) for n in names):
         return "fp8-scaled"
@@ -177,6 +151,15 @@ TRANSFORMER_PROBES = (
 )
 
 
+def _in_features(header, weight: str) -> int:
+    """A linear layer's input width; a bitsandbytes 4-bit weight is stored flat (two weights a byte), so
+    there it is the weight count over the output width (its bias's length)."""
+    shape = header[weight][1]
+    if weight + quantized.NF4_STATE not in header:
+        return shape[1]
+    return 2 * int(torch.Size(shape).numel()) // header[weight.removesuffix("weight") + "bias"][1][0]
+
+
 def _transformer(header, name: str) -> dict | None:
     """What a transformer in this file is, or None if it holds none."""
     found = next(
@@ -188,7 +171,7 @@ def _transformer(header, name: str) -> dict | None:
     x_in, guidance = prefix + probes[0], prefix + probes[1]
     if layout == "bfl" and prefix + "vector_in.in_layer.weight" not in header:
         return {"skip": "a FLUX-like transformer that is not FLUX.1 (no pooled-text input: Chroma or FLUX.2?)"}
-    in_channels = header[x_in][1][1]
+    in_channels = _in_features(header, x_in)
     lower = name.lower()
     variant, note = None, ""
     if in_channels == 384:
@@ -273,12 +256,9 @@ def classify(path: Path, size: int, header: dict[str, tuple[str, tuple[int, ...]
         variant=tf.get("variant"),
         layout=tf.get("layout", ""),
         parts=parts,
-        note=tf.get("note", ""),
+        note="; ".join(n for n in (tf.get("note", ""), NF4_NOTE if fmt == "nf4" else "") if n),
         reason="parts of a checkpoint without its transformer" if kind == "skipped" else "",
     )
-    if fmt in UNSUPPORTED:
-        what = f"a {FAMILIES[record.family]} transformer" if record.family else f"a {kind}"
-        return FoundFile(path, "skipped", size, fmt, record.family, reason=f"{what}: {fmt} files are not supported yet")
     return record
 
 

@@ -47,3 +47,24 @@ def write_gguf(path: Path, bfl_state: dict[str, torch.Tensor], qtype: str = "Q8_
     writer.write_tensors_to_file()
     writer.close()
     return path
+
+
+def nf4_state(bfl_state: dict[str, torch.Tensor], nested: bool = False) -> dict[str, torch.Tensor]:
+    """A transformer's tensors as Forge's NF4 files hold them: every linear weight quantised by bitsandbytes'
+    `quantize_4bit` (NF4, blocks of 64) and saved as bitsandbytes' `Linear4bit` saves it (the packed bytes
+    under the weight's name, then `.absmax`, `.quant_map` and the packed `.quant_state.bitsandbytes__nf4`),
+    the rest in bf16. `nested` quantises the absmax as well (`.nested_absmax`, `.nested_quant_map`: the
+    first NF4 files; the "v2" files have plain float32 absmax)."""
+    from bitsandbytes.functional import quantize_4bit
+
+    out: dict[str, torch.Tensor] = {}
+    for name, tensor in bfl_state.items():
+        if tensor.ndim == 2 and name.endswith(".weight"):
+            packed, quant_state = quantize_4bit(
+                tensor.to(torch.bfloat16), blocksize=64, quant_type="nf4", compress_statistics=nested
+            )
+            out[name] = packed
+            out |= {f"{name}.{k}": v for k, v in quant_state.as_dict(packed=True).items()}
+        else:
+            out[name] = tensor.to(torch.bfloat16)
+    return out
