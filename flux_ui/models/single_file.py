@@ -18,7 +18,7 @@ import torch
 from flux_ui.core.errors import ModelUnavailableError
 from flux_ui.core.settings import DEFAULT_SHARED_REPO, Settings
 from flux_ui.core.variants import Variant
-from flux_ui.models import files, layouts, quantized, sources
+from flux_ui.models import files, float8_file, hashes, layouts, quantized, sources
 
 CONFIGS = Path(__file__).resolve().parents[2] / "assets" / "configs"  # the shipped configs, in hub layout
 # The repo whose configuration describes each transformer family (see files.FAMILIES), and the shared
@@ -81,6 +81,7 @@ def transformer(settings: Settings, variant: Variant, source: str) -> torch.nn.M
 
     path, what, setting = Path(source).expanduser(), f"{variant.label} transformer", f"--model {variant.name}=FILE"
     found = _identify(what, path, setting, "transformer")
+    hashes.start(path)  # the images' `Model hash`, read beside the load (see `hashes`)
     if found.family != variant_family(variant):
         raise ModelUnavailableError(
             what,
@@ -93,6 +94,8 @@ def transformer(settings: Settings, variant: Variant, source: str) -> torch.nn.M
     gguf = found.format.startswith("gguf")
 
     def load():
+        if float8_file.wanted(settings, found):  # float8 weights straight from the file (see float8_file)
+            return float8_file.transformer(path, found, config, settings.dtype)
         if gguf:  # kept quantised: diffusers' GGUF layers dequantise each weight as it is used
             state = quantized.gguf_tensors(path, found.parts["transformer"])
             extra = {"quantization_config": quantized.gguf_config(settings.dtype)}

@@ -66,17 +66,28 @@ class Float8RowwiseLinear(torch.nn.Module):
     """
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None):
-        super().__init__()
-        self.in_features, self.out_features = weight.shape[1], weight.shape[0]
         w = weight.detach().float()
         scale = w.abs().amax(dim=1, keepdim=True).clamp(min=1e-12) / FP8_MAX  # (out, 1)
-        self.register_buffer("weight_fp8", (w / scale).clamp(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn))
-        self.register_buffer("weight_scale", scale.t().contiguous())  # (1, out), as _scaled_mm wants it
+        self._hold((w / scale).clamp(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn), scale, bias)
+
+    def _hold(self, weight_fp8: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None) -> None:
+        torch.nn.Module.__init__(self)
+        self.in_features, self.out_features = weight_fp8.shape[1], weight_fp8.shape[0]
+        self.register_buffer("weight_fp8", weight_fp8)
+        self.register_buffer("weight_scale", scale.float().reshape(1, -1).contiguous())  # (1, out), for _scaled_mm
         self.bias = None if bias is None else torch.nn.Parameter(bias.detach(), requires_grad=False)
 
     @classmethod
     def from_linear(cls, linear: torch.nn.Linear) -> Float8RowwiseLinear:
         return cls(linear.weight, linear.bias)
+
+    @classmethod
+    def from_float8(cls, weight_fp8: torch.Tensor, row_scale: torch.Tensor, bias: torch.Tensor | None):
+        """A layer holding float8_e4m3fn weights as they are (a file's), weight = value x its row's scale
+        (`row_scale`: one per output row, or per-tensor scales repeated): nothing is requantised."""
+        layer = cls.__new__(cls)
+        layer._hold(weight_fp8, row_scale, bias)
+        return layer
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
