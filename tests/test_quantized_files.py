@@ -118,6 +118,29 @@ def test_image_from_a_gguf_file_is_close_to_the_full_precision_image(settings, g
     assert diff4.mean() < 2.0
 
 
+def test_loras_apply_to_a_gguf_transformer_and_lycoris_ones_say_why_not(settings, gguf_tree, tmp_path):
+    """A LoRA is a PEFT layer beside the GGUF layer (which dequantises its own weight): it changes the image,
+    and without it the image is the base one, bit for bit. PEFT's LoKr/LoHa layers need the weight's shape
+    in elements, which packed blocks lack: those are refused with the reason."""
+    from flux_ui.core.errors import InvalidInput
+    from flux_ui.tiny.loras import kohya_state, lokr_state, save
+
+    save(tmp_path / "ink.safetensors", kohya_state(3, guidance=True))
+    save(tmp_path / "lokr.safetensors", lokr_state(3))
+    registry = Registry(replace(settings, models_dirs=(gguf_tree,), lora_dirs=(tmp_path,)))
+
+    def run(prompt):
+        params = TextToImageParams(prompt=prompt, variant="dev", width=64, height=64, steps=1, seed=3)
+        job = validate_text_to_image(params, registry.settings, registry.loras)
+        return np.asarray(text_to_image(registry, job).images[0].image).astype(np.int16)
+
+    base = run("a red fox")
+    assert np.abs(run("a red fox <lora:ink:1>") - base).mean() > 1
+    with pytest.raises(InvalidInput, match="cannot be applied to a GGUF transformer"):
+        run("a red fox <lora:lokr:1>")
+    np.testing.assert_array_equal(run("a red fox"), base)
+
+
 def test_a_cut_short_gguf_file_is_named_with_the_reason(settings, gguf_tree):
     path = gguf_tree / "models/unet/cut-Q8_0.gguf"
     registry = Registry(replace(settings, model_paths={"dev": str(path)}))

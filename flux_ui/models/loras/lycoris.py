@@ -176,6 +176,13 @@ def read(pipe, lora: LoraFile, reads) -> tuple[dict, dict | None, dict]:
     reads[f"lora:{lora.name}"] += 1
     state = load_file(lora.path)
     what = kind(state)
+    if getattr(pipe.transformer, "hf_quantizer", None) is not None and what != "DoRA":
+        raise InvalidInput(
+            "prompt",
+            f"LoRA {lora.name!r} is a LyCORIS {what} file, which cannot be applied to a GGUF transformer (PEFT's "
+            f"{what} layers need the weight's shape, which GGUF's packed blocks do not have); use a safetensors "
+            "transformer file for it",
+        )
     config = pipe.transformer.config
     try:
         what, sd, alphas = to_peft(state, config.num_attention_heads * config.attention_head_dim)
