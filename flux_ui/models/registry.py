@@ -161,8 +161,12 @@ class Registry(Placement):
         if not variant.has_transformer:
             variant = get_variant(variant.base)
         src = sources.resolve_source(self.settings, variant.name, variant.repo_id)
-        model = hashes.model_hash(src) if sources.is_file(src) else ""
-        return model, tuple((name, hashes.lora_hash(self.loras.fetch(name).path)) for name, _ in loras)
+        try:
+            model = hashes.model_hash(src) if sources.is_file(src) else ""
+            return model, tuple((name, hashes.lora_hash(self.loras.fetch(name).path)) for name, _ in loras)
+        except (OSError, InvalidInput) as err:  # a file gone since it was loaded: the images go without hashes
+            log.warning("file hashes for the images' metadata: %s", err)
+            return "", ()
 
     def aux(self, key: str, what: str, source: str, setting: str, loader: Callable[[], object]) -> object:
         """A model other than FLUX's own (the Redux image encoder, the VQA model, a depth estimator...),
