@@ -1,8 +1,9 @@
 """Single model files as ComfyUI, Forge and A1111 keep them: what each file is, told by its tensors.
 
-`identify(path)` reads only a file's header (tensor names, shapes and dtypes, through `safe_open`), never
-its weights, and says what it holds: a FLUX.1 transformer (BFL keys, as BFL and ComfyUI ship them, or
-diffusers keys), the FLUX VAE (`ae.safetensors`), a CLIP-L or T5-XXL text encoder, or an all-in-one
+`identify(path)` reads only a file's header (tensor names, shapes and dtypes, through `safe_open`; a GGUF
+file's names, shapes and quantisation types through the gguf reader), never its weights, and says what it
+holds: a FLUX.1 transformer (BFL keys, as BFL and ComfyUI ship them, or diffusers keys; in any dtype, fp8,
+GGUF or NF4), the FLUX VAE (`ae.safetensors`), a CLIP-L or T5-XXL text encoder, or an all-in-one
 checkpoint holding several of those. `scan(folders)` walks the usual sub-folders of a ComfyUI root, a
 Forge/A1111 root or a bare `models/` folder and identifies every model file there; files that cannot be
 used come back as "skipped" with the reason, so the Models tab can say why.
