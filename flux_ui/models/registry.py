@@ -26,7 +26,7 @@ from flux_ui.core.memory import WORKSPACE_BYTES, module_bytes
 from flux_ui.core.settings import Settings
 from flux_ui.core.turns import Line
 from flux_ui.core.variants import Variant, get_variant
-from flux_ui.models import loading, placement, sources, speed
+from flux_ui.models import hashes, loading, placement, sources, speed
 from flux_ui.models.loading import SharedParts
 from flux_ui.models.loras.library import LoraLibrary, LoraRequest
 from flux_ui.models.placement import SHARED_EVICTION_ORDER, Placement
@@ -153,6 +153,20 @@ class Registry(Placement):
             self._move(f"transformer:{name}", model, self.settings.device)
             self._enforce_ram_budget()
             return model
+
+    def file_hashes(self, variant: Variant, loras: LoraRequest) -> tuple[str, tuple[tuple[str, str], ...]]:
+        """A1111's `Model hash` of the transformer file `variant` runs ("" unless it is a single file: a
+        diffusers folder is no one file Civitai knows) and each LoRA's hash, for the images' metadata.
+        Each file is hashed once (see `hashes`)."""
+        if not variant.has_transformer:
+            variant = get_variant(variant.base)
+        src = sources.resolve_source(self.settings, variant.name, variant.repo_id)
+        try:
+            model = hashes.model_hash(src) if sources.is_file(src) else ""
+            return model, tuple((name, hashes.lora_hash(self.loras.fetch(name).path)) for name, _ in loras)
+        except (OSError, InvalidInput) as err:  # a file gone since it was loaded: the images go without hashes
+            log.warning("file hashes for the images' metadata: %s", err)
+            return "", ()
 
     def aux(self, key: str, what: str, source: str, setting: str, loader: Callable[[], object]) -> object:
         """A model other than FLUX's own (the Redux image encoder, the VQA model, a depth estimator...),

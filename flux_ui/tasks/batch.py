@@ -77,6 +77,7 @@ def generate_batch(
     total = steps_run * batch.num_images
     if batch.guidance is not None:
         inputs["guidance_scale"] = batch.guidance
+    outputs = []
     for i in range(batch.num_images):
         callback = step_callback(registry, on_step, should_stop, i, steps_run, total, batch.size)
         with torch.inference_mode():
@@ -91,6 +92,11 @@ def generate_batch(
                 callback_on_step_end=callback,
                 **inputs,
             )
+        outputs.append(out.images[0])
+    timings["generate"] = time.perf_counter() - t
+    # After the images: a transformer file's hash started when it loaded, and has had their time to finish.
+    model_hash, lora_hashes = registry.file_hashes(batch.variant, batch.loras)
+    for i, image in enumerate(outputs):
         meta = ImageMeta(
             prompt=batch.prompt,
             variant=batch.variant.name,
@@ -101,9 +107,10 @@ def generate_batch(
             height=height,
             loras=batch.loras,
             extra=dict(batch.extra),
+            model_hash=model_hash,
+            lora_hashes=lora_hashes,
         )
-        images.append(GeneratedImage(out.images[0], meta, notes))
-    timings["generate"] = time.perf_counter() - t
+        images.append(GeneratedImage(image, meta, notes))
     return images, timings
 
 
