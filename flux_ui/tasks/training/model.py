@@ -37,15 +37,12 @@ WEIGHT_DECAY = 1e-4  # diffusers' script's AdamW default
 MAX_GRAD_NORM = 1.0
 
 
-def block_linears(model: torch.nn.Module) -> list[tuple[torch.nn.Module, str, torch.nn.Linear]]:
-    """(parent, attribute, layer) for every Linear in the transformer blocks: 99% of the weights."""
+def block_linears(model: torch.nn.Module) -> list[tuple[str, str]]:
+    """(parent module name, attribute) of every Linear in the transformer blocks: 99% of the weights."""
     found = []
     for name, parent in model.named_modules():
-        if not name.startswith(("transformer_blocks.", "single_transformer_blocks.")):
-            continue
-        for attr, child in parent.named_children():
-            if type(child) is torch.nn.Linear:
-                found.append((parent, attr, child))
+        if name.startswith(("transformer_blocks.", "single_transformer_blocks.")):
+            found += [(name, attr) for attr, child in parent.named_children() if type(child) is torch.nn.Linear]
     return found
 
 
@@ -55,11 +52,13 @@ def quantize_nf4(model: torch.nn.Module, device: str, compute_dtype: torch.dtype
 
     diffusers quantises with bitsandbytes only while loading from a diffusers folder (`from_pretrained`
     with a BitsAndBytesConfig); the transformer here may come from a single file, so its layers are
-    swapped one by one, as that loader does."""
+    swapped one by one, as that loader does. Each bf16 layer is dropped as soon as its 4-bit one is in."""
     import bitsandbytes as bnb
 
-    layers = block_linears(model)
-    for parent, attr, linear in layers:
+    names = block_linears(model)
+    for parent_name, attr in names:
+        parent = model.get_submodule(parent_name)
+        linear = getattr(parent, attr)
         q = bnb.nn.Linear4bit(
             linear.in_features,
             linear.out_features,
@@ -70,10 +69,11 @@ def quantize_nf4(model: torch.nn.Module, device: str, compute_dtype: torch.dtype
         )
         q.weight = bnb.nn.Params4bit(linear.weight.data.to(compute_dtype), requires_grad=False, quant_type="nf4")
         if linear.bias is not None:
-            q.bias = torch.nn.Parameter(linear.bias.data.to(compute_dtype), requires_grad=False)
+            q.bias = torch.nn.Parameter(linear.bias.data.to(device, compute_dtype), requires_grad=False)
+        del linear
         setattr(parent, attr, q.to(device))
     model.to(device)
-    return len(layers)
+    return len(names)
 
 
 def add_lora(model: torch.nn.Module, rank: int) -> list[torch.nn.Parameter]:
