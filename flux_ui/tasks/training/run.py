@@ -102,8 +102,9 @@ def _load_checkpoint(job: TrainJob, transformer, opt) -> tuple[int, list[float]]
     return int(state["step"]), [float(x) for x in state["losses"]]
 
 
-def _encode(registry: Registry, job: TrainJob) -> tuple[list[data.Example], list[tuple]]:
-    """Every image and caption encoded once, and the sample prompts; the text encoders leave the GPU after."""
+def _encode(registry: Registry, job: TrainJob) -> tuple[list[data.Example], list[tuple], torch.nn.Module]:
+    """Every image and caption encoded once, and the sample prompts; the text encoders leave the GPU after,
+    the VAE (returned, for the sample images) stays."""
     from diffusers import FluxPipeline
 
     device = registry.settings.device
@@ -124,8 +125,8 @@ def _encode(registry: Registry, job: TrainJob) -> tuple[list[data.Example], list
     examples = [
         data.Example(lat, emb, pooled, bucket) for (lat, bucket), (emb, pooled) in zip(images, texts, strict=True)
     ]
-    registry.make_room(EVERYTHING, keep=("vae",))  # the VAE stays for the sample images
-    return examples, samples
+    registry.make_room(EVERYTHING, keep=("vae",))
+    return examples, samples, shared.vae
 
 
 def _transformer(registry: Registry, job: TrainJob) -> torch.nn.Module:
@@ -143,13 +144,14 @@ def _transformer(registry: Registry, job: TrainJob) -> torch.nn.Module:
 
 
 @torch.no_grad()
-def _sample(registry: Registry, job: TrainJob, transformer, embeds: list[tuple], autocast) -> list[Image.Image]:
-    """One image per sample prompt, with the LoRA as trained so far (same seed each time, to compare)."""
+def _sample(registry: Registry, job: TrainJob, transformer, vae, embeds: list[tuple], autocast) -> list[Image.Image]:
+    """One image per sample prompt, with the LoRA as trained so far (same seed each time, to compare).
+    Only the transformer and the VAE are used: the prompts were encoded before training."""
     from diffusers import FluxPipeline
 
     pipe = FluxPipeline(
         scheduler=registry.scheduler(VARIANT),
-        vae=registry.shared().vae,
+        vae=vae,
         text_encoder=None,
         tokenizer=None,
         text_encoder_2=None,
@@ -193,7 +195,7 @@ def train_lora(
     transformer = None
     try:
         with _no_cudnn_attention(device):
-            examples, sample_embeds = _encode(registry, job)
+            examples, sample_embeds, vae = _encode(registry, job)
             transformer = _transformer(registry, job)
             with torch.random.fork_rng(devices=[]):  # the LoRA's initial weights from the run's seed
                 torch.manual_seed(job.seed)
@@ -231,7 +233,7 @@ def train_lora(
                 last = step == job.steps
                 if sample_embeds and ((job.sample_every and step % job.sample_every == 0) or last):
                     emit(TrainEvent("sampling", step, job.steps, losses[-1]))
-                    samples = _sample(registry, job, transformer, sample_embeds, autocast)
+                    samples = _sample(registry, job, transformer, vae, sample_embeds, autocast)
                     emit(TrainEvent("sampling", step, job.steps, losses[-1], tuple(samples)))
             trained = time.perf_counter()
             emit(TrainEvent("saving", step, job.steps, losses[-1] if losses else None))
