@@ -177,8 +177,10 @@ def test_cancel_then_resume_continues_from_the_checkpoint(work):
     resumed_job = validate(work, TrainParams(name="resumed", resume=True))
     assert resumed_job.captions == job.captions and resumed_job.steps == steps
     done = []
-    result = train_lora(reg, resumed_job, lambda ev: done.append(ev.step) if ev.phase == "training" else None)
-    assert done == list(range(2, steps + 1))  # from the checkpoint's step on
+    resumed = []
+    result = train_lora(reg, resumed_job, lambda ev: (done if ev.phase == "training" else resumed).append(ev))
+    assert [ev.step for ev in done] == list(range(2, steps + 1))  # from the checkpoint's step on
+    assert resumed[1].phase == "resumed" and len(resumed[1].history) == 1  # after "preparing"
     straight = train_lora(reg, validate(work, params("straight", steps=steps, sample_prompts="")))
     torch.testing.assert_close(torch.tensor(result.losses), torch.tensor(straight.losses), atol=1e-4, rtol=1e-4)
 

@@ -42,13 +42,15 @@ EVERYTHING = 2**62  # bytes asked of `make_room`: evict all that may go
 
 @dataclass
 class TrainEvent:
-    """Progress of a run: a phase ("preparing", "training", "sampling", "saving"), the step, the loss."""
+    """Progress of a run: a phase ("preparing", "resumed", "training", "sampling", "saving"), the step, the
+    loss."""
 
     phase: str
     step: int  # steps done
     steps: int  # steps of the run
     loss: float | None = None  # this step's loss
     samples: tuple[Image.Image, ...] = ()  # sample images made at this step
+    history: tuple[float, ...] = ()  # "resumed": the losses of the steps before the checkpoint
 
 
 @dataclass
@@ -202,6 +204,8 @@ def train_lora(
                 params = model.add_lora(transformer, job.rank)
             opt = model.optimizer(params, job.preset.optimizer, job.learning_rate, device)
             step, losses = _load_checkpoint(job, transformer, opt)
+            if step:
+                emit(TrainEvent("resumed", step, job.steps, losses[-1] if losses else None, history=tuple(losses)))
             sigmas = registry.scheduler(VARIANT).sigmas
             prepared = time.perf_counter()
             samples: list[Image.Image] = []

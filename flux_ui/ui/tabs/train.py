@@ -15,7 +15,7 @@ import gradio as gr
 
 from flux_ui.core.errors import Cancelled, InvalidInput
 from flux_ui.tasks.training.captions import CAPTION_TEMPLATE, caption_images
-from flux_ui.tasks.training.params import MIN_IMAGES, TrainParams, validate_training
+from flux_ui.tasks.training.params import MIN_IMAGES, RUN_FILE, TrainParams, validate_training
 from flux_ui.tasks.training.presets import PRESETS, default_preset
 from flux_ui.tasks.training.run import TrainEvent, TrainResult, train_lora
 from flux_ui.ui.common import UiContext, gpu_event, invalid
@@ -45,6 +45,8 @@ def _status(ev: TrainEvent) -> str:
         return "Encoding images and captions, loading the model…"
     if ev.phase == "saving":
         return f"Step {ev.step}/{ev.steps}: saving the LoRA…"
+    if ev.phase == "resumed":
+        return f"Resumed at step {ev.step}/{ev.steps}"
     loss = f" · loss {ev.loss:.4f}" if ev.loss is not None else ""
     what = "making sample images" if ev.phase == "sampling" and not ev.samples else "training"
     return f"Step {ev.step}/{ev.steps}{loss} · {what}"
@@ -73,7 +75,9 @@ def build(ctx: UiContext) -> TrainTab:
         shown = {"at": 0.0, "step": 0}
 
         def show(ev: TrainEvent):
-            if ev.loss is not None and ev.phase == "training":
+            if ev.phase == "resumed":
+                losses[:] = ev.history
+            elif ev.loss is not None and ev.phase == "training":
                 losses.append(ev.loss)
             shown["step"] = ev.step
             now = time.monotonic()
@@ -97,11 +101,13 @@ def build(ctx: UiContext) -> TrainTab:
                 keep_cancelled=True,
             )
         except Cancelled:
-            if not shown["step"]:
-                yield "**Cancelled** before the first step. Nothing was saved.", gr.skip(), gr.skip(), ""
-                return
-            saved = f"**Cancelled** after step {shown['step']}: a checkpoint was saved; press Resume to continue."
-            yield saved, gr.skip(), gr.skip(), ""
+            if shown["step"]:
+                text = f"**Cancelled** after step {shown['step']}: a checkpoint was saved; press Resume to continue."
+            elif (job.run_dir / RUN_FILE).is_file():
+                text = "**Cancelled** before the first step; press Resume to start the run again."
+            else:
+                text = "**Cancelled** while waiting for the GPU. Nothing was saved."
+            yield text, gr.skip(), gr.skip(), ""
             return
         yield f"Done: {result.steps} steps.", _plot(result.losses), gr.skip(), _summary(result)
 
