@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from flux_ui.tasks.training import model  # noqa: E402
 from flux_ui.tasks.training.presets import PRESETS  # noqa: E402
-from flux_ui.tasks.training.run import _no_cudnn_attention  # noqa: E402
+from flux_ui.tasks.training.run import no_cudnn_attention  # noqa: E402
 
 log = logging.getLogger("bench")
 GIB = 2**30
@@ -114,7 +114,7 @@ def measure(transformer, preset, size: int, device: str, dtype: torch.dtype, tin
         if cuda:
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats()
-        with _no_cudnn_attention(device):
+        with no_cudnn_attention(device):
             for i in range(WARMUP + STEPS):
                 start = sync()
                 with autocast:

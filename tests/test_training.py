@@ -255,3 +255,19 @@ def test_the_small_presets_train_on_a_4bit_base(work, monkeypatch):
     assert len(layers) >= 10 and seen["model"].transformer_blocks[0].ff.net[2].base_layer in layers
     assert seen["model"].is_gradient_checkpointing
     assert all(torch.isfinite(torch.tensor(result.losses))) and result.path.is_file()
+
+
+def test_captions_come_from_the_vqa_model_one_per_image(work):
+    from flux_ui.tasks.training.captions import caption_images
+
+    settings, reg = work
+    seen = []
+    captions = caption_images(reg, training_images()[:2], "Describe it.", lambda i, c: seen.append(i))
+    assert len(captions) == 2 and seen == [0, 1] and all(isinstance(c, str) for c in captions)
+    with pytest.raises(InvalidInput, match="images: upload the training images first"):
+        caption_images(reg, [], "Describe it.")
+    with pytest.raises(InvalidInput) as err:
+        caption_images(reg, [training_images()[0], b"junk"], "Describe it.")
+    assert err.value.field == "images[1]"
+    with pytest.raises(Cancelled):
+        caption_images(reg, training_images()[:2], "Describe it.", should_stop=lambda: True)

@@ -64,7 +64,7 @@ class TrainResult:
 
 
 @contextmanager
-def _no_cudnn_attention(device: str) -> Iterator[None]:
+def no_cudnn_attention(device: str) -> Iterator[None]:
     cuda = torch.device(device).type == "cuda"
     before = torch.backends.cuda.cudnn_sdp_enabled() if cuda else None
     if cuda:
@@ -196,7 +196,7 @@ def train_lora(
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.startswith("cuda") else nullcontext()
     transformer = None
     try:
-        with _no_cudnn_attention(device):
+        with no_cudnn_attention(device):
             examples, sample_embeds, vae = _encode(registry, job)
             transformer = _transformer(registry, job)
             with torch.random.fork_rng(devices=[]):  # the LoRA's initial weights from the run's seed
