@@ -271,3 +271,19 @@ def test_captions_come_from_the_vqa_model_one_per_image(work):
     assert err.value.field == "images[1]"
     with pytest.raises(Cancelled):
         caption_images(reg, training_images()[:2], "Describe it.", should_stop=lambda: True)
+
+
+def test_a_diverging_run_names_the_learning_rate_and_can_start_again(work, monkeypatch):
+    from flux_ui.tasks.training import model
+
+    settings, reg = work
+    job = validate(work, params("diverges", steps=3, sample_prompts=""))
+    # Divergence takes many steps on the tiny model: the real loss times NaN stands for it.
+    loss = model.flow_matching_loss
+    monkeypatch.setattr(model, "flow_matching_loss", lambda *a, **k: loss(*a, **k) * float("nan"))
+    with pytest.raises(InvalidInput) as err:
+        train_lora(reg, job)
+    assert err.value.field == "learning_rate" and "lower it" in str(err.value)
+    assert not job.run_dir.exists() and not job.output.exists()
+    monkeypatch.undo()
+    validate(work, params("diverges"))  # the name is free again

@@ -65,11 +65,11 @@ def to_tensor(image: Image.Image) -> torch.Tensor:
 @torch.no_grad()
 def encode_prompts(pipe, prompts: list[str], device: str) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """(T5 embedding, CLIP pooled embedding) per prompt, with the pipeline's own encoders and lengths
-    (512 T5 tokens for [dev], as at inference)."""
+    (512 T5 tokens for [dev], as at inference), in float32 in CPU RAM."""
     out = []
     for prompt in prompts:
         embeds, pooled, _ = pipe.encode_prompt(prompt, prompt_2=None, device=device, max_sequence_length=512)
-        out.append((embeds[0].float(), pooled[0].float()))
+        out.append((embeds[0].float().cpu(), pooled[0].float().cpu()))  # to the GPU per step: 8 MB each
     return out
 
 
@@ -84,7 +84,7 @@ def encode_images(vae, images: tuple[Image.Image, ...], resolution: int, device:
         pixels = to_tensor(fit(image, bucket))[None].to(device, vae.dtype)
         latents = vae.encode(pixels).latent_dist.mode()
         latents = (latents - vae.config.shift_factor) * vae.config.scaling_factor
-        out.append((latents[0].float(), bucket))
+        out.append((latents[0].float().cpu(), bucket))
     return out
 
 

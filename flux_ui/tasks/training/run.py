@@ -19,6 +19,8 @@ from __future__ import annotations
 import gc
 import json
 import logging
+import math
+import shutil
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
@@ -28,7 +30,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from flux_ui.core.errors import Cancelled
+from flux_ui.core.errors import Cancelled, InvalidInput
 from flux_ui.models.registry import Registry
 from flux_ui.tasks.training import data, export, model
 from flux_ui.tasks.training.params import RUN_FILE, TrainJob, image_file
@@ -228,6 +230,14 @@ def train_lora(
                 opt.zero_grad(set_to_none=True)
                 step += 1
                 losses.append(float(loss.detach()))
+                if not math.isfinite(losses[-1]):
+                    if not job.resume:  # nothing worth keeping: the same name can be trained again at once
+                        shutil.rmtree(job.run_dir, ignore_errors=True)
+                    raise InvalidInput(
+                        "learning_rate",
+                        f"{job.learning_rate:g} made the loss {losses[-1]} at step {step}; lower it (1e-4 is usual) "
+                        "and train again",
+                    )
                 emit(TrainEvent("training", step, job.steps, losses[-1]))
                 if stop():
                     _save_checkpoint(job, transformer, opt, step, losses)
