@@ -42,6 +42,7 @@ class Registry(Placement):
         super().__init__(settings)
         self._scheduler_configs: dict[str, dict] = {}
         self._previewer: LatentPreviewer | None = None
+        self._tokenizers: tuple[object, object] | None = None  # read alone, before the shared parts
         self.load_counts: Counter[str] = Counter()  # component -> loads from disk or hub
         self.loras = LoraLibrary(settings.lora_dirs, settings.hub_loras)  # the LoRAs a prompt can name
         self.line = Line()  # turns at the GPU for every surface's jobs, in arrival order
@@ -110,6 +111,29 @@ class Registry(Placement):
                 ),
             ),
         }
+
+    def fresh_transformer(self, name: str) -> torch.nn.Module:
+        """A copy of variant `name`'s transformer read afresh from its source, in RAM, in the settings' dtype,
+        neither cached nor placed: for LoRA training, which changes its layers (adapters, 4-bit weights,
+        gradient checkpointing) and so must never share it with inference. The caller places it."""
+        variant = get_variant(name)
+        if not variant.has_transformer:
+            raise ValueError(f"variant: {variant.label} has no transformer of its own; use {variant.base!r}")
+        return self._load_transformer(variant)
+
+    def tokenizers(self) -> tuple[object, object]:
+        """The shared CLIP and T5 tokenizers, read without their encoders when those are not loaded yet
+        (training checks caption lengths with them before any model is placed)."""
+        with self._lock:
+            if self._shared is not None:
+                return self._shared.tokenizer, self._shared.tokenizer_2
+            if self._tokenizers is None:
+                self._tokenizers = loading.tokenizers(self.settings, self.load_counts)
+            return self._tokenizers
+
+    def scheduler(self, name: str):
+        """A fresh scheduler of variant `name` (training reads its sigmas, samples run with it)."""
+        return self._scheduler(get_variant(name))
 
     def _scheduler(self, variant: Variant):
         """A fresh scheduler per run (schedulers hold per-run state); its config is read once."""

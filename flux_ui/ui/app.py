@@ -60,7 +60,7 @@ def _models_tab(ctx: UiContext) -> None:
 def build_ui(registry: Registry) -> gr.Blocks:
     """Build the Blocks app around `registry`; call `.queue(...)` and `.launch()` on the result."""
     from flux_ui.ui import handoff
-    from flux_ui.ui.tabs import control, fill, history, image_to_image, kontext, redux, text_to_image, vqa
+    from flux_ui.ui.tabs import control, fill, history, image_to_image, kontext, redux, text_to_image, train, vqa
 
     ctx = UiContext(registry)
     with gr.Blocks(title="FLUX UI") as demo:
@@ -79,6 +79,7 @@ def build_ui(registry: Registry) -> gr.Blocks:
             ctx.tabs["vqa"] = vqa.build(ctx)
             ctx.tabs["fill"] = fill.build(ctx)
             ctx.tabs["control"] = control.build(ctx)
+            ctx.tabs["train"] = train.build(ctx)
             if ctx.settings.history:
                 ctx.tabs["history"] = history.build(ctx)
             _models_tab(ctx)
@@ -88,5 +89,9 @@ def build_ui(registry: Registry) -> gr.Blocks:
         vqa_tab.suggest_event.success(
             lambda text: text, vqa_tab.suggested_edit, kontext_tab.instruction, api_visibility="private"
         )
+        # A LoRA trained in the Train tab is in the Text to image tab's picker at once.
+        t2i = ctx.tabs["t2i"]
+        for done in ctx.tabs["train"].done:
+            done.success(t2i.refresh_loras, None, t2i.loras, api_visibility="private")
     refuse_foreign_files(demo)
     return demo

@@ -37,6 +37,8 @@ class TextToImageTab:
     selected: gr.State  # index of the gallery image the user clicked
     send_row: gr.Row  # where the hand-off buttons go
     parameters: Receiver  # fills the form from the parameters embedded in a PNG
+    loras: gr.Dropdown  # the LoRA picker; `refresh_loras` gives its choices after the library changed
+    refresh_loras: object  # () -> the picker's update, from a rescan of the LoRA folders
 
 
 def variant_note(name: str) -> str:
@@ -287,4 +289,6 @@ def build(ctx: UiContext) -> TextToImageTab:
         selected=selected,
         send_row=send_row,
         parameters=Receiver(form, receive_parameters),
+        loras=lora_pick,
+        refresh_loras=lambda: gr.update(choices=[(e.label, e.name) for e in library.entries()]),
     )
