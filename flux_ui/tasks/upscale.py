@@ -102,18 +102,31 @@ class UpscaleJob:
         return self.steps - int(max(self.steps - self.steps * self.strength, 0)) if self.strength else 0
 
 
+def scaled(image: Image.Image, scale: float) -> tuple[int, int]:
+    """The input's sides times `scale`, each to the nearest multiple of 16 (FLUX's patch size)."""
+    return tuple(max(16, round(side * scale / 16) * 16) for side in image.size)
+
+
+def fits(size: tuple[int, int], settings: Settings) -> bool:
+    return size[0] * size[1] <= settings.max_pixels and max(size) <= MAX_SIDE
+
+
 def target_size(image: Image.Image, scale: float, settings: Settings) -> tuple[int, int]:
-    """The output (width, height): the input's sides times `scale`, each to the nearest multiple of 16;
-    InvalidInput on `scale` when that is over the megapixel or side limit, with the largest scale that fits."""
-    width, height = (max(16, round(side * scale / 16) * 16) for side in image.size)
-    fits = min((settings.max_pixels / (image.width * image.height)) ** 0.5, MAX_SIDE / max(image.size))
-    if width * height > settings.max_pixels or max(width, height) > MAX_SIDE:
-        hint = f"use at most {fits:.2f}" if fits >= MIN_SCALE else "send a smaller image"
+    """The output (width, height) of `scaled`; InvalidInput on `scale` when that is over the megapixel or
+    side limit, naming the largest scale that fits."""
+    width, height = scaled(image, scale)
+    if not fits((width, height), settings):
+        best = next((s / 100 for s in range(int(scale * 100), 0, -1) if fits(scaled(image, s / 100), settings)), 0)
+        hint = f"use at most {best:g}" if best >= MIN_SCALE else "send a smaller image"
+        limit = (
+            f"over the limit of {settings.max_megapixels:g} megapixels"
+            if width * height > settings.max_pixels
+            else f"over {MAX_SIDE} px a side"
+        )
         raise InvalidInput(
             "scale",
             f"{scale:g} makes {width}x{height} ({width * height / 1e6:.2f} megapixels) from the "
-            f"{image.width}x{image.height} input, over the limit of {settings.max_megapixels:g} megapixels and "
-            f"{MAX_SIDE} px a side; {hint} (or raise --max-megapixels)",
+            f"{image.width}x{image.height} input, {limit}; {hint} (or raise --max-megapixels)",
         )
     return check_size(width, height, settings)
 
