@@ -200,3 +200,22 @@ def test_rest_and_task_table(registry, esrgan, picture):
     assert r.status_code == 422 and r.json()["field"] == "scale", r.text
     r = client.post("/generate", json={**body, "tiling": "sometimes"})
     assert r.status_code == 422 and r.json()["field"] == "tiling", r.text
+
+
+def test_gradio_client_endpoint(app_server, tmp_path, picture):
+    from gradio_client import Client, handle_file
+    from gradio_client.exceptions import AppError
+
+    client = Client(app_server[0], verbose=False)
+    source = tmp_path / "input.png"
+    picture.save(source)
+    gallery, seed_used, info = client.predict(
+        handle_file(str(source)), "a fox in the rain", scale=2, strength=0.4, steps=3, seed=78, api_name="/upscale"
+    )
+    assert seed_used == 78 and TINY_UPSCALER in info and "strength 0.4" in info  # --tiny offers the tiny ESRGAN
+    with Image.open(gallery[0]["image"]) as img:
+        assert img.size == (192, 128)
+        fields = parse_parameters(read_parameters(img))
+    assert (fields["Hires upscaler"], fields["Seed"], fields["Steps"]) == (TINY_UPSCALER, "78", "3")
+    with pytest.raises(AppError, match="scale: 9.0 is out of range; use 1.5 to 4"):
+        client.predict(handle_file(str(source)), "a fox", scale=9, api_name="/upscale")
