@@ -185,6 +185,7 @@ class FluxUI:
         image: object,
         instruction: str,
         *,
+        images: Sequence[object] = (),
         resolution: Size = "auto",
         steps: int | None = None,
         guidance: float | None = None,
@@ -193,12 +194,14 @@ class FluxUI:
         on_step: Callable | None = None,
     ) -> Result:
         """`image` edited as `instruction` says, with FLUX.1 Kontext [dev]; "auto" resolution keeps Kontext's
-        preferred size for the image's aspect ratio."""
+        preferred size for the image's aspect ratio. Up to three more reference `images` are stitched
+        beside `image` into the one picture Kontext reads."""
         return self._call(
             "kontext_edit",
             {"prompt": "instruction"},
             prompt=instruction,
             image=image,
+            images=images,
             resolution=resolution,
             steps=steps,
             guidance=guidance,

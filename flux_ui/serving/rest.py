@@ -49,7 +49,9 @@ class GenerateRequest(BaseModel):
     task: Task
     prompt: str = Field("", max_length=MAX_TEXT_CHARS, description="the prompt, instruction or VQA question")
     image: str | None = Field(None, max_length=MAX_IMAGE_CHARS, description="base64 (or data: URL) PNG/JPEG/WebP")
-    images: list[str] = Field([], max_length=3, description="Redux: up to three more references, base64 like `image`")
+    images: list[str] = Field(
+        [], max_length=3, description="Redux, Kontext: up to three more references, base64 like `image`"
+    )
     strengths: list[Number] = Field([], max_length=4, description="Redux: one strength per reference, 0-2")
     strength: Number | None = Field(
         None,
