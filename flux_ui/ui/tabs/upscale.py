@@ -85,7 +85,7 @@ def build(ctx: UiContext) -> UpscaleTab:
     dev = get_variant("dev")
     found = list(upscalers.find(settings))
 
-    def run(
+    def upscale_image(
         image: dict | str | None,
         prompt: str = "",
         scale: float = DEFAULT_SCALE,
@@ -173,7 +173,7 @@ def build(ctx: UiContext) -> UpscaleTab:
     variant.input(variant_defaults, variant, [steps, guidance], api_visibility="private")
     gr.on(
         [run_btn.click, prompt.submit],
-        run,
+        upscale_image,
         [image, prompt, scale, upscaler, strength, variant, steps, guidance, seed, tiling],
         [gallery, last_seed, info],
         api_name="upscale",
