@@ -156,18 +156,18 @@ def build(ctx: UiContext) -> KontextTab:
             with gr.Row():
                 edit_btn = gr.Button("Edit", variant="primary", elem_id="kontext-edit")
                 cancel_btn = gr.Button("Cancel", variant="stop", elem_id="kontext-cancel")
-            with gr.Accordion(f"+ more references (up to {MAX_REFERENCES - 1})", open=False, elem_id="kontext-more"):
-                with gr.Row():
-                    more = [
-                        gr.Image(
-                            label=f"Reference {n}",
-                            type="filepath",
-                            sources=["upload", "clipboard"],
-                            elem_id=f"kontext-image-{n}",
-                        )
-                        for n in range(2, MAX_REFERENCES + 1)
-                    ]
-                gr.Markdown(REFERENCES_NOTE, elem_id="kontext-references-note")
+            more_label = f"+ more references (up to {MAX_REFERENCES - 1})"
+            with gr.Accordion(more_label, open=False, elem_id="kontext-more"), gr.Row():
+                more = [
+                    gr.Image(
+                        label=f"Reference {n}",
+                        type="filepath",
+                        sources=["upload", "clipboard"],
+                        elem_id=f"kontext-image-{n}",
+                    )
+                    for n in range(2, MAX_REFERENCES + 1)
+                ]
+            gr.Markdown(REFERENCES_NOTE, elem_id="kontext-references-note")
         with gr.Column(scale=1):
             gallery = gr.Gallery(label="Result", columns=2, format="png", interactive=False, elem_id="kontext-gallery")
             with gr.Row():
