@@ -219,3 +219,23 @@ def test_gradio_client_endpoint(app_server, tmp_path, picture):
     assert (fields["Hires upscaler"], fields["Seed"], fields["Steps"]) == (TINY_UPSCALER, "78", "3")
     with pytest.raises(AppError, match="scale: 9.0 is out of range; use 1.5 to 4"):
         client.predict(handle_file(str(source)), "a fox", scale=9, api_name="/upscale")
+
+
+def test_a_hand_off_brings_the_prompt_of_text_to_image_pictures_only(tmp_path, picture):
+    from flux_ui.media.metadata import ImageMeta, save_png
+    from flux_ui.media.uploads import upload_dir
+    from flux_ui.ui.tabs.upscale import parameters_of
+
+    folder = upload_dir() / f"upscale-test-{tmp_path.name}"  # hand-offs read only uploaded or saved files
+    folder.mkdir(parents=True, exist_ok=True)
+    made = {}
+    for variant, prompt in (("schnell", "a harbour at noon"), ("kontext-dev", "make it night")):
+        meta = ImageMeta(prompt=prompt, variant=variant, seed=1, steps=4, guidance=None, width=96, height=64)
+        made[variant] = save_png(picture, folder / f"{variant}.png", meta)
+    assert parameters_of(str(made["schnell"])) == ("a harbour at noon", "schnell")
+    assert parameters_of(str(made["kontext-dev"])) == ("", None)  # an instruction, not a description
+    picture.save(folder / "plain.png")
+    assert parameters_of(str(folder / "plain.png")) == ("", None)
+    for path in folder.iterdir():
+        path.unlink()
+    folder.rmdir()

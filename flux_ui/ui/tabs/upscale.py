@@ -54,7 +54,9 @@ class UpscaleTab:
 
 
 def parameters_of(path: str) -> tuple[str, str | None]:
-    """(prompt, variant) read from a PNG's parameters: ("", None) when it carries none we can use."""
+    """(prompt, variant) read from a PNG's parameters, when a text-to-image model made it (image to image
+    and earlier upscales included); ("", None) otherwise: a Kontext instruction or a Fill prompt does not
+    describe the whole picture, which is what the refine pass needs."""
     try:
         with Image.open(checked_upload(path, "image")) as img:
             text = read_parameters(img)
@@ -62,8 +64,9 @@ def parameters_of(path: str) -> tuple[str, str | None]:
     except (InvalidInput, OSError, ValueError, SyntaxError):  # no prompt to bring along is no failure
         return "", None
     name = fields.get("Variant")
-    variant = name if name in {v.name for v in variants_for("text_to_image")} else None
-    return fields.get("Prompt", ""), variant
+    if name not in {v.name for v in variants_for("text_to_image")}:
+        return "", None
+    return fields.get("Prompt", ""), name
 
 
 def size_note(image: object, scale: object, settings) -> str:
