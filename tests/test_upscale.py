@@ -239,3 +239,18 @@ def test_a_hand_off_brings_the_prompt_of_text_to_image_pictures_only(tmp_path, p
     for path in folder.iterdir():
         path.unlink()
     folder.rmdir()
+
+
+def test_python_api_in_process_and_remote(tiny_dir, esrgan, app_server, tmp_path, picture):
+    from flux_ui.client import FluxUI
+
+    source = tmp_path / "in.png"
+    picture.save(source)
+    local = FluxUI(tiny=True, tiny_dir=tiny_dir, outputs_dir=tmp_path / "outputs")
+    made = local.upscale(str(source), "a fox", scale=2, steps=2, seed=9)
+    assert made.image.size == (192, 128) and f"Hires upscaler: {TINY_UPSCALER}" in made.parameters[0]
+    remote = FluxUI(url=app_server[0]).upscale(str(source), scale=1.5, upscaler="lanczos", strength=0)
+    assert remote.image.size == (144, 96) and "Hires upscaler: lanczos" in remote.parameters[0]
+    with pytest.raises(InvalidInput) as err:
+        FluxUI(url=app_server[0]).upscale(str(source), "a fox", tiling="sometimes")
+    assert err.value.field == "tiling"
