@@ -66,6 +66,9 @@ def test_found_in_the_models_folders_and_refused_when_not_an_upscaler(settings, 
     assert list(upscalers.find(both)) == ["broken", TINY_UPSCALER]
     with pytest.raises(ValueError, match="not an upscaler model spandrel knows"):
         upscalers.load(forge / "models" / "ESRGAN" / "broken.pth")
+    torch.save({"model.0.weight": torch.zeros(1), "path": tmp_path}, tmp_path / "tricky.pth")  # a Path object
+    with pytest.raises(ValueError, match="the pickle holds more than tensors, and is not run"):
+        upscalers.load(tmp_path / "tricky.pth")
 
 
 def test_upscales_by_the_factor_with_the_model(registry, settings, esrgan, picture):

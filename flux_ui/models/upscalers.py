@@ -11,6 +11,7 @@ tiles, so a large input never needs the memory of one whole-image pass.
 from __future__ import annotations
 
 import logging
+import pickle  # noqa: S403 - only for its error type: spandrel reads pickles with a restricted unpickler
 import sys
 import types
 from pathlib import Path
@@ -121,13 +122,15 @@ def load(path: Path, device: str = "cpu") -> Upscaler:
     """The upscaler in the file at `path`, through spandrel's ModelLoader, in eval mode, on the CPU, in half
     precision on CUDA where the architecture supports it (float32 otherwise).
 
-    Raises ValueError when the file holds no image-to-image model spandrel knows or is not an upscaler
-    (a 1x denoiser, an inpainting model)."""
+    Raises ValueError when the file holds no image-to-image model spandrel knows, is not an upscaler
+    (a 1x denoiser, an inpainting model), or is a pickle holding more than tensors."""
     module = spandrel()
     try:
         descriptor = module.ModelLoader("cpu").load_from_file(path)
     except module.UnsupportedModelError as err:
         raise ValueError(f"not an upscaler model spandrel knows ({err})") from err
+    except pickle.UnpicklingError as err:  # spandrel's restricted unpickler met something beyond tensors
+        raise ValueError(f"the pickle holds more than tensors, and is not run ({err})") from err
     if not isinstance(descriptor, module.ImageModelDescriptor):
         raise ValueError(f"a {descriptor.architecture.name} model, which is not an upscaler")
     if descriptor.scale < 2 or descriptor.input_channels != 3 or descriptor.output_channels != 3:

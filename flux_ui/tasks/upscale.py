@@ -87,10 +87,10 @@ class UpscaleJob:
     upscaler: str  # the model's name, or "lanczos"
     upscaler_path: Path | None  # the model's file; None for Lanczos
     strength: float  # 0: upscale only
-    variant: str
+    variant: str  # the refine pass's ("dev", unused, at strength 0)
     width: int  # output size, multiples of 16
     height: int
-    steps: int  # of the full schedule (0 when no pass runs)
+    steps: int  # of the full schedule (0 when no pass runs, and so in the metadata)
     guidance: float | None
     seed: int
     tiled: bool  # whether the refine pass runs in tiles
