@@ -38,7 +38,8 @@ NOTE = (
     f"**Hires fix**: the upscaler enlarges, then image to image at a low strength ({DEFAULT_STRENGTH:g} by "
     "default) redraws fine detail; the prompt should describe the picture (a hand-off brings its own). "
     f"Strength 0 upscales only. Above {TILE_ABOVE_MP:g} MP the pass runs in {TILE} px tiles blended at "
-    "their overlaps. Upscaler models (ESRGAN, 4x-UltraSharp...) are found in `upscale_models/` (ComfyUI) or "
+    "their overlaps; keep the strength low there (each tile is redrawn from the whole picture's prompt). "
+    "Upscaler models (ESRGAN, 4x-UltraSharp...) are found in `upscale_models/` (ComfyUI) or "
     "`ESRGAN/` (Forge, A1111) below a --models-dir folder."
 )
 
