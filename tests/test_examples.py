@@ -15,6 +15,7 @@ SLOW = 120_000  # ms: generous, the CPU is shared
 def test_every_example_file_exists_and_is_an_image():
     rows = [
         *examples.IMAGE_TO_IMAGE,
+        *examples.UPSCALE,
         *examples.KONTEXT,
         *examples.REDUX,
         *examples.CONTROL,

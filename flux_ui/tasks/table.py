@@ -5,13 +5,14 @@ A new task is one module in this package ending with its `SPEC`, one entry here,
 
 from __future__ import annotations
 
-from flux_ui.tasks import TaskSpec, control, fill, image_to_image, kontext, redux, text_to_image, vqa
+from flux_ui.tasks import TaskSpec, control, fill, image_to_image, kontext, redux, text_to_image, upscale, vqa
 
 TASKS: dict[str, TaskSpec] = {
     spec.name: spec
     for spec in (
         text_to_image.SPEC,
         image_to_image.SPEC,
+        upscale.SPEC,
         kontext.SPEC,
         redux.SPEC,
         fill.SPEC,

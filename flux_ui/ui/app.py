@@ -60,7 +60,18 @@ def _models_tab(ctx: UiContext) -> None:
 def build_ui(registry: Registry) -> gr.Blocks:
     """Build the Blocks app around `registry`; call `.queue(...)` and `.launch()` on the result."""
     from flux_ui.ui import handoff
-    from flux_ui.ui.tabs import control, fill, history, image_to_image, kontext, redux, text_to_image, train, vqa
+    from flux_ui.ui.tabs import (
+        control,
+        fill,
+        history,
+        image_to_image,
+        kontext,
+        redux,
+        text_to_image,
+        train,
+        upscale,
+        vqa,
+    )
 
     ctx = UiContext(registry)
     with gr.Blocks(title="FLUX UI") as demo:
@@ -74,6 +85,7 @@ def build_ui(registry: Registry) -> gr.Blocks:
         with gr.Tabs() as tabs:
             ctx.tabs["t2i"] = text_to_image.build(ctx)
             ctx.tabs["i2i"] = image_to_image.build(ctx)
+            ctx.tabs["upscale"] = upscale.build(ctx)
             ctx.tabs["kontext"] = kontext.build(ctx)
             ctx.tabs["redux"] = redux.build(ctx)
             ctx.tabs["vqa"] = vqa.build(ctx)

@@ -26,7 +26,7 @@ import torch
 
 from flux_ui.core.errors import Cancelled, InvalidInput, ModelUnavailableError
 from flux_ui.core.settings import Settings
-from flux_ui.core.variants import SQUARE_AND_WIDE
+from flux_ui.core.variants import SQUARE_AND_WIDE, get_variant
 from flux_ui.media.uploads import checked_upload, upload_dir
 from flux_ui.models.faults import out_of_memory_message, recover_from_oom
 from flux_ui.models.registry import Registry
@@ -385,6 +385,14 @@ def progress_line(ev: StepEvent) -> str:
     if ev.step >= ev.steps:
         return f"{which}: decoding…"
     return f"{which}, step {ev.step}/{ev.steps}"
+
+
+def variant_defaults(name: str) -> tuple[dict, dict]:
+    """Updates for a tab's steps and guidance sliders when the variant `name` is picked: its published
+    defaults, and the guidance slider hidden for guidance-free variants ([schnell])."""
+    v = get_variant(name)
+    guidance = gr.update(value=v.default_guidance, visible=True) if v.uses_guidance else gr.update(visible=False)
+    return gr.update(value=v.default_steps), guidance
 
 
 def image_event(settings: Settings) -> dict:

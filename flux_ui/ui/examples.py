@@ -25,6 +25,7 @@ KONTEXT = [
     ["cottage.png", "Make it winter: snow on the roof and the hills, the sky grey"],
     ["still_life.png", "Replace the apple with a lemon"],
 ]
+UPSCALE = [["cottage.png", "A cottage on green hills under an evening sky, a tree, a path to the door"]]
 REDUX = [["cottage.png"], ["still_life.png"]]
 FILL = ["A steaming cup of coffee", "A bunch of sunflowers in a vase"]
 CONTROL = [

@@ -11,7 +11,7 @@ from flux_ui.core.seeds import SEED_MAX
 from flux_ui.core.variants import get_variant, variants_for
 from flux_ui.tasks.image_to_image import AUTO, DEFAULT_STRENGTH, SPEC, ImageToImageParams
 from flux_ui.ui import examples
-from flux_ui.ui.common import PRESETS, UiContext, image_event, seed_used, seed_used_box
+from flux_ui.ui.common import PRESETS, UiContext, image_event, seed_used, seed_used_box, variant_defaults
 from flux_ui.ui.handoff import track_selection
 
 SIZES = [AUTO, *(f"{w}x{h}" for w, h in PRESETS.values())]
@@ -68,11 +68,6 @@ def build(ctx: UiContext) -> ImageToImageTab:
             gallery, result, text = done
             yield gallery, seed_used(result.seed), text
 
-    def on_variant(name: str):
-        v = get_variant(name)
-        guidance = gr.update(value=v.default_guidance, visible=True) if v.uses_guidance else gr.update(visible=False)
-        return gr.update(value=v.default_steps), guidance
-
     with gr.Tab("Image to image", id="i2i"), gr.Row():
         with gr.Column(scale=1):
             image = gr.Image(label="Input image", type="filepath", sources=["upload", "clipboard"], elem_id="i2i-image")
@@ -116,7 +111,7 @@ def build(ctx: UiContext) -> ImageToImageTab:
             info = gr.Markdown(elem_id="i2i-info")
         selected = track_selection(gallery)  # inside the tab: a component between tabs confuses the tab bar
 
-    variant.input(on_variant, variant, [steps, guidance], api_visibility="private")
+    variant.input(variant_defaults, variant, [steps, guidance], api_visibility="private")
     gr.on(
         [generate_btn.click, prompt.submit],
         generate,
