@@ -27,6 +27,7 @@ from flux_ui.models.registry import Registry
 from flux_ui.tasks import Request, StepCallback, TaskResult, TaskSpec
 from flux_ui.tasks.batch import Batch, generate_batch
 from flux_ui.tasks.params import (
+    check_fast,
     check_guidance,
     check_num_images,
     check_prompt,
@@ -54,6 +55,7 @@ class KontextParams:
     guidance: object | None = None  # distilled guidance
     seed: object = -1  # -1 picks a random seed; image i uses seed + i
     num_images: object = 1  # edits made one after another, from the same input
+    fast: object = False  # fast mode: fewer full transformer evaluations (flux_ui.models.fast)
 
 
 @dataclass(frozen=True)
@@ -68,6 +70,7 @@ class KontextJob:
     guidance: float
     seed: int
     num_images: int
+    fast: bool = False  # fast mode (flux_ui.models.fast)
 
 
 def context_size(image: Image.Image) -> tuple[int, int]:
@@ -106,6 +109,7 @@ def validate_kontext(p: KontextParams, settings: Settings) -> KontextJob:
         guidance=check_guidance(p.guidance, variant.default_guidance),
         seed=check_seed(p.seed),
         num_images=check_num_images(p.num_images, settings),
+        fast=check_fast(p.fast, settings),
     )
 
 
@@ -140,6 +144,7 @@ def kontext_edit(
         num_images=params.num_images,
         size=size,
         extra=extra,
+        fast=params.fast,
     )
     with registry.pipeline(variant.name) as pipe:
         timings["load"] = time.perf_counter() - start
@@ -169,7 +174,9 @@ def kontext_edit(
 
 
 def from_request(r: Request) -> KontextParams:
-    return KontextParams(r.image, r.prompt, r.resolution or AUTO, r.steps, r.guidance, r.seed, r.num_images)
+    return KontextParams(
+        r.image, r.prompt, r.resolution or AUTO, r.steps, r.guidance, r.seed, r.num_images, fast=r.fast
+    )
 
 
 def describe(result: TaskResult) -> str:
