@@ -129,23 +129,27 @@ def kontext_job(registry, size: int, steps: int, fast_mode: bool):
     return validate_kontext(raw, registry.settings)
 
 
-def last_block_calls(registry, variant: str):
-    """A counter of the calls of `variant`'s last single block (it runs only on fully computed steps),
-    and the hook's handle."""
-    calls = [0]
-    block = registry.transformer(variant).single_transformer_blocks[-1]
+def block_calls(registry, variant: str):
+    """Counters of `variant`'s transformer block calls: [all blocks, the last single block (it runs only on
+    fully computed steps)], and the hooks' handles."""
+    calls = [0, 0]
+    transformer = registry.transformer(variant)
+    blocks = [*transformer.transformer_blocks, *transformer.single_transformer_blocks]
 
     def hook(module, args, output):
         calls[0] += 1
+        calls[1] += module is blocks[-1]
 
-    return calls, block.register_forward_hook(hook)
+    return calls, [block.register_forward_hook(hook) for block in blocks]
 
 
 def time_task(name: str, registry, run, job, device: str, variant: str = "dev") -> tuple[dict, np.ndarray]:
-    """One row: a warm-up image (compilation shows there), then the median of RUNS images."""
+    """One row: a warm-up image (compilation shows there), then the median of RUNS images. Block calls are
+    counted with forward hooks only under the eager profile: a hook on a compiled block would recompile it."""
     peak_reset(device)
     first = run(registry, job)
-    calls, handle = last_block_calls(registry, variant)
+    counted = registry.settings.speed == "off"
+    calls, handles = block_calls(registry, variant) if counted else ([None, None], [])
     totals, gens = [], []
     try:
         for _ in range(RUNS):
@@ -153,7 +157,8 @@ def time_task(name: str, registry, run, job, device: str, variant: str = "dev") 
             totals.append(result.timings["total"])
             gens.append(result.timings["generate"])
     finally:
-        handle.remove()
+        for handle in handles:
+            handle.remove()
     row = {
         "config": name,
         "steps": job.steps,
@@ -162,7 +167,9 @@ def time_task(name: str, registry, run, job, device: str, variant: str = "dev") 
         "median_s": round(statistics.median(totals), 3),
         "median_generate_s": round(statistics.median(gens), 3),
         "runs_s": [round(t, 3) for t in totals],
-        "full_transformer_evaluations_per_image": calls[0] // RUNS,
+        "full_transformer_evaluations_per_image": calls[1] // RUNS if counted else None,
+        "block_calls_per_image": calls[0] // RUNS if counted else None,
+        "mask_full_evaluations": sum(fast.computed_steps(job.steps)) if job.fast else job.steps,
         "peak_gib": peak_gib(device),
     }
     save(f"row: {name}", row)
