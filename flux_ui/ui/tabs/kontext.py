@@ -14,6 +14,7 @@ from flux_ui.media.images import load_image
 from flux_ui.media.metadata import parse_parameters, read_parameters
 from flux_ui.media.uploads import checked_upload
 from flux_ui.tasks.kontext import AUTO, SPEC, KontextParams, context_size, output_size
+from flux_ui.ui import fast_mode
 from flux_ui.ui.common import UiContext, image_event
 from flux_ui.ui.handoff import Receiver, pick, track_selection
 
@@ -82,6 +83,7 @@ def build(ctx: UiContext) -> KontextTab:
         guidance: float = VARIANT.default_guidance,
         seed: int = -1,
         num_images: int = 1,
+        fast: bool = False,
         request: gr.Request = None,
         progress: gr.Progress = gr.Progress(),
     ):
@@ -95,8 +97,9 @@ def build(ctx: UiContext) -> KontextTab:
             guidance: distilled guidance (2.5 by default).
             seed: -1 for a random seed; edit i uses seed + i.
             num_images: how many edits to make.
+            fast: fast mode: about half the steps computed in full (cache-dit's step cache), softer detail.
         """
-        raw = KontextParams(image, instruction, size, steps, guidance, seed, num_images)
+        raw = KontextParams(image, instruction, size, steps, guidance, seed, num_images, fast=fast)
         done = yield from ctx.run_images(SPEC, raw, request, progress, noun="edit")
         if done is not None:  # None: cancelled, and already shown
             gallery, result, text = done
@@ -144,6 +147,7 @@ def build(ctx: UiContext) -> KontextTab:
             with gr.Row():
                 seed = gr.Number(value=-1, label=f"Seed (-1 = random, up to {SEED_MAX})", elem_id="kontext-seed")
                 num_images = gr.Slider(1, settings.max_images, value=1, step=1, label="Edits")
+            fast = fast_mode.checkbox(settings, "kontext-fast")
             with gr.Row():
                 edit_btn = gr.Button("Edit", variant="primary", elem_id="kontext-edit")
                 cancel_btn = gr.Button("Cancel", variant="stop", elem_id="kontext-cancel")
@@ -172,7 +176,7 @@ def build(ctx: UiContext) -> KontextTab:
     gr.on(
         [edit_btn.click, instruction.submit],
         edit,
-        [image, instruction, size, steps, guidance, seed, num_images],
+        [image, instruction, size, steps, guidance, seed, num_images, fast],
         [gallery, last_seed, info],
         api_name="kontext_edit",
         # The image is decoded by the validator (images.load_image): Gradio's own decoding knows nothing
