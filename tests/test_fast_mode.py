@@ -168,3 +168,30 @@ def test_fast_mode_is_refused_under_group_offloading(settings):
     with pytest.raises(InvalidInput, match=r"^fast: is not available under the 'offload-12gb' memory policy"):
         validate_text_to_image(TextToImageParams("a fox", fast=True), offload)
     assert validate_text_to_image(TextToImageParams("a fox"), offload).fast is False
+
+
+def test_installing_cache_dit_changes_nothing_until_asked(tiny_dir, tmp_path):
+    """An image made before cache_dit is imported is the one made after (in a fresh process: here other
+    tests have imported it already)."""
+    import subprocess
+    import sys
+
+    script = f"""
+import sys
+import numpy as np
+from pathlib import Path
+from flux_ui.core.settings import Settings
+from flux_ui.models.registry import Registry
+from flux_ui.tasks.text_to_image import TextToImageParams, text_to_image, validate_text_to_image
+
+registry = Registry(Settings(tiny=True, tiny_dir=Path({str(tiny_dir)!r}), model_root=Path({str(tiny_dir)!r}),
+                             outputs_dir=Path({str(tmp_path)!r})))
+job = validate_text_to_image(TextToImageParams("a fox", width=64, height=64, steps=4, seed=3), registry.settings)
+before = np.asarray(text_to_image(registry, job).images[0].image)
+assert "cache_dit" not in sys.modules
+import cache_dit
+after = np.asarray(text_to_image(registry, job).images[0].image)
+print("same" if np.array_equal(before, after) else "different")
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600)
+    assert done.stdout.strip().endswith("same"), done.stderr[-2000:]
