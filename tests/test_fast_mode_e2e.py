@@ -81,3 +81,25 @@ def test_python_api_takes_fast(tiny_dir, tmp_path):
     assert fast.describe(STEPS) in result.parameters[0]
     with pytest.raises(InvalidInput, match="^fast: expected true or false"):
         flux.generate("text_to_image", prompt="a fox", fast="on")
+
+
+def components(demo) -> dict[str, dict]:
+    """The app's components by elem_id, as the browser receives them."""
+    return {c["props"]["elem_id"]: c for c in demo.config["components"] if c["props"].get("elem_id")}
+
+
+def test_the_checkboxes_state_the_trade_off_and_its_source(settings):
+    from dataclasses import replace
+
+    from flux_ui.models.registry import Registry
+    from flux_ui.ui.app import build_ui
+
+    shown = components(build_ui(Registry(replace(settings, preload=True))))
+    for elem_id in ("fast", "i2i-fast", "kontext-fast"):
+        props = shown[elem_id]["props"]
+        assert props["value"] is False and props["interactive"] is not False
+        assert "ImageReward" in props["info"] and fast.SOURCE in props["info"]
+    assert "startup" in shown  # --preload's phase line above the tabs
+    offload = components(build_ui(Registry(replace(settings, memory_policy="offload-12gb"))))
+    assert offload["fast"]["props"]["interactive"] is False
+    assert "offload-12gb" in offload["fast"]["props"]["info"] and "startup" not in offload
