@@ -31,7 +31,7 @@ def test_preload_makes_the_first_request_load_nothing(registry):
     assert dict(registry.load_counts) == loads  # nothing loaded for the first request
     assert result.timings["load"] < 5
     assert registry.status()["startup"]["state"] == "ready"
-    assert registry.startup.line().startswith("✅ **Ready** in")
+    assert registry.startup.line().startswith("**Ready** in")
 
 
 def test_preload_warm_up_runs_exact_and_fast_images(registry):

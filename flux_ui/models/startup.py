@@ -82,7 +82,7 @@ def describe(s: dict) -> str:
     done = ", ".join(f"{p['what']} {p['seconds']:.0f} s" for p in s["phases"])
     if s["state"] == RUNNING:
         now = f"{s['phase']} ({s['phase_s']:.0f} s)…" if s["phase"] else "starting…"
-        return f"⏳ **Starting up:** {now}" + (f" Done: {done}." if done else "")
+        return f"**Starting up:** {now}" + (f" Done: {done}." if done else "")
     if s["state"] == FAILED:
         return f"⚠️ **Start-up preload failed:** {s['error']}. The first request loads what it needs."
-    return f"✅ **Ready** in {s['total_s']:.0f} s ({done})."
+    return f"**Ready** in {s['total_s']:.0f} s ({done})."
