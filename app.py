@@ -48,7 +48,15 @@ def main(argv: list[str] | None = None) -> None:
         settings.gpu_transformers,
         settings.transformer_cache,
     )
-    serve(Registry(settings), resolve_auth(settings))
+    from flux_ui.models import compile_cache
+
+    compile_cache.use(settings.compile_cache_dir)  # before anything compiles
+    registry = Registry(settings)
+    if settings.preload:
+        from flux_ui.tasks import preload
+
+        preload.start(registry)
+    serve(registry, resolve_auth(settings))
 
 
 if __name__ == "__main__":

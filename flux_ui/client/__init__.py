@@ -108,6 +108,7 @@ class FluxUI:
         top: int = 0,
         bottom: int = 0,
         max_new_tokens: int | None = None,
+        fast: bool = False,
         on_step: Callable | None = None,
     ) -> Result:
         """Run `task` (a name of the task table: text_to_image, image_to_image, upscale, kontext_edit,
@@ -115,7 +116,8 @@ class FluxUI:
 
         Images are PIL images, numpy arrays, file paths or encoded bytes. `resolution` is (width, height)
         or "WIDTHxHEIGHT", multiples of 16. None for steps and guidance takes the model's published
-        defaults; seed -1 picks one at random, and image i of a batch uses seed + i. `on_step` (in this
+        defaults; seed -1 picks one at random, and image i of a batch uses seed + i. `fast` turns on fast mode
+        (text_to_image, image_to_image, kontext_edit; see `flux_ui.models.fast`). `on_step` (in this
         process only) gets a `flux_ui.tasks.StepEvent` per denoising step, or, for vqa, each piece of the
         answer as text."""
         request = Request(
@@ -142,6 +144,7 @@ class FluxUI:
             top=top,
             bottom=bottom,
             max_new_tokens=max_new_tokens,
+            fast=fast,
         )
         return self._backend.call(task, request, on_step)
 
@@ -164,6 +167,7 @@ class FluxUI:
         guidance: float | None = None,
         seed: int = -1,
         num_images: int = 1,
+        fast: bool = False,
         on_step: Callable | None = None,
     ) -> Result:
         """Images from `prompt` (which may name LoRAs as <lora:NAME:WEIGHT>) with dev, schnell or krea-dev."""
@@ -177,6 +181,7 @@ class FluxUI:
             guidance=guidance,
             seed=seed,
             num_images=num_images,
+            fast=fast,
             on_step=on_step,
         )
 
@@ -191,6 +196,7 @@ class FluxUI:
         guidance: float | None = None,
         seed: int = -1,
         num_images: int = 1,
+        fast: bool = False,
         on_step: Callable | None = None,
     ) -> Result:
         """`image` edited as `instruction` says, with FLUX.1 Kontext [dev]; "auto" resolution keeps Kontext's
@@ -207,6 +213,7 @@ class FluxUI:
             guidance=guidance,
             seed=seed,
             num_images=num_images,
+            fast=fast,
             on_step=on_step,
         )
 

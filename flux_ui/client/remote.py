@@ -72,6 +72,7 @@ def rest_body(task: str, r: Request) -> dict:
         "top": r.top,
         "bottom": r.bottom,
         "max_new_tokens": r.max_new_tokens,
+        "fast": r.fast,
     }
     return {k: v for k, v in body.items() if v is not None}
 

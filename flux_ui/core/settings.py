@@ -40,6 +40,8 @@ class Settings:
     device: str = "cpu"  # torch device for inference: "cuda", "mps" or "cpu"
     dtype: torch.dtype = torch.float32  # weight and compute dtype of every model
     speed: str = "off"  # speed profile applied to loaded models: off, compile or fp8 (see flux_ui.models.speed)
+    compile_cache: Path | None = None  # torch's compile caches; None: <outputs_dir>/.compile-cache
+    preload: bool = False  # load and warm the default variant in the background at start-up
     tiny: bool = False  # serve tiny random-weight models instead of real weights
     tiny_dir: Path = Path("models/tiny")  # where tiny models are written once, in hub layout
     model_root: Path | None = None  # folder of local models as <org>/<repo>, tried before the hub
@@ -86,6 +88,11 @@ class Settings:
     @property
     def max_pixels(self) -> int:
         return int(self.max_megapixels * 1_000_000)
+
+    @property
+    def compile_cache_dir(self) -> Path:
+        """Where torch's compile caches are kept (flux_ui.models.compile_cache)."""
+        return self.compile_cache if self.compile_cache is not None else self.outputs_dir / ".compile-cache"
 
     @property
     def policy(self) -> MemoryPolicy:
@@ -273,6 +280,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="a LoRA on the Hugging Face hub, downloaded on first use; repeatable",
     )
     p.add_argument("--lora-cache", type=int, default=int(_env("lora_cache", "8")))
+    p.add_argument(
+        "--compile-cache",
+        default=_env("compile_cache", "") or None,
+        metavar="FOLDER",
+        help="torch's compile caches, kept across restarts (default: <outputs-dir>/.compile-cache)",
+    )
+    p.add_argument(
+        "--preload",
+        action="store_true",
+        default=_env_flag("preload"),
+        help="load and warm (compile) the default variant in the background at start-up",
+    )
     return p
 
 
@@ -417,6 +436,8 @@ def settings_from_args(argv: list[str] | None = None) -> Settings:
         lora_dirs=lora_dirs(a.lora_dir, a.tiny, Path(a.tiny_dir)),
         hub_loras=tuple(a.lora),
         lora_cache=a.lora_cache,
+        compile_cache=None if a.compile_cache is None else Path(a.compile_cache).expanduser(),
+        preload=a.preload,
         host=a.host,
         port=a.port,
         share=a.share,

@@ -31,6 +31,7 @@ from flux_ui.models.loading import SharedParts
 from flux_ui.models.loras.library import LoraLibrary, LoraRequest
 from flux_ui.models.placement import SHARED_EVICTION_ORDER, Placement
 from flux_ui.models.preview import LatentPreviewer
+from flux_ui.models.startup import Startup
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +47,7 @@ class Registry(Placement):
         self.load_counts: Counter[str] = Counter()  # component -> loads from disk or hub
         self.loras = LoraLibrary(settings.lora_dirs, settings.hub_loras)  # the LoRAs a prompt can name
         self.line = Line()  # turns at the GPU for every surface's jobs, in arrival order
+        self.startup = Startup()  # the phases of --preload (flux_ui.tasks.preload), for the UI and /status
 
     # -- loading ---------------------------------------------------------------------------------
 
@@ -318,4 +320,5 @@ class Registry(Placement):
                 "aux": {k: where(m) if isinstance(m, torch.nn.Module) else "cpu" for k, m in self._aux.items()},
                 "loras": self._loaded_loras(),
                 "load_counts": dict(self.load_counts),
+                "startup": self.startup.snapshot(),
             }

@@ -20,7 +20,7 @@ import torch
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt
 
 from flux_ui import __version__
 from flux_ui.core.errors import Cancelled, InvalidInput, ModelUnavailableError
@@ -78,6 +78,9 @@ class GenerateRequest(BaseModel):
     top: StrictInt = 0
     bottom: StrictInt = 0
     max_new_tokens: StrictInt | None = None
+    fast: StrictBool = Field(
+        False, description="text_to_image, image_to_image, kontext_edit: fast mode (cache-dit step cache); default off"
+    )
 
 
 class ImageOut(BaseModel):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 
 import torch
@@ -16,6 +17,7 @@ from flux_ui.core.policies import tile_vae
 from flux_ui.core.seeds import batch_seed
 from flux_ui.core.variants import Variant
 from flux_ui.media.metadata import ImageMeta
+from flux_ui.models import fast
 from flux_ui.models.registry import Registry
 from flux_ui.tasks import GeneratedImage, StepCallback, step_callback
 
@@ -35,6 +37,7 @@ class Batch:
     extra: dict[str, str] = field(default_factory=dict)  # task-specific metadata
     encoder_prompt: str | None = None  # what the text encoders see, when not `prompt` (LoRA tags stripped)
     steps_run: int | None = None  # steps the pipeline runs, when fewer than `steps` (image to image's strength)
+    fast: bool = False  # fast mode: the step cache of `flux_ui.models.fast` for this request's images
 
 
 def generate_batch(
@@ -77,22 +80,27 @@ def generate_batch(
     total = steps_run * batch.num_images
     if batch.guidance is not None:
         inputs["guidance_scale"] = batch.guidance
+    extra = dict(batch.extra)
+    if batch.fast:
+        extra["Fast mode"] = fast.describe(steps_run)
     outputs = []
-    for i in range(batch.num_images):
-        callback = step_callback(registry, on_step, should_stop, i, steps_run, total, batch.size)
-        with torch.inference_mode():
-            out = pipe(
-                prompt_embeds=prompt_embeds,
-                pooled_prompt_embeds=pooled,
-                width=width,
-                height=height,
-                num_inference_steps=batch.steps,
-                generator=torch.Generator("cpu").manual_seed(batch_seed(batch.seed, i)),
-                max_sequence_length=batch.variant.max_sequence_length,
-                callback_on_step_end=callback,
-                **inputs,
-            )
-        outputs.append(out.images[0])
+    # Fast mode's step cache is on the pipeline for this request only; it is removed when the block ends.
+    with fast.fast_mode(pipe, steps_run) if batch.fast else nullcontext():
+        for i in range(batch.num_images):
+            callback = step_callback(registry, on_step, should_stop, i, steps_run, total, batch.size)
+            with torch.inference_mode():
+                out = pipe(
+                    prompt_embeds=prompt_embeds,
+                    pooled_prompt_embeds=pooled,
+                    width=width,
+                    height=height,
+                    num_inference_steps=batch.steps,
+                    generator=torch.Generator("cpu").manual_seed(batch_seed(batch.seed, i)),
+                    max_sequence_length=batch.variant.max_sequence_length,
+                    callback_on_step_end=callback,
+                    **inputs,
+                )
+            outputs.append(out.images[0])
     timings["generate"] = time.perf_counter() - t
     # After the images: a transformer file's hash started when it loaded, and has had their time to finish.
     model_hash, lora_hashes = registry.file_hashes(batch.variant, batch.loras)
@@ -106,7 +114,7 @@ def generate_batch(
             width=width,
             height=height,
             loras=batch.loras,
-            extra=dict(batch.extra),
+            extra=dict(extra),
             model_hash=model_hash,
             lora_hashes=lora_hashes,
         )

@@ -58,6 +58,7 @@ class ImageToImageParams:
     seed: object = -1  # -1 picks a random seed; image i uses seed + i
     num_images: object = 1  # images made one after another from the same input
     loras: LoraRequest = ()  # (name, weight) pairs; the prompt's tags are added
+    fast: object = False  # fast mode: fewer full transformer evaluations (flux_ui.models.fast)
 
 
 @dataclass(frozen=True)
@@ -75,6 +76,7 @@ class ImageToImageJob:
     seed: int
     num_images: int
     loras: LoraRequest
+    fast: bool = False  # fast mode (flux_ui.models.fast), over the steps that run
 
     @property
     def steps_run(self) -> int:
@@ -122,7 +124,9 @@ def validate_image_to_image(
     image = load_image(p.image, "image")
     width, height = output_size(p.size, image, settings)
     base = validate_text_to_image(
-        TextToImageParams(p.prompt, p.variant, width, height, p.steps, p.guidance, p.seed, p.num_images, p.loras),
+        TextToImageParams(
+            p.prompt, p.variant, width, height, p.steps, p.guidance, p.seed, p.num_images, p.loras, p.fast
+        ),
         settings,
         library,
     )
@@ -138,6 +142,7 @@ def validate_image_to_image(
         seed=base.seed,
         num_images=base.num_images,
         loras=base.loras,
+        fast=base.fast,
     )
 
 
@@ -183,6 +188,7 @@ def image_to_image(
         num_images=params.num_images,
         size=size,
         loras=params.loras,
+        fast=params.fast,
         extra={
             "Denoising strength": f"{params.strength:g}",
             "Source hash": image_hash(params.image),
@@ -218,7 +224,16 @@ def image_to_image(
 def from_request(r: Request) -> ImageToImageParams:
     strength = DEFAULT_STRENGTH if r.strength is None else r.strength
     return ImageToImageParams(
-        r.image, r.prompt, strength, r.variant or "dev", r.resolution or AUTO, r.steps, r.guidance, r.seed, r.num_images
+        r.image,
+        r.prompt,
+        strength,
+        r.variant or "dev",
+        r.resolution or AUTO,
+        r.steps,
+        r.guidance,
+        r.seed,
+        r.num_images,
+        fast=r.fast,
     )
 
 

@@ -36,6 +36,7 @@ from flux_ui.models.registry import Registry
 from flux_ui.tasks import Request, StepCallback, TaskResult, TaskSpec
 from flux_ui.tasks.batch import Batch, generate_batch
 from flux_ui.tasks.params import (
+    check_fast,
     check_guidance,
     check_num_images,
     check_prompt,
@@ -65,6 +66,7 @@ class KontextParams:
     seed: object = -1  # -1 picks a random seed; image i uses seed + i
     num_images: object = 1  # edits made one after another, from the same input
     images: tuple[object | None, ...] = ()  # up to 3 more references, stitched beside `image`; None: empty slot
+    fast: object = False  # fast mode: fewer full transformer evaluations (flux_ui.models.fast)
 
 
 @dataclass(frozen=True)
@@ -80,6 +82,7 @@ class KontextJob:
     seed: int
     num_images: int
     references: tuple[Image.Image, ...] = ()  # the more references, RGB (empty slots dropped)
+    fast: bool = False  # fast mode (flux_ui.models.fast)
 
     @property
     def context(self) -> Image.Image:
@@ -129,6 +132,7 @@ def validate_kontext(p: KontextParams, settings: Settings) -> KontextJob:
         seed=check_seed(p.seed),
         num_images=check_num_images(p.num_images, settings),
         references=references,
+        fast=check_fast(p.fast, settings),
     )
 
 
@@ -167,6 +171,7 @@ def kontext_edit(
         num_images=params.num_images,
         size=size,
         extra=extra,
+        fast=params.fast,
     )
     with registry.pipeline(variant.name) as pipe:
         timings["load"] = time.perf_counter() - start
@@ -197,7 +202,15 @@ def kontext_edit(
 
 def from_request(r: Request) -> KontextParams:
     return KontextParams(
-        r.image, r.prompt, r.resolution or AUTO, r.steps, r.guidance, r.seed, r.num_images, tuple(r.images)
+        r.image,
+        r.prompt,
+        r.resolution or AUTO,
+        r.steps,
+        r.guidance,
+        r.seed,
+        r.num_images,
+        tuple(r.images),
+        fast=r.fast,
     )
 
 

@@ -8,6 +8,7 @@ import re
 from flux_ui.core.errors import InvalidInput
 from flux_ui.core.seeds import SEED_MAX
 from flux_ui.core.settings import Settings
+from flux_ui.models import fast
 
 MIN_SIDE = 64  # pixels; FLUX works in 16-pixel patches (8x VAE, 2x2 packing)
 MAX_SIDE = 4096  # pixels, whatever the megapixel limit
@@ -116,6 +117,15 @@ def check_guidance(value: object, default: float) -> float:
     guidance = check_float("guidance", default if value is None else value)
     check_range("guidance", guidance, 0.0, MAX_GUIDANCE)
     return guidance
+
+
+def check_fast(value: object, settings: Settings) -> bool:
+    """Fast mode on or off: a bool, and on only where `fast.unavailable` finds nothing against it."""
+    if not isinstance(value, bool):
+        raise InvalidInput("fast", f"expected true or false, got {value!r}")
+    if value and (reason := fast.unavailable(settings)):
+        raise InvalidInput("fast", reason)
+    return value
 
 
 def check_num_images(value: object, settings: Settings) -> int:

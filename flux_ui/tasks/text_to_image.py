@@ -17,6 +17,7 @@ from flux_ui.models.registry import Registry
 from flux_ui.tasks import Request, StepCallback, TaskResult, TaskSpec
 from flux_ui.tasks.batch import Batch, generate_batch
 from flux_ui.tasks.params import (
+    check_fast,
     check_guidance,
     check_num_images,
     check_prompt,
@@ -42,6 +43,7 @@ class TextToImageParams:
     seed: object = -1  # -1 picks a random seed; image i of a batch uses seed + i
     num_images: object = 1  # images generated one after another
     loras: LoraRequest = ()  # (name, weight) pairs; validation adds those the prompt's tags name
+    fast: object = False  # fast mode: fewer full transformer evaluations (flux_ui.models.fast)
 
 
 @dataclass(frozen=True)
@@ -57,6 +59,7 @@ class TextToImageJob:
     seed: int  # -1: random
     num_images: int
     loras: LoraRequest  # those of the request and the prompt's tags
+    fast: bool = False  # fast mode (flux_ui.models.fast)
 
 
 def validate_text_to_image(
@@ -97,6 +100,7 @@ def validate_text_to_image(
         seed=check_seed(p.seed),
         num_images=check_num_images(p.num_images, settings),
         loras=loras,
+        fast=check_fast(p.fast, settings),
     )
 
 
@@ -128,6 +132,7 @@ def text_to_image(
         num_images=params.num_images,
         size=(params.width, params.height),
         loras=params.loras,
+        fast=params.fast,
     )
     with registry.pipeline(variant.name, loras=params.loras) as pipe:
         timings["load"] = time.perf_counter() - start
@@ -148,7 +153,9 @@ def text_to_image(
 
 def from_request(r: Request) -> TextToImageParams:
     width, height = parse_resolution(r.resolution, (1024, 1024))
-    return TextToImageParams(r.prompt, r.variant or "dev", width, height, r.steps, r.guidance, r.seed, r.num_images)
+    return TextToImageParams(
+        r.prompt, r.variant or "dev", width, height, r.steps, r.guidance, r.seed, r.num_images, fast=r.fast
+    )
 
 
 SPEC = TaskSpec(

@@ -57,6 +57,18 @@ def _models_tab(ctx: UiContext) -> None:
     tab.select(model_files, None, files_json, api_visibility="private").then(**show_files, api_visibility="private")
 
 
+def _startup_line(registry: Registry) -> None:
+    """The --preload phases above the tabs: re-read every second while the preload runs, then left as it
+    ended ("Ready in 45 s (...)"); a page opened later shows the outcome at its first tick."""
+
+    def tick():
+        return registry.startup.line(), gr.Timer(active=registry.startup.active)
+
+    line = gr.Markdown(registry.startup.line(), elem_id="startup")
+    timer = gr.Timer(1.0)
+    timer.tick(tick, None, [line, timer], queue=False, show_progress="hidden", api_visibility="private")
+
+
 def build_ui(registry: Registry) -> gr.Blocks:
     """Build the Blocks app around `registry`; call `.queue(...)` and `.launch()` on the result."""
     from flux_ui.ui import handoff
@@ -76,6 +88,8 @@ def build_ui(registry: Registry) -> gr.Blocks:
     ctx = UiContext(registry)
     with gr.Blocks(title="FLUX UI") as demo:
         gr.Markdown(f"# FLUX UI <small>v{__version__}</small>")
+        if ctx.settings.preload:
+            _startup_line(registry)
         if ctx.settings.tiny:
             gr.Markdown(
                 "⚠️ **Tiny mode: these models have random weights.** Images are noise; this mode exists to "

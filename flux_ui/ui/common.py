@@ -111,6 +111,8 @@ class UiContext:
         def waiting(ahead: int) -> tuple:
             plural = "s" if ahead != 1 else ""
             text = f"Waiting for the GPU: {ahead} job{plural} ahead" if ahead else "Loading models…"
+            if ahead and self.registry.startup.active:  # --preload holds the turn (its phase is shown on top)
+                text = "Waiting for start-up: the default model is loading and compiling"
             told.line(0, text, True)
             return (gr.skip(), *skips, text)
 

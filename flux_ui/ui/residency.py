@@ -5,6 +5,8 @@ Plain formatting, no gradio, so the tests check the words the Models tab shows.
 
 from __future__ import annotations
 
+from flux_ui.models import startup
+
 # Readable names of the shared parts in the table.
 PART_LABELS = {
     "text_encoder": "CLIP-L text encoder",
@@ -77,6 +79,8 @@ def model_rows(status: dict) -> list[tuple[str, str, str, str]]:
 def markdown(status: dict) -> str:
     """The panel: memory figures, then one table row per loaded model."""
     lines = memory_lines(status)
+    if status.get("startup") and (line := startup.describe(status["startup"])):
+        lines.insert(0, line)
     rows = model_rows(status)
     table = ["| model | where | weights | LoRAs loaded |", "|---|---|---|---|"]
     table += [f"| {' | '.join(row)} |" for row in rows]

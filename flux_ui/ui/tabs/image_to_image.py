@@ -10,7 +10,7 @@ import gradio as gr
 from flux_ui.core.seeds import SEED_MAX
 from flux_ui.core.variants import get_variant, variants_for
 from flux_ui.tasks.image_to_image import AUTO, DEFAULT_STRENGTH, SPEC, ImageToImageParams
-from flux_ui.ui import examples
+from flux_ui.ui import examples, fast_mode
 from flux_ui.ui.common import PRESETS, UiContext, image_event, seed_used, seed_used_box, variant_defaults
 from flux_ui.ui.handoff import track_selection
 
@@ -46,6 +46,7 @@ def build(ctx: UiContext) -> ImageToImageTab:
         guidance: float = dev.default_guidance,
         seed: int = -1,
         num_images: int = 1,
+        fast: bool = False,
         request: gr.Request = None,
         progress: gr.Progress = gr.Progress(),
     ):
@@ -61,8 +62,9 @@ def build(ctx: UiContext) -> ImageToImageTab:
             guidance: distilled guidance (dev 3.5, Krea 4.5); ignored by schnell.
             seed: -1 for a random seed; image i uses seed + i.
             num_images: how many images to make from the input.
+            fast: fast mode: about half the steps computed in full (cache-dit's step cache), softer detail.
         """
-        raw = ImageToImageParams(image, prompt, strength, variant, size, steps, guidance, seed, num_images)
+        raw = ImageToImageParams(image, prompt, strength, variant, size, steps, guidance, seed, num_images, fast=fast)
         done = yield from ctx.run_images(SPEC, raw, request, progress)
         if done is not None:  # None: cancelled, and already shown
             gallery, result, text = done
@@ -101,6 +103,7 @@ def build(ctx: UiContext) -> ImageToImageTab:
             with gr.Row():
                 seed = gr.Number(value=-1, label=f"Seed (-1 = random, up to {SEED_MAX})", elem_id="i2i-seed")
                 num_images = gr.Slider(1, settings.max_images, value=1, step=1, label="Images")
+            fast = fast_mode.checkbox(settings, "i2i-fast")
             with gr.Row():
                 generate_btn = gr.Button("Generate", variant="primary", elem_id="i2i-generate")
                 cancel_btn = gr.Button("Cancel", variant="stop", elem_id="i2i-cancel")
@@ -115,7 +118,7 @@ def build(ctx: UiContext) -> ImageToImageTab:
     gr.on(
         [generate_btn.click, prompt.submit],
         generate,
-        [image, prompt, strength, variant, size, steps, guidance, seed, num_images],
+        [image, prompt, strength, variant, size, steps, guidance, seed, num_images, fast],
         [gallery, last_seed, info],
         api_name="image_to_image",
         # The image is decoded by the validator (images.load_image), which knows our limits and names the field.

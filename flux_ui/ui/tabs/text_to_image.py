@@ -14,7 +14,7 @@ from flux_ui.media.foreign_metadata import read_loaded
 from flux_ui.media.uploads import checked_upload
 from flux_ui.models.loras.library import LoraInfo, tagged_names, with_tags
 from flux_ui.tasks.text_to_image import SPEC, TextToImageParams
-from flux_ui.ui import examples
+from flux_ui.ui import examples, fast_mode
 from flux_ui.ui.common import (
     CUSTOM,
     MAX_SLIDER_SIDE,
@@ -133,6 +133,7 @@ def build(ctx: UiContext) -> TextToImageTab:
         guidance: float = 3.5,
         seed: int = -1,
         num_images: int = 1,
+        fast: bool = False,
         request: gr.Request = None,
         progress: gr.Progress = gr.Progress(),
     ):
@@ -147,8 +148,9 @@ def build(ctx: UiContext) -> TextToImageTab:
             guidance: distilled guidance (dev 3.5, Krea 4.5); ignored by schnell.
             seed: -1 for a random seed; image i of a batch uses seed + i.
             num_images: how many images to generate.
+            fast: fast mode: about half the steps computed in full (cache-dit's step cache), softer detail.
         """
-        raw = TextToImageParams(prompt, variant, width, height, steps, guidance, seed, num_images)
+        raw = TextToImageParams(prompt, variant, width, height, steps, guidance, seed, num_images, fast=fast)
         done = yield from ctx.run_images(SPEC, raw, request, progress)
         if done is not None:  # None: cancelled, and already shown
             gallery, result, text = done
@@ -243,6 +245,7 @@ def build(ctx: UiContext) -> TextToImageTab:
                 random_btn = gr.Button("Random", scale=0, min_width=80)  # words: not every system has emoji
                 reuse_btn = gr.Button("Reuse last", scale=0, min_width=80)
                 num_images = gr.Slider(1, settings.max_images, value=1, step=1, label="Images")
+            fast = fast_mode.checkbox(settings, "fast")
             with gr.Row():
                 generate_btn = gr.Button("Generate", variant="primary", elem_id="generate")
                 cancel_btn = gr.Button("Cancel", variant="stop", elem_id="cancel")
@@ -267,7 +270,7 @@ def build(ctx: UiContext) -> TextToImageTab:
     lora_refresh.click(refresh_loras, prompt, [lora_pick, lora_info], api_visibility="private")
     random_btn.click(lambda: -1, None, seed, api_visibility="private")
     reuse_btn.click(reuse_last, last_seed, seed, api_visibility="private")
-    inputs = [prompt, variant, width, height, steps, guidance, seed, num_images]
+    inputs = [prompt, variant, width, height, steps, guidance, seed, num_images, fast]
     gr.on(
         [generate_btn.click, prompt.submit],
         generate,
@@ -277,7 +280,7 @@ def build(ctx: UiContext) -> TextToImageTab:
         **image_event(settings),
     )
     cancel_btn.click(ctx.cancel, None, None, queue=False, api_visibility="private")  # see run_images
-    form = [*inputs[:-1], preset, note, params_notes]
+    form = [*inputs[:-2], preset, note, params_notes]  # up to the seed: images and fast mode are not parameters
     # The file is checked first, in an event with no outputs: Gradio marks every output of a failed event
     # with a red "Error" pill that stays until that output changes again; the toast says what is wrong.
     params_file.upload(check_parameters, params_file, None, show_progress="hidden", api_visibility="private").success(
