@@ -427,6 +427,12 @@ def seed_used_box(elem_id: str) -> gr.Number:
     return gr.Number(label="Seed used", interactive=False, precision=0, visible=False, elem_id=elem_id)
 
 
-def seed_used(seed: int) -> dict:
-    """The update that shows a finished run's seed (and the box, the first time)."""
-    return gr.update(value=seed, visible=True)
+def reveal_seed(run, box: gr.Number) -> None:
+    """Once `run` (a tab's main event) has finished, show its "Seed used" box if it holds a seed. A
+    separate event, so that the API's output stays the plain number (an update would reach gradio_client
+    as a dict)."""
+
+    def show_seed(seed: float | None):
+        return gr.update(visible=seed is not None)
+
+    run.success(show_seed, box, box, queue=False, show_progress="hidden", api_visibility="private")

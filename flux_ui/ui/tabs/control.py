@@ -17,7 +17,7 @@ from flux_ui.core.variants import CONTROL_LORAS, get_variant
 from flux_ui.media.control_maps import CANNY_HIGH, CANNY_LOW
 from flux_ui.tasks.control import MODES, SPEC, ControlParams, control_map, output_size, validate_control
 from flux_ui.ui import examples
-from flux_ui.ui.common import UiContext, image_event, invalid, seed_used, seed_used_box
+from flux_ui.ui.common import UiContext, image_event, invalid, reveal_seed, seed_used_box
 from flux_ui.ui.handoff import track_selection
 
 MODE_CHOICES = [("Canny edges", "canny"), ("Depth", "depth")]
@@ -112,7 +112,7 @@ def build(ctx: UiContext) -> ControlTab:
         done = yield from ctx.run_images(SPEC, raw, request, progress, others=3)
         if done is not None:  # None: cancelled, and already shown
             gallery, result, text = done
-            yield gallery, result.control_image, seed_used(result.seed), text
+            yield gallery, result.control_image, result.seed, text
 
     def compute_map(
         image: dict | None,
@@ -241,7 +241,7 @@ def build(ctx: UiContext) -> ControlTab:
         **maps,
     ).success(lambda: True, None, map_from_source, api_visibility="private")
     gr.on([cmap.upload, cmap.clear], lambda: False, None, map_from_source, queue=False, api_visibility="private")
-    gr.on(
+    run = gr.on(
         [generate_btn.click, prompt.submit],
         generate,
         [image, prompt, mode, route, cmap, low, high, scale, steps, guidance, seed, num_images, map_from_source],
@@ -249,5 +249,6 @@ def build(ctx: UiContext) -> ControlTab:
         api_name="control",
         **image_event(settings),
     )
+    reveal_seed(run, last_seed)
     cancel_btn.click(ctx.cancel, None, None, queue=False, api_visibility="private")  # see run_images
     return ControlTab(image=image, prompt=prompt, gallery=gallery, selected=selected, send_row=send_row)

@@ -18,7 +18,7 @@ from flux_ui.core.seeds import SEED_MAX
 from flux_ui.core.variants import get_variant
 from flux_ui.tasks.fill import SPEC, FillParams
 from flux_ui.ui import examples
-from flux_ui.ui.common import UiContext, image_event, invalid, seed_used, seed_used_box
+from flux_ui.ui.common import UiContext, image_event, invalid, reveal_seed, seed_used_box
 from flux_ui.ui.handoff import track_selection
 
 MAX_SLIDER_OUTPAINT = 1024  # pixels per side on the sliders; the API accepts more, up to the size limit
@@ -90,7 +90,7 @@ def build(ctx: UiContext) -> FillTab:
         done = yield from ctx.run_images(SPEC, raw, request, progress)
         if done is not None:  # None: cancelled, and already shown
             gallery, result, text = done
-            yield gallery, seed_used(result.seed), text
+            yield gallery, result.seed, text
 
     with gr.Tab("Fill", id="fill"), gr.Row():
         with gr.Column(scale=1):
@@ -141,12 +141,13 @@ def build(ctx: UiContext) -> FillTab:
         selected = track_selection(gallery)  # inside the tab: a component between tabs confuses the tab bar
 
     split = run_btn.click(split_editor, editor, [image, mask], api_visibility="private")
-    split.success(
+    done = split.success(
         run,
         [image, mask, prompt, *sides, steps, guidance, seed, num_images],
         [gallery, last_seed, info],
         api_name="fill",
         **image_event(settings),
     )
+    reveal_seed(done, last_seed)
     cancel_btn.click(ctx.cancel, None, None, queue=False, api_visibility="private")  # see run_images
     return FillTab(image=editor, prompt=prompt, gallery=gallery, selected=selected, send_row=send_row)

@@ -11,7 +11,7 @@ from flux_ui.core.seeds import SEED_MAX
 from flux_ui.core.variants import get_variant, variants_for
 from flux_ui.tasks.image_to_image import AUTO, DEFAULT_STRENGTH, SPEC, ImageToImageParams
 from flux_ui.ui import examples, fast_mode
-from flux_ui.ui.common import PRESETS, UiContext, image_event, seed_used, seed_used_box, variant_defaults
+from flux_ui.ui.common import PRESETS, UiContext, image_event, reveal_seed, seed_used_box, variant_defaults
 from flux_ui.ui.handoff import track_selection
 
 SIZES = [AUTO, *(f"{w}x{h}" for w, h in PRESETS.values())]
@@ -68,7 +68,7 @@ def build(ctx: UiContext) -> ImageToImageTab:
         done = yield from ctx.run_images(SPEC, raw, request, progress)
         if done is not None:  # None: cancelled, and already shown
             gallery, result, text = done
-            yield gallery, seed_used(result.seed), text
+            yield gallery, result.seed, text
 
     with gr.Tab("Image to image", id="i2i"), gr.Row():
         with gr.Column(scale=1):
@@ -115,7 +115,7 @@ def build(ctx: UiContext) -> ImageToImageTab:
         selected = track_selection(gallery)  # inside the tab: a component between tabs confuses the tab bar
 
     variant.input(variant_defaults, variant, [steps, guidance], api_visibility="private")
-    gr.on(
+    run = gr.on(
         [generate_btn.click, prompt.submit],
         generate,
         [image, prompt, strength, variant, size, steps, guidance, seed, num_images, fast],
@@ -124,5 +124,6 @@ def build(ctx: UiContext) -> ImageToImageTab:
         # The image is decoded by the validator (images.load_image), which knows our limits and names the field.
         **image_event(settings),
     )
+    reveal_seed(run, last_seed)
     cancel_btn.click(ctx.cancel, None, None, queue=False, api_visibility="private")  # see run_images
     return ImageToImageTab(image=image, gallery=gallery, selected=selected, send_row=send_row)

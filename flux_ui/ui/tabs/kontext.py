@@ -15,7 +15,7 @@ from flux_ui.media.metadata import parse_parameters, read_parameters
 from flux_ui.media.uploads import checked_upload
 from flux_ui.tasks.kontext import AUTO, MAX_REFERENCES, SPEC, KontextParams, context_size, output_size
 from flux_ui.ui import examples, fast_mode
-from flux_ui.ui.common import UiContext, image_event, seed_used, seed_used_box
+from flux_ui.ui.common import UiContext, image_event, reveal_seed, seed_used_box
 from flux_ui.ui.handoff import Receiver, pick, track_selection
 
 VARIANT = get_variant("kontext-dev")
@@ -114,7 +114,7 @@ def build(ctx: UiContext) -> KontextTab:
         done = yield from ctx.run_images(SPEC, raw, request, progress, noun="edit")
         if done is not None:  # None: cancelled, and already shown
             gallery, result, text = done
-            yield gallery, seed_used(result.seed), text
+            yield gallery, result.seed, text
 
     def new_chain(image):
         path = _path(image)
@@ -196,7 +196,7 @@ def build(ctx: UiContext) -> KontextTab:
         history = gr.State([])
         selected = track_selection(gallery)
 
-    gr.on(
+    run = gr.on(
         [edit_btn.click, instruction.submit],
         edit,
         [image, instruction, size, steps, guidance, seed, num_images, *more, fast],
@@ -206,6 +206,7 @@ def build(ctx: UiContext) -> KontextTab:
         # of our limits and names no field.
         **image_event(settings),
     )
+    reveal_seed(run, last_seed)
     cancel_btn.click(ctx.cancel, None, None, queue=False, api_visibility="private")  # see run_images
     gr.on(
         [image.change, size.change],

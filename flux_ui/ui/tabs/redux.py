@@ -10,7 +10,7 @@ from flux_ui.core.seeds import SEED_MAX
 from flux_ui.core.variants import get_variant
 from flux_ui.tasks.redux import MAX_REFERENCES, MAX_SCALE, SPEC, ReduxParams
 from flux_ui.ui import examples
-from flux_ui.ui.common import CUSTOM, MAX_SLIDER_SIDE, PRESETS, UiContext, image_event, seed_used, seed_used_box
+from flux_ui.ui.common import CUSTOM, MAX_SLIDER_SIDE, PRESETS, UiContext, image_event, reveal_seed, seed_used_box
 from flux_ui.ui.handoff import track_selection
 
 VARIANT = get_variant("redux-dev")
@@ -90,7 +90,7 @@ def build(ctx: UiContext) -> ReduxTab:
         done = yield from ctx.run_images(SPEC, raw, request, progress, noun="variation")
         if done is not None:  # None: cancelled, and already shown
             gallery, result, text = done
-            yield gallery, seed_used(result.seed), text
+            yield gallery, result.seed, text
 
     def on_preset(label: str):
         return PRESETS.get(label, (gr.skip(), gr.skip()))
@@ -151,7 +151,7 @@ def build(ctx: UiContext) -> ReduxTab:
 
     preset.input(on_preset, preset, [width, height], api_visibility="private")
     inputs = [*images, *strengths, prompt, prompt_scale, pooled_scale, width, height, steps, guidance, seed, num_images]
-    gr.on(
+    run = gr.on(
         [generate_btn.click, prompt.submit],
         variations,
         inputs,
@@ -160,5 +160,6 @@ def build(ctx: UiContext) -> ReduxTab:
         # Images are decoded by the validator (see the Kontext tab).
         **image_event(settings),
     )
+    reveal_seed(run, last_seed)
     cancel_btn.click(ctx.cancel, None, None, queue=False, api_visibility="private")  # see run_images
     return ReduxTab(image=images[0], gallery=gallery, selected=selected, send_row=send_row)

@@ -22,7 +22,7 @@ from flux_ui.ui.common import (
     UiContext,
     image_event,
     invalid,
-    seed_used,
+    reveal_seed,
     seed_used_box,
 )
 from flux_ui.ui.handoff import Receiver, track_selection
@@ -154,7 +154,7 @@ def build(ctx: UiContext) -> TextToImageTab:
         done = yield from ctx.run_images(SPEC, raw, request, progress)
         if done is not None:  # None: cancelled, and already shown
             gallery, result, text = done
-            yield gallery, seed_used(result.seed), text
+            yield gallery, result.seed, text
 
     def on_variant(name: str):
         v = get_variant(name)
@@ -271,7 +271,7 @@ def build(ctx: UiContext) -> TextToImageTab:
     random_btn.click(lambda: -1, None, seed, api_visibility="private")
     reuse_btn.click(reuse_last, last_seed, seed, api_visibility="private")
     inputs = [prompt, variant, width, height, steps, guidance, seed, num_images, fast]
-    gr.on(
+    run = gr.on(
         [generate_btn.click, prompt.submit],
         generate,
         inputs,
@@ -279,6 +279,7 @@ def build(ctx: UiContext) -> TextToImageTab:
         api_name="text_to_image",
         **image_event(settings),
     )
+    reveal_seed(run, last_seed)
     cancel_btn.click(ctx.cancel, None, None, queue=False, api_visibility="private")  # see run_images
     form = [*inputs[:-2], preset, note, params_notes]  # up to the seed: images and fast mode are not parameters
     # The file is checked first, in an event with no outputs: Gradio marks every output of a failed event

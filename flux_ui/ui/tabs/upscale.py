@@ -32,7 +32,7 @@ from flux_ui.tasks.upscale import (
     target_size,
 )
 from flux_ui.ui import examples
-from flux_ui.ui.common import UiContext, image_event, seed_used, seed_used_box, variant_defaults
+from flux_ui.ui.common import UiContext, image_event, reveal_seed, seed_used_box, variant_defaults
 from flux_ui.ui.handoff import Receiver, track_selection
 
 NOTE = (
@@ -122,7 +122,7 @@ def build(ctx: UiContext) -> UpscaleTab:
         done = yield from ctx.run_images(SPEC, raw, request, progress)
         if done is not None:  # None: cancelled, and already shown
             gallery, result, text = done
-            yield gallery, seed_used(result.seed), text
+            yield gallery, result.seed, text
 
     def receive(path: str):
         text, name = parameters_of(path)
@@ -177,7 +177,7 @@ def build(ctx: UiContext) -> UpscaleTab:
         selected = track_selection(gallery)  # inside the tab: a component between tabs confuses the tab bar
 
     variant.input(variant_defaults, variant, [steps, guidance], api_visibility="private")
-    gr.on(
+    run = gr.on(
         [run_btn.click, prompt.submit],
         upscale_image,
         [image, prompt, scale, upscaler, strength, variant, steps, guidance, seed, tiling],
@@ -186,6 +186,7 @@ def build(ctx: UiContext) -> UpscaleTab:
         # The image is decoded by the validator (images.load_image), which knows our limits and names the field.
         **image_event(settings),
     )
+    reveal_seed(run, last_seed)
     cancel_btn.click(ctx.cancel, None, None, queue=False, api_visibility="private")  # see run_images
     gr.on(
         [image.change, scale.change],
