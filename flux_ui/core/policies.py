@@ -31,8 +31,9 @@ GIB = 2**30
 # and a "24 GB" RTX 4090 23.6 GiB, so each class starts a little below its marketing size.
 RESIDENT_MIN_GIB = 38.0
 FP8_MIN_GIB = 22.0
-# Models the policies change; the others (CLIP-L, the VAE, auxiliary models) stay resident under all.
-LARGE_MODELS = ("transformer", "text_encoder_2")
+# Models the policies change (the transformers, T5-XXL, FLUX.2's text encoders); the others (CLIP-L, the
+# VAEs, auxiliary models) stay resident under all.
+LARGE_MODELS = ("transformer", "text_encoder_2", "flux2_text_encoder")
 
 
 @dataclass(frozen=True)

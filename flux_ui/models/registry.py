@@ -6,6 +6,10 @@ in an LRU cache so that switching back to a recent variant loads nothing. One lo
 move and every pipeline run, so concurrent requests for different variants never interleave. LoRAs are
 loaded into the models once (see `lora_adapters`) and each pipeline use activates the set it asks for.
 
+FLUX.2 is a second family with shared parts of its own (`flux2_parts`): one VAE for all its variants, and a
+text encoder per key (Qwen3-4B, Qwen3-8B, Mistral Small 3.1), each loaded once and handed by identity to
+every variant that names it. Its transformers share the LRU cache with FLUX.1's.
+
 Where models live and how they move (the warm tier, eviction under pressure) is `placement.Placement`,
 which the registry builds on. Task-specific lending (BFL's control LoRAs, the depth estimator) is the
 control task's (`flux_ui.tasks.control`), on the public methods here.
@@ -25,11 +29,11 @@ from flux_ui.core.errors import InvalidInput
 from flux_ui.core.memory import WORKSPACE_BYTES, module_bytes
 from flux_ui.core.settings import Settings
 from flux_ui.core.turns import Line
-from flux_ui.core.variants import Variant, get_variant
-from flux_ui.models import loading, placement, sources, speed
+from flux_ui.core.variants import FLUX2, Variant, get_variant
+from flux_ui.models import flux2, loading, placement, sources, speed
 from flux_ui.models.loading import SharedParts
 from flux_ui.models.loras.library import LoraLibrary, LoraRequest
-from flux_ui.models.placement import SHARED_EVICTION_ORDER, Placement
+from flux_ui.models.placement import Placement
 from flux_ui.models.preview import LatentPreviewer
 
 log = logging.getLogger(__name__)
@@ -69,7 +73,34 @@ class Registry(Placement):
         return loading.load_shared(self.settings, self.load_counts)
 
     def _load_transformer(self, variant: Variant) -> torch.nn.Module:  # a hook, as _load_shared
+        if variant.family == FLUX2:
+            return flux2.load_transformer(self.settings, variant, self.load_counts)
         return loading.load_transformer(self.settings, variant, self.load_counts)
+
+    def _load_flux2_vae(self, variant: Variant) -> torch.nn.Module:  # a hook, as _load_shared
+        return flux2.load_vae(self.settings, variant, self.load_counts)
+
+    def _load_flux2_encoder(self, variant: Variant) -> tuple[torch.nn.Module, object]:  # a hook, as _load_shared
+        return flux2.load_text_encoder(self.settings, variant, self.load_counts)
+
+    def flux2_parts(self, variant: Variant) -> tuple[torch.nn.Module, object, torch.nn.Module]:
+        """FLUX.2 `variant`'s text encoder, its tokenizer and the FLUX.2 VAE, loaded on first use, kept, and
+        placed on the device: the same objects for every variant that shares them."""
+        key = flux2.encoder_key(variant)
+        with self._lock:
+            if flux2.VAE not in self._family_parts:
+                vae = self._load_flux2_vae(variant)
+                self._move(flux2.VAE, vae, self.settings.device)
+                speed.optimize_vae(vae, self.settings.speed)
+                self._family_parts[flux2.VAE] = vae
+            if key not in self._family_parts:
+                model, tokenizer = self._load_flux2_encoder(variant)
+                placement.prepare(self.settings.policy, "flux2_text_encoder", model, self.settings.device)
+                self._move(key, model, self.settings.device)
+                self._family_parts[key], self._tokenizers[key] = model, tokenizer
+            for name in (key, flux2.VAE):  # back on the device after make_room
+                self._move(name, self._family_parts[name], self.settings.device)
+            return self._family_parts[key], self._tokenizers[key], self._family_parts[flux2.VAE]
 
     def _prior_parts(self, variant: Variant) -> dict[str, object]:
         """Redux's SigLIP image encoder, its image processor and the Redux embedder, as auxiliary entries."""
@@ -198,13 +229,29 @@ class Registry(Placement):
         import diffusers
 
         variant = get_variant(name)
+        if loras and variant.family == FLUX2:
+            raise InvalidInput("prompt", f"LoRAs are not applied to FLUX.2 models yet; remove them for {variant.label}")
         files = [(self.loras.fetch(n), w) for n, w in loras]  # before the lock: a hub LoRA may download
         with self._lock:
-            # Only auxiliary models may be evicted for a FLUX run: its own parts are all needed on the device.
-            parts = [*SHARED_EVICTION_ORDER, f"transformer:{name}"]
+            # Only auxiliary models (and the other family's parts) may be evicted for a FLUX run: its own parts
+            # are all needed on the device.
+            parts = [*self._part_names(variant), f"transformer:{name}"]
             self.make_room(self._bytes_to_place(name) + WORKSPACE_BYTES, keep=parts)
-            shared = self.shared()
             pipe_cls = getattr(diffusers, pipeline_class or variant.pipeline_class)
+            if variant.family == FLUX2:
+                text_encoder, tokenizer, vae = self.flux2_parts(variant)
+                pipe = pipe_cls(
+                    scheduler=self._scheduler(variant),
+                    vae=vae,
+                    text_encoder=text_encoder,
+                    tokenizer=tokenizer,
+                    transformer=self.transformer(name),
+                    **flux2.pipeline_kwargs(variant, pipe_cls.__name__),
+                )
+                pipe.set_progress_bar_config(disable=True)
+                yield pipe
+                return
+            shared = self.shared()
             text = {
                 "text_encoder": shared.text_encoder,
                 "tokenizer": shared.tokenizer,
@@ -252,8 +299,8 @@ class Registry(Placement):
             def where(module: torch.nn.Module) -> str:
                 return "offloaded" if placement.is_group_offloaded(module) else str(next(module.parameters()).device)
 
-            shared = {k: where(m) for k, m in self._shared.modules().items()} if self._shared else {}
-            models = {**(self._shared.modules() if self._shared else {})}
+            shared = {k: where(m) for k, m in self.shared_modules().items()}
+            models = dict(self.shared_modules())
             models |= {f"transformer:{n}": m for n, m in self._transformers.items()}
             models |= {k: m for k, m in self._aux.items() if isinstance(m, torch.nn.Module)}
             budget = self.settings.ram_budget_bytes

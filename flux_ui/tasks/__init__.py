@@ -67,9 +67,11 @@ def step_callback(
     steps: int,
     total: int,
     size: tuple[int, int],
+    previews: bool = True,
 ):
-    """A diffusers `callback_on_step_end` that reports progress, makes previews and honours cancel."""
-    every = registry.settings.preview_every
+    """A diffusers `callback_on_step_end` that reports progress, makes previews (unless `previews` is
+    False) and honours cancel."""
+    every = registry.settings.preview_every if previews else 0
 
     def callback(pipe, i, t, kwargs):
         step = i + 1
