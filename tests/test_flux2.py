@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pytest
 
+from flux_ui.core.errors import InvalidInput
 from flux_ui.core.variants import FLUX2, family_variants, get_variant
 from flux_ui.tasks.text_to_image import TextToImageParams, text_to_image, validate_text_to_image
 
@@ -41,3 +42,59 @@ def test_every_flux2_variant_generates(registry, name):
     assert image.meta.variant == name
     assert image.meta.guidance == get_variant(name).default_guidance
     assert image.image.getextrema() != ((0, 0), (0, 0), (0, 0))  # decoded, not an empty canvas
+
+
+def test_flux2_parts_are_shared_by_identity_within_the_family(registry):
+    seen = {}
+    for name in ("flux2-klein-4b", "flux2-klein-base-4b", "flux2-klein-9b", "flux2-dev"):
+        with registry.pipeline(name) as pipe:
+            seen[name] = pipe
+    small, base, nine, dev = seen.values()
+    assert base.text_encoder is small.text_encoder and base.tokenizer is small.tokenizer  # one Qwen3-4B
+    assert nine.text_encoder is not small.text_encoder  # Qwen3-8B is its own
+    assert type(dev.text_encoder).__name__ == "Mistral3ForConditionalGeneration"
+    assert small.vae is base.vae is nine.vae is dev.vae  # one FLUX.2 VAE
+    assert len({id(p.transformer) for p in seen.values()}) == 4
+    assert small.config.is_distilled and not base.config.is_distilled
+    counts = registry.load_counts
+    assert counts["flux2:vae"] == 1
+    assert counts["flux2:text_encoder:qwen3-4b"] == counts["flux2:text_encoder:qwen3-8b"] == 1
+    assert counts["flux2:text_encoder:mistral-small-3.1"] == 1
+    assert "text_encoder_2" not in counts  # FLUX.1's T5 was never needed
+
+
+def test_a_family_switch_keeps_each_familys_parts(registry):
+    with registry.pipeline("dev") as flux1:
+        t5, clip, vae1 = flux1.text_encoder_2, flux1.text_encoder, flux1.vae
+    with registry.pipeline("flux2-klein-4b") as flux2:
+        qwen, vae2 = flux2.text_encoder, flux2.vae
+    with registry.pipeline("dev") as again:
+        assert again.text_encoder_2 is t5 and again.text_encoder is clip and again.vae is vae1
+    with registry.pipeline("flux2-klein-4b") as again2:
+        assert again2.text_encoder is qwen and again2.vae is vae2
+    shared = registry.status()["shared"]
+    assert {"text_encoder", "text_encoder_2", "vae", "flux2:vae", "flux2:text_encoder:qwen3-4b"} <= set(shared)
+    assert registry.load_counts["text_encoder_2"] == registry.load_counts["flux2:text_encoder:qwen3-4b"] == 1
+    assert registry.load_counts["transformer:dev"] == registry.load_counts["transformer:flux2-klein-4b"] == 1
+
+
+def test_make_room_moves_the_other_familys_parts_and_keeps_this_ones(registry):
+    with registry.pipeline("dev"):
+        pass
+    with registry.pipeline("flux2-klein-4b"):
+        pass
+    order = [name for name, _ in registry._shared_eviction_order()]
+    # FLUX.2's text encoder leaves first, FLUX.2's VAE last; a run keeps its own family's parts (keep=).
+    assert order[0] == "flux2:text_encoder:qwen3-4b" and order[-1] == "flux2:vae"
+    assert order[1:4] == ["text_encoder_2", "text_encoder", "vae"]
+    assert registry._part_names(get_variant("flux2-klein-4b")) == ("flux2:text_encoder:qwen3-4b", "flux2:vae")
+
+
+def test_flux2_refuses_loras_and_flux1_tasks_before_any_work(registry):
+    with pytest.raises(InvalidInput, match="prompt: LoRAs are not applied to FLUX.2"):
+        validate_text_to_image(TextToImageParams("a fox <lora:any:1>", "flux2-dev"), registry.settings)
+    from flux_ui.tasks.image_to_image import ImageToImageParams, validate_image_to_image
+
+    with pytest.raises(InvalidInput, match="variant: image to image runs FLUX.1"):
+        validate_image_to_image(ImageToImageParams(image=None, prompt="a fox", variant="flux2-dev"), registry.settings)
+    assert registry.load_counts == {}

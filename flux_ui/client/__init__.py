@@ -89,6 +89,7 @@ class FluxUI:
         image: object | None = None,
         images: Sequence[object] = (),
         strengths: Sequence[float] = (),
+        strength: float | None = None,
         mask: object | None = None,
         control_image: object | None = None,
         resolution: Size | None = None,
@@ -106,8 +107,9 @@ class FluxUI:
         max_new_tokens: int | None = None,
         on_step: Callable | None = None,
     ) -> Result:
-        """Run `task` (a name of the task table: text_to_image, kontext_edit, redux_variation, fill,
-        control, vqa) with the REST API's fields; a task ignores the fields it does not use.
+        """Run `task` (a name of the task table: text_to_image, image_to_image, kontext_edit, redux_variation,
+        fill, control, flux2_edit, flux2_inpaint, vqa) with the REST API's fields; a task ignores the fields
+        it does not use.
 
         Images are PIL images, numpy arrays, file paths or encoded bytes. `resolution` is (width, height)
         or "WIDTHxHEIGHT", multiples of 16. None for steps and guidance takes the model's published
@@ -119,6 +121,7 @@ class FluxUI:
             image=_read(image, "image"),
             images=tuple(_read(v, f"images[{i}]") for i, v in enumerate(images)),
             strengths=tuple(strengths),
+            strength=strength,
             mask=_read(mask, "mask"),
             control_image=_read(control_image, "control_image"),
             resolution=_resolution(resolution),
@@ -158,7 +161,8 @@ class FluxUI:
         num_images: int = 1,
         on_step: Callable | None = None,
     ) -> Result:
-        """Images from `prompt` (which may name LoRAs as <lora:NAME:WEIGHT>) with dev, schnell or krea-dev."""
+        """Images from `prompt` (which may name LoRAs as <lora:NAME:WEIGHT>) with dev, schnell or krea-dev, or a
+        FLUX.2 model (flux2-dev, flux2-klein-4b, flux2-klein-9b, flux2-klein-base-4b, flux2-klein-base-9b)."""
         return self._call(
             "text_to_image",
             {},
@@ -289,6 +293,70 @@ class FluxUI:
             mode=mode,
             route=route,
             control_image=control_image,
+            steps=steps,
+            guidance=guidance,
+            seed=seed,
+            num_images=num_images,
+            on_step=on_step,
+        )
+
+    def flux2_edit(
+        self,
+        images: Sequence[object],
+        instruction: str,
+        *,
+        variant: str = "flux2-klein-4b",
+        resolution: Size = "auto",
+        steps: int | None = None,
+        guidance: float | None = None,
+        seed: int = -1,
+        num_images: int = 1,
+        on_step: Callable | None = None,
+    ) -> Result:
+        """An image made from one to four reference `images` as `instruction` says, with a FLUX.2 model
+        (its own multi-reference input); "auto" resolution takes the first reference's size (at most 1 MP)."""
+        if not images:
+            raise InvalidInput("images", "is empty; give at least one reference image")
+        return self._call(
+            "flux2_edit",
+            # The API names the first reference `image` and the others images[0], images[1]...; here they are one list.
+            {"prompt": "instruction", "image": "images[0]", **{f"images[{n}]": f"images[{n + 1}]" for n in range(3)}},
+            prompt=instruction,
+            image=images[0],
+            images=images[1:],
+            variant=variant,
+            resolution=resolution,
+            steps=steps,
+            guidance=guidance,
+            seed=seed,
+            num_images=num_images,
+            on_step=on_step,
+        )
+
+    def flux2_inpaint(
+        self,
+        image: object,
+        mask: object,
+        prompt: str,
+        *,
+        variant: str = "flux2-klein-4b",
+        strength: float | None = None,
+        steps: int | None = None,
+        guidance: float | None = None,
+        seed: int = -1,
+        num_images: int = 1,
+        on_step: Callable | None = None,
+    ) -> Result:
+        """Repaint the white area of `mask` in `image` with a FLUX.2 [klein] model; `strength` (0-1, default
+        1) is how much of the masked area's content is kept (1 keeps none)."""
+        return self._call(
+            "flux2_inpaint",
+            {},
+            image=image,
+            mask=mask,
+            prompt=prompt,
+            variant=variant,
+            strength=strength,
             steps=steps,
             guidance=guidance,
             seed=seed,

@@ -53,6 +53,7 @@ def rest_body(task: str, r: Request) -> dict:
         "image": encode_image(r.image, "image"),
         "images": [encode_image(v, f"images[{i}]") for i, v in enumerate(r.images)],
         "strengths": list(r.strengths),
+        "strength": r.strength,
         "mask": encode_image(r.mask, "mask"),
         "control_image": encode_image(r.control_image, "control_image"),
         "resolution": r.resolution,

@@ -49,15 +49,24 @@ class GenerateRequest(BaseModel):
     task: Task
     prompt: str = Field("", max_length=MAX_TEXT_CHARS, description="the prompt, instruction or VQA question")
     image: str | None = Field(None, max_length=MAX_IMAGE_CHARS, description="base64 (or data: URL) PNG/JPEG/WebP")
-    images: list[str] = Field([], max_length=3, description="Redux: up to three more references, base64 like `image`")
+    images: list[str] = Field(
+        [], max_length=3, description="Redux and flux2_edit: up to three more references, base64 like `image`"
+    )
     strengths: list[Number] = Field([], max_length=4, description="Redux: one strength per reference, 0-2")
     strength: Number | None = Field(
-        None, description="image_to_image: denoise strength, above 0 up to 1 (1 ignores the input); default 0.75"
+        None,
+        description="image_to_image: denoise strength, above 0 up to 1 (1 ignores the input), default 0.75; "
+        "flux2_inpaint: the same for the masked area, default 1",
     )
-    mask: str | None = Field(None, max_length=MAX_IMAGE_CHARS, description="Fill: white = repaint, base64")
+    mask: str | None = Field(None, max_length=MAX_IMAGE_CHARS, description="Fill, flux2_inpaint: white = repaint")
     control_image: str | None = Field(None, max_length=MAX_IMAGE_CHARS, description="Control: a ready map")
     resolution: str | None = Field(None, max_length=32, description='"WIDTHxHEIGHT"; Kontext also "auto"')
-    variant: str | None = Field(None, max_length=64, description="text_to_image: dev, schnell or krea-dev")
+    variant: str | None = Field(
+        None,
+        max_length=64,
+        description="text_to_image: dev, schnell, krea-dev or a FLUX.2 model (flux2-dev, flux2-klein-4b, "
+        "flux2-klein-9b, flux2-klein-base-4b, flux2-klein-base-9b); flux2_edit, flux2_inpaint: a FLUX.2 model",
+    )
     steps: StrictInt | None = None
     guidance: Number | None = None
     seed: StrictInt = -1
