@@ -11,6 +11,8 @@ from PIL import Image
 
 from flux_ui.client import FluxUI
 from flux_ui.core.errors import InvalidInput
+from flux_ui.media.metadata import format_parameters, parse_parameters
+from flux_ui.output.history import infer_task
 from flux_ui.serving import rest as api
 from flux_ui.tasks.flux2_edit import Flux2EditParams, flux2_edit, validate_flux2_edit
 from flux_ui.tasks.flux2_inpaint import Flux2InpaintParams, flux2_inpaint, validate_flux2_inpaint
@@ -44,6 +46,7 @@ def test_edit_with_two_references_runs_end_to_end(registry):
     assert meta.variant == "flux2-klein-4b" and meta.extra["References"] == "2"
     assert meta.extra["Reference sizes"] == "96x64, 64x80"
     assert [g.meta.seed for g in result.images] == [4, 5]
+    assert infer_task(parse_parameters(format_parameters(meta))) == "flux2_edit"  # History tells it apart
     # The references condition the result: another second reference gives another image.
     other = validate_flux2_edit(
         Flux2EditParams((picture("red"), picture("green", (64, 80))), "the red one on the blue one", steps=2, seed=4),
@@ -92,6 +95,7 @@ def test_klein_inpaints_only_the_masked_area(registry):
     inside = np.abs(out[20:44, 20:44] - np.asarray(source)[20:44, 20:44]).mean()
     assert inside > 5  # the masked square is repainted
     assert result.images[0].meta.extra["Repainted"] == "25%"
+    assert infer_task(parse_parameters(format_parameters(result.images[0].meta))) == "flux2_inpaint"
     with registry.pipeline("flux2-klein-base-4b", pipeline_class="Flux2KleinInpaintPipeline") as pipe:
         assert type(pipe).__name__ == "Flux2KleinInpaintPipeline"
         with registry.pipeline("flux2-klein-base-4b") as plain:
@@ -171,3 +175,45 @@ def test_python_api_reaches_the_flux2_tasks(tiny_dir, tmp_path):
     with pytest.raises(InvalidInput) as err:
         flux.flux2_edit([picture("red"), picture("red", (8, 8))], "both")
     assert err.value.field == "images[1]"
+
+
+def test_gradio_client_reaches_the_flux2_tasks(app_server, tmp_path):
+    from gradio_client import Client, handle_file
+
+    first, second, source, mask = (tmp_path / f"{n}.png" for n in ("first", "second", "source", "mask"))
+    picture("red").save(first)
+    picture("blue", (64, 64)).save(second)
+    picture("green", (64, 64)).save(source)
+    square_mask().save(mask)
+    client = Client(app_server[0], verbose=False)
+    gallery, seed, info = client.predict(
+        handle_file(str(first)),
+        handle_file(str(second)),
+        None,
+        None,
+        "both together",
+        "flux2-klein-4b",
+        "auto",
+        2,
+        None,
+        7,
+        1,
+        api_name="/flux2_edit",
+    )
+    assert seed == 7 and len(gallery) == 1
+    assert Image.open(gallery[0]["image"]).size == (96, 64)
+    gallery, seed, info = client.predict(
+        image=handle_file(str(source)),
+        mask=handle_file(str(mask)),
+        prompt="a fox",
+        variant="flux2-klein-9b",
+        steps=2,
+        seed=8,
+        api_name="/flux2_inpaint",
+    )
+    assert seed == 8 and Image.open(gallery[0]["image"]).size == (64, 64)
+    gallery, seed, _ = client.predict(
+        prompt="a fox", variant="flux2-dev", width=64, height=64, steps=2, seed=9, api_name="/text_to_image"
+    )
+    assert seed == 9
+    assert "Model: FLUX.2 [dev], Variant: flux2-dev" in Image.open(gallery[0]["image"]).text["parameters"]

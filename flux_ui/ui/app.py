@@ -60,7 +60,18 @@ def _models_tab(ctx: UiContext) -> None:
 def build_ui(registry: Registry) -> gr.Blocks:
     """Build the Blocks app around `registry`; call `.queue(...)` and `.launch()` on the result."""
     from flux_ui.ui import handoff
-    from flux_ui.ui.tabs import control, fill, history, image_to_image, kontext, redux, text_to_image, vqa
+    from flux_ui.ui.tabs import (
+        control,
+        fill,
+        flux2_edit,
+        flux2_inpaint,
+        history,
+        image_to_image,
+        kontext,
+        redux,
+        text_to_image,
+        vqa,
+    )
 
     ctx = UiContext(registry)
     with gr.Blocks(title="FLUX UI") as demo:
@@ -79,6 +90,8 @@ def build_ui(registry: Registry) -> gr.Blocks:
             ctx.tabs["vqa"] = vqa.build(ctx)
             ctx.tabs["fill"] = fill.build(ctx)
             ctx.tabs["control"] = control.build(ctx)
+            ctx.tabs["flux2_edit"] = flux2_edit.build(ctx)
+            ctx.tabs["flux2_inpaint"] = flux2_inpaint.build(ctx)
             if ctx.settings.history:
                 ctx.tabs["history"] = history.build(ctx)
             _models_tab(ctx)
