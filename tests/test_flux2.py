@@ -98,3 +98,27 @@ def test_flux2_refuses_loras_and_flux1_tasks_before_any_work(registry):
     with pytest.raises(InvalidInput, match="variant: image to image runs FLUX.1"):
         validate_image_to_image(ImageToImageParams(image=None, prompt="a fox", variant="flux2-dev"), registry.settings)
     assert registry.load_counts == {}
+
+
+@pytest.mark.parametrize(
+    ("policy", "variant", "gpu_gib", "advice"),
+    [
+        ("resident", "flux2-dev", 139.8, None),  # an H200 holds [dev] in bf16
+        ("resident", "flux2-dev", 79.2, "fp8-24gb"),  # an 80 GB card: float8
+        ("resident", "flux2-dev", 39.4, "offload-12gb"),  # a 40 GB card: offloading
+        ("fp8-24gb", "flux2-dev", 23.6, "offload-12gb"),
+        ("offload-12gb", "flux2-dev", 11.6, None),  # streamed block by block: fits (RAM holds the weights)
+        ("resident", "flux2-klein-9b", 39.4, None),
+        ("fp8-24gb", "flux2-klein-9b", 23.6, None),
+        ("fp8-24gb", "flux2-klein-4b", 23.6, None),
+    ],
+)
+def test_the_memory_policies_say_what_runs(policy, variant, gpu_gib, advice):
+    from flux_ui.core.policies import POLICIES, misfit
+
+    v = get_variant(variant)
+    why = misfit(POLICIES[policy], v.label, v.weights_gib, gpu_gib)
+    if advice is None:
+        assert why is None
+    else:
+        assert why.endswith(f"start with --memory-policy {advice}") and v.label in why

@@ -72,6 +72,7 @@ class Variant:
     family: str = FLUX1  # FLUX1 or FLUX2: which shared parts (text encoders, VAE) it runs with
     text_encoder: str | None = None  # FLUX.2: the text encoder it shares with variants of the same key
     inpaint_pipeline_class: str | None = None  # FLUX.2: the pipeline that repaints a masked region, if any
+    weights_gib: float | None = None  # FLUX.2: bf16 transformer + text encoder, GiB (what the policies place)
 
     @property
     def uses_guidance(self) -> bool:
@@ -201,6 +202,7 @@ VARIANTS: dict[str, Variant] = {
             license=FLUX2_DEV_LICENSE,
             family=FLUX2,
             text_encoder="mistral-small-3.1",
+            weights_gib=104.7,  # 32.2B transformer + 24.0B Mistral Small 3.1
         ),
         *(
             Variant(
@@ -217,6 +219,8 @@ VARIANTS: dict[str, Variant] = {
                 family=FLUX2,
                 text_encoder="qwen3-4b" if size == "4B" else "qwen3-8b",
                 inpaint_pipeline_class="Flux2KleinInpaintPipeline",
+                # 3.9B transformer + 4.4B Qwen3-4B; 9.1B + 8.2B Qwen3-8B
+                weights_gib=15.4 if size == "4B" else 32.2,
             )
             for kind in ("", "base-")
             for size in ("4B", "9B")

@@ -24,8 +24,8 @@ from contextlib import contextmanager
 
 import torch
 
-from flux_ui.core import memory
-from flux_ui.core.errors import InvalidInput
+from flux_ui.core import memory, policies
+from flux_ui.core.errors import InvalidInput, ModelUnavailableError
 from flux_ui.core.memory import WORKSPACE_BYTES, module_bytes
 from flux_ui.core.settings import Settings
 from flux_ui.core.turns import Line
@@ -231,6 +231,7 @@ class Registry(Placement):
         variant = get_variant(name)
         if loras and variant.family == FLUX2:
             raise InvalidInput("prompt", f"LoRAs are not applied to FLUX.2 models yet; remove them for {variant.label}")
+        self._check_fits(variant)
         files = [(self.loras.fetch(n), w) for n, w in loras]  # before the lock: a hub LoRA may download
         with self._lock:
             # Only auxiliary models (and the other family's parts) may be evicted for a FLUX run: its own parts
@@ -280,6 +281,15 @@ class Registry(Placement):
                 yield pipe
             finally:
                 self._adapters.deactivate(pipe)  # the CLIP is shared: leave no LoRA active in it
+
+    def _check_fits(self, variant: Variant) -> None:
+        """Refuse, before loading anything, a model that cannot fit the GPU under the memory policy (FLUX.2
+        [dev] resident below the 141 GB class), naming the policy that would fit."""
+        total = (memory.device_usage(self.settings.device) or {}).get("total_gib")
+        if variant.weights_gib is None or total is None:
+            return
+        if why := policies.misfit(self.settings.policy, variant.label, variant.weights_gib, total):
+            raise ModelUnavailableError(variant.label, variant.repo_id, why, "See the README's memory policy table.")
 
     def _loaded_loras(self) -> dict[str, list[str]]:
         """LoRAs loaded into each model, least recently used first."""
