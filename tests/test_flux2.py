@@ -90,9 +90,11 @@ def test_make_room_moves_the_other_familys_parts_and_keeps_this_ones(registry):
     assert registry._part_names(get_variant("flux2-klein-4b")) == ("flux2:text_encoder:qwen3-4b", "flux2:vae")
 
 
-def test_flux2_refuses_loras_and_flux1_tasks_before_any_work(registry):
-    with pytest.raises(InvalidInput, match="prompt: LoRAs are not applied to FLUX.2"):
-        validate_text_to_image(TextToImageParams("a fox <lora:any:1>", "flux2-dev"), registry.settings)
+def test_flux2_refuses_flux1_tasks_and_unknown_loras_before_any_work(registry):
+    with pytest.raises(InvalidInput, match="prompt: .*no-such-lora"):
+        validate_text_to_image(
+            TextToImageParams("a fox <lora:no-such-lora:1>", "flux2-dev"), registry.settings, registry.loras
+        )
     from flux_ui.tasks.image_to_image import ImageToImageParams, validate_image_to_image
 
     with pytest.raises(InvalidInput, match="variant: image to image runs FLUX.1"):
@@ -122,3 +124,34 @@ def test_the_memory_policies_say_what_runs(policy, variant, gpu_gib, advice):
         assert why is None
     else:
         assert why.endswith(f"start with --memory-policy {advice}") and v.label in why
+
+
+def test_a_flux2_lora_loads_as_for_flux1_and_leaves_no_trace(tiny_dir, tmp_path):
+    import numpy as np
+
+    from flux_ui.core.settings import Settings
+    from flux_ui.models.registry import Registry
+    from flux_ui.tiny.flux2 import flux2_lora_state
+    from flux_ui.tiny.loras import kohya_state, save
+
+    folder = tmp_path / "loras"
+    save(folder / "klein-ink.safetensors", flux2_lora_state(1))
+    save(folder / "flux1-fox.safetensors", kohya_state(2))
+    settings = Settings(
+        tiny=True, tiny_dir=tiny_dir, model_root=tiny_dir, outputs_dir=tmp_path / "out", lora_dirs=(folder,)
+    )
+    registry = Registry(settings)
+
+    def image(prompt: str):
+        params = TextToImageParams(prompt, "flux2-klein-4b", width=64, height=64, steps=2, seed=5)
+        job = validate_text_to_image(params, settings, registry.loras)
+        return np.asarray(text_to_image(registry, job).images[0].image)
+
+    base = image("a red fox")
+    styled = image("a red fox <lora:klein-ink:1>")
+    assert not np.array_equal(base, styled)
+    assert np.array_equal(image("a red fox"), base)  # off again: the base model's image, bit for bit
+    assert registry.status()["loras"] == {"transformer:flux2-klein-4b": ["klein-ink"]}
+    with pytest.raises(InvalidInput, match="flux1-fox' does not fit FLUX.2 \\[klein\\] 4B"):
+        image("a red fox <lora:flux1-fox:1>")
+    assert np.array_equal(image("a red fox"), base)

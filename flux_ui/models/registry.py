@@ -229,8 +229,6 @@ class Registry(Placement):
         import diffusers
 
         variant = get_variant(name)
-        if loras and variant.family == FLUX2:
-            raise InvalidInput("prompt", f"LoRAs are not applied to FLUX.2 models yet; remove them for {variant.label}")
         self._check_fits(variant)
         files = [(self.loras.fetch(n), w) for n, w in loras]  # before the lock: a hub LoRA may download
         with self._lock:
@@ -249,27 +247,8 @@ class Registry(Placement):
                     transformer=self.transformer(name),
                     **flux2.pipeline_kwargs(variant, pipe_cls.__name__),
                 )
-                pipe.set_progress_bar_config(disable=True)
-                yield pipe
-                return
-            shared = self.shared()
-            text = {
-                "text_encoder": shared.text_encoder,
-                "tokenizer": shared.tokenizer,
-                "text_encoder_2": shared.text_encoder_2,
-                "tokenizer_2": shared.tokenizer_2,
-            }
-            if variant.has_transformer:
-                pipe = pipe_cls(
-                    scheduler=self._scheduler(variant),
-                    vae=shared.vae,
-                    transformer=self.transformer(name),
-                    **text,
-                )
             else:
-                # An image prior (Redux): its own image encoder parts, the shared text encoders for the
-                # prompt; what it returns conditions the pipeline of `variant.base`.
-                pipe = pipe_cls(**self._prior_parts(variant), **text)
+                pipe = self._flux1_pipeline(variant, pipe_cls)
             pipe.set_progress_bar_config(disable=True)
             if not variant.has_transformer:
                 if files:
@@ -280,7 +259,23 @@ class Registry(Placement):
             try:
                 yield pipe
             finally:
-                self._adapters.deactivate(pipe)  # the CLIP is shared: leave no LoRA active in it
+                self._adapters.deactivate(pipe)  # the text encoders are shared: leave no LoRA active in them
+
+    def _flux1_pipeline(self, variant: Variant, pipe_cls: type):
+        """`pipe_cls` around FLUX.1's shared parts and `variant`'s transformer (or, for an image prior such as
+        Redux, its own image encoder parts: what it returns conditions the pipeline of `variant.base`)."""
+        shared = self.shared()
+        text = {
+            "text_encoder": shared.text_encoder,
+            "tokenizer": shared.tokenizer,
+            "text_encoder_2": shared.text_encoder_2,
+            "tokenizer_2": shared.tokenizer_2,
+        }
+        if not variant.has_transformer:
+            return pipe_cls(**self._prior_parts(variant), **text)
+        return pipe_cls(
+            scheduler=self._scheduler(variant), vae=shared.vae, transformer=self.transformer(variant.name), **text
+        )
 
     def _check_fits(self, variant: Variant) -> None:
         """Refuse, before loading anything, a model that cannot fit the GPU under the memory policy (FLUX.2

@@ -11,7 +11,7 @@ from flux_ui.core.errors import InvalidInput
 from flux_ui.core.gpu import on_gpu
 from flux_ui.core.seeds import resolve_seed
 from flux_ui.core.settings import Settings
-from flux_ui.core.variants import FLUX2, get_variant, variants_for
+from flux_ui.core.variants import get_variant, variants_for
 from flux_ui.models.loras.library import LoraLibrary, LoraRequest, check_request, parse_prompt
 from flux_ui.models.registry import Registry
 from flux_ui.tasks import Request, StepCallback, TaskResult, TaskSpec
@@ -84,8 +84,6 @@ def validate_text_to_image(
     if variant.task != "text_to_image":
         names = ", ".join(v.name for v in variants_for("text_to_image"))
         raise InvalidInput("variant", f"{variant.label} is not a text-to-image model; use one of: {names}")
-    if loras and variant.family == FLUX2:
-        raise InvalidInput("prompt", f"LoRAs are not applied to FLUX.2 models yet; remove them for {variant.label}")
     width, height = check_size(p.width, p.height, settings)
     return TextToImageJob(
         prompt=prompt,

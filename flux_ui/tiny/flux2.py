@@ -236,3 +236,24 @@ def write_flux2_repo(folder: Path, pipeline_class: str, encoder: str, distilled:
         index = json.loads((folder / "model_index.json").read_text())
         index["tokenizer"] = ["transformers", "PixtralProcessor"]
         (folder / "model_index.json").write_text(json.dumps(index, indent=2))
+
+
+# (module, in, out) of the tiny FLUX.2 transformers' block layers a tiny LoRA changes (the same in every one).
+LORA_TARGETS = (
+    ("transformer_blocks.0.attn.to_q", 32, 32),
+    ("transformer_blocks.0.attn.to_v", 32, 32),
+    ("transformer_blocks.0.ff.linear_in", 32, 192),
+    ("single_transformer_blocks.0.attn.to_qkv_mlp_proj", 32, 288),
+    ("single_transformer_blocks.0.attn.to_out", 128, 32),
+)
+
+
+def flux2_lora_state(seed: int, rank: int = 4) -> dict[str, torch.Tensor]:
+    """A tiny FLUX.2 LoRA in diffusers' layout (`transformer.<module>.lora_A/B.weight`), as diffusers'
+    Flux2 LoRA trainers save it."""
+    g = torch.Generator().manual_seed(seed)
+    state = {}
+    for name, n_in, n_out in LORA_TARGETS:
+        state[f"transformer.{name}.lora_A.weight"] = torch.randn(rank, n_in, generator=g) / n_in**0.5
+        state[f"transformer.{name}.lora_B.weight"] = torch.randn(n_out, rank, generator=g) * 0.5
+    return state
