@@ -155,3 +155,14 @@ def test_a_flux2_lora_loads_as_for_flux1_and_leaves_no_trace(tiny_dir, tmp_path)
     with pytest.raises(InvalidInput, match="flux1-fox' does not fit FLUX.2 \\[klein\\] 4B"):
         image("a red fox <lora:flux1-fox:1>")
     assert np.array_equal(image("a red fox"), base)
+
+
+@pytest.mark.parametrize("name", ["flux2-klein-4b", "flux2-dev"])
+def test_flux2_runs_show_live_previews(registry, name):
+    events = []
+    params = TextToImageParams("a red fox", name, width=96, height=64, steps=3, seed=2)
+    text_to_image(registry, validate_text_to_image(params, registry.settings), on_step=events.append)
+    assert [e.step for e in events] == [1, 2, 3]
+    previews = [e.preview for e in events if e.preview is not None]
+    assert len(previews) == 2 and all(p.size == (96, 64) for p in previews)  # every step but the last
+    assert registry.previewer("flux2").vae is registry.flux2_parts(get_variant(name))[2]

@@ -29,7 +29,7 @@ from flux_ui.core.errors import InvalidInput, ModelUnavailableError
 from flux_ui.core.memory import WORKSPACE_BYTES, module_bytes
 from flux_ui.core.settings import Settings
 from flux_ui.core.turns import Line
-from flux_ui.core.variants import FLUX2, Variant, get_variant
+from flux_ui.core.variants import FLUX1, FLUX2, Variant, get_variant
 from flux_ui.models import flux2, loading, placement, sources, speed
 from flux_ui.models.loading import SharedParts
 from flux_ui.models.loras.library import LoraLibrary, LoraRequest
@@ -45,7 +45,7 @@ class Registry(Placement):
     def __init__(self, settings: Settings):
         super().__init__(settings)
         self._scheduler_configs: dict[str, dict] = {}
-        self._previewer: LatentPreviewer | None = None
+        self._previewers: dict[str, LatentPreviewer] = {}  # per family: each has its own VAE
         self.load_counts: Counter[str] = Counter()  # component -> loads from disk or hub
         self.loras = LoraLibrary(settings.lora_dirs, settings.hub_loras)  # the LoRAs a prompt can name
         self.line = Line()  # turns at the GPU for every surface's jobs, in arrival order
@@ -150,12 +150,14 @@ class Registry(Placement):
             self._scheduler_configs[variant.name] = loading.scheduler_config(self.settings, variant)
         return FlowMatchEulerDiscreteScheduler.from_config(self._scheduler_configs[variant.name])
 
-    def previewer(self) -> LatentPreviewer:
-        """The latent-to-RGB preview projection of the shared VAE, fitted once."""
+    def previewer(self, family: str = FLUX1) -> LatentPreviewer:
+        """The latent-to-RGB preview projection of `family`'s VAE, fitted once (FLUX.2's VAE must be loaded:
+        it is while one of its pipelines runs)."""
         with self._lock:
-            if self._previewer is None:
-                self._previewer = LatentPreviewer(self.shared().vae)
-            return self._previewer
+            if family not in self._previewers:
+                vae = self._family_parts[flux2.VAE] if family == FLUX2 else self.shared().vae
+                self._previewers[family] = LatentPreviewer(vae)
+            return self._previewers[family]
 
     def transformer(self, name: str) -> torch.nn.Module:
         """The transformer of variant `name`, loaded if needed, made active on the device.

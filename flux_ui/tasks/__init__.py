@@ -21,8 +21,10 @@ from PIL import Image
 
 from flux_ui.core.errors import Cancelled
 from flux_ui.core.settings import Settings
+from flux_ui.core.variants import FLUX1, FLUX2
 from flux_ui.media.metadata import ImageMeta
 from flux_ui.models.loras.library import LoraLibrary
+from flux_ui.models.preview import unpack_flux2
 from flux_ui.models.registry import Registry
 
 P = TypeVar("P")  # a task's raw parameters
@@ -67,11 +69,11 @@ def step_callback(
     steps: int,
     total: int,
     size: tuple[int, int],
-    previews: bool = True,
+    family: str = FLUX1,
 ):
-    """A diffusers `callback_on_step_end` that reports progress, makes previews (unless `previews` is
-    False) and honours cancel."""
-    every = registry.settings.preview_every if previews else 0
+    """A diffusers `callback_on_step_end` that reports progress, makes previews (of a `family` pipeline's
+    latents) and honours cancel."""
+    every = registry.settings.preview_every
 
     def callback(pipe, i, t, kwargs):
         step = i + 1
@@ -80,8 +82,11 @@ def step_callback(
         if on_step is not None:
             preview = None
             if every > 0 and step % every == 0 and step < steps:
-                latents = pipe._unpack_latents(kwargs["latents"], size[1], size[0], pipe.vae_scale_factor)
-                preview = registry.previewer().to_image(latents, size)
+                if family == FLUX2:
+                    latents = unpack_flux2(pipe, kwargs["latents"], size)
+                else:
+                    latents = pipe._unpack_latents(kwargs["latents"], size[1], size[0], pipe.vae_scale_factor)
+                preview = registry.previewer(family).to_image(latents, size)
             on_step(StepEvent(image_index, step, steps, image_index * steps + step, total, preview))
         return {}
 

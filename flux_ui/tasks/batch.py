@@ -49,7 +49,7 @@ def generate_batch(
     """Run `pipe` once per image with the task's `inputs` (image, mask_image, control_image, ...);
     return the images with their metadata, and the seconds spent encoding (unless the caller brings its
     own `embeds`, (prompt_embeds, pooled_prompt_embeds), as Redux does) and generating. A FLUX.2 pipeline
-    gets its own prompt embeddings and no live previews."""
+    gets its own prompt embeddings."""
     timings = {}
     width, height = batch.size
     settings = registry.settings
@@ -75,9 +75,9 @@ def generate_batch(
         inputs["guidance_scale"] = batch.guidance
     elif batch.variant.family == FLUX2:
         inputs["guidance_scale"] = 1.0  # [klein] distilled: no guidance (its pipeline warns about any other)
-    previews = batch.variant.family == FLUX1  # the preview projection is fitted to FLUX.1's VAE
+    family = batch.variant.family
     for i in range(batch.num_images):
-        callback = step_callback(registry, on_step, should_stop, i, steps_run, total, batch.size, previews)
+        callback = step_callback(registry, on_step, should_stop, i, steps_run, total, batch.size, family)
         with torch.inference_mode():
             out = pipe(
                 **prompt_inputs,
