@@ -219,8 +219,8 @@ VARIANTS: dict[str, Variant] = {
                 family=FLUX2,
                 text_encoder="qwen3-4b" if size == "4B" else "qwen3-8b",
                 inpaint_pipeline_class="Flux2KleinInpaintPipeline",
-                # 3.9B transformer + 4.4B Qwen3-4B; 9.1B + 8.2B Qwen3-8B
-                weights_gib=15.4 if size == "4B" else 32.2,
+                # 3.9B transformer + 4.0B Qwen3-4B; 9.1B + 8.2B Qwen3-8B
+                weights_gib=14.7 if size == "4B" else 32.2,
             )
             for kind in ("", "base-")
             for size in ("4B", "9B")

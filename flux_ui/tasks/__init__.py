@@ -100,10 +100,10 @@ class Request:
 
     prompt: str = ""  # the prompt, Kontext's instruction or the VQA question
     image: object | None = None  # the input image (bytes, or anything load_image reads)
-    images: tuple[object | None, ...] = ()  # Redux: more references
+    images: tuple[object | None, ...] = ()  # Redux, FLUX.2 edit: more references
     strengths: tuple[object, ...] = ()  # Redux: one per reference
-    strength: object | None = None  # image to image: denoise strength, 0 < strength <= 1; None: its default
-    mask: object | None = None  # Fill: white = repaint
+    strength: object | None = None  # image to image, FLUX.2 inpaint: 0 < strength <= 1; None: the task's default
+    mask: object | None = None  # Fill, FLUX.2 inpaint: white = repaint
     control_image: object | None = None  # Control: a ready map
     resolution: str | None = None  # "WIDTHxHEIGHT"; Kontext also "auto"
     variant: str | None = None

@@ -288,7 +288,7 @@ def _load_transformer_part(pipe, label: str, name: str, adapter: str, sd: dict, 
         with _expected_peft_warnings():
             pipe.load_lora_into_transformer(
                 sd,
-                **({} if alphas is None else {"network_alphas": alphas}),  # FLUX.2's loader takes none
+                **({} if _is_flux2(pipe) else {"network_alphas": alphas}),  # FLUX.2's loader takes none
                 transformer=transformer,
                 adapter_name=adapter,
                 metadata=meta,
