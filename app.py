@@ -32,10 +32,12 @@ def main(argv: list[str] | None = None) -> None:
 
         from flux_ui.tiny.loras import TINY_LORA_SUBDIR, write_tiny_loras
         from flux_ui.tiny.models import ensure_tiny_models
+        from flux_ui.tiny.upscalers import write_tiny_upscaler
 
         transformers_logging.disable_progress_bar()  # "Writing model shards" bars, once per tiny model
         ensure_tiny_models(settings.tiny_dir)
         write_tiny_loras(settings.tiny_dir / TINY_LORA_SUBDIR)
+        write_tiny_upscaler(settings.tiny_dir)  # in upscale_models/ below --model-root, where the app finds it
         log.info("tiny mode: random-weight models from %s", settings.tiny_dir)
     log.info("device %s, dtype %s, speed profile %s", settings.device, settings.dtype, settings.speed)
     log.info("memory policy %s: %s (%s)", settings.memory_policy, settings.policy_reason, settings.policy.summary)

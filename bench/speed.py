@@ -275,9 +275,10 @@ def phase_main(args) -> dict:
     return {"rows": rows, "errors": errors}
 
 
-def random_registry(vae, profile: str, cache: int = 2, lora_dirs: tuple[Path, ...] = ()):
+def random_registry(vae, profile: str, cache: int = 2, lora_dirs: tuple[Path, ...] = (), **settings_fields):
     """The app's Registry with full-size random-weight models built from configs instead of read from disk
-    (the only difference from `python app.py`); placement, speed profile and pipelines are the app's."""
+    (the only difference from `python app.py`); placement, speed profile and pipelines are the app's.
+    `settings_fields` set further Settings fields (max_megapixels, models_dirs...)."""
     from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
 
     from flux_ui.core.settings import Settings
@@ -306,6 +307,7 @@ def random_registry(vae, profile: str, cache: int = 2, lora_dirs: tuple[Path, ..
         preview_every=0,
         transformer_cache=cache,
         lora_dirs=lora_dirs,
+        **settings_fields,
     )
     return RandomWeightRegistry(settings)
 

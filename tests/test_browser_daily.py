@@ -13,7 +13,16 @@ from conftest import set_number
 from PIL import Image
 
 SLOW = 120_000  # ms: generous, the CPU is shared
-TABS = ("Text to image", "Image to image", "Kontext edit", "Redux variation", "Ask about an image", "Fill", "Control")
+TABS = (
+    "Text to image",
+    "Image to image",
+    "Upscale",
+    "Kontext edit",
+    "Redux variation",
+    "Ask about an image",
+    "Fill",
+    "Control",
+)
 
 
 def wait_text(page, elem_id: str, text: str) -> None:

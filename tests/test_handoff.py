@@ -37,7 +37,7 @@ def test_every_child_of_the_tab_bar_is_a_tab(app):
     kinds = [comps[c["id"]]["type"] for c in tabs["children"]]
     assert kinds == ["tabitem"] * len(kinds)
     ids = [comps[c["id"]]["props"]["id"] for c in tabs["children"]]
-    assert ids[:4] == ["t2i", "i2i", "kontext", "redux"]
+    assert ids[:5] == ["t2i", "i2i", "upscale", "kontext", "redux"]
 
 
 def test_each_gallery_can_send_to_the_other_tabs_present(app):
@@ -45,8 +45,8 @@ def test_each_gallery_can_send_to_the_other_tabs_present(app):
     sends = {c["props"]["elem_id"] for c in comps.values() if str(c["props"].get("elem_id")).startswith("send-")}
     sources, targets = (
         # History sends its images on too
-        ("t2i", "i2i", "kontext", "redux", "fill", "control", "flux2_edit", "flux2_inpaint", "history"),
-        ("t2i", "i2i", "kontext", "redux", "vqa", "fill", "control", "flux2_edit", "flux2_inpaint"),
+        ("t2i", "i2i", "upscale", "kontext", "redux", "fill", "control", "flux2_edit", "flux2_inpaint", "history"),
+        ("t2i", "i2i", "upscale", "kontext", "redux", "vqa", "fill", "control", "flux2_edit", "flux2_inpaint"),
     )
     expected = {f"send-{s}-to-{t}" for s in sources for t in targets if s != t}
     assert sends == expected  # every gallery can reach every other tab present, VQA included

@@ -12,7 +12,7 @@ import torch
 from flux_ui.core.errors import ModelUnavailableError
 from flux_ui.core.settings import settings_from_args
 from flux_ui.core.variants import VARIANTS
-from flux_ui.models import files, layouts, single_file, sources
+from flux_ui.models import files, layouts, quantized, single_file, sources
 from flux_ui.models.registry import Registry
 from flux_ui.tasks.text_to_image import TextToImageParams, text_to_image, validate_text_to_image
 from flux_ui.tiny import files as tiny_files
@@ -77,8 +77,7 @@ def test_scanner_identifies_every_file_of_a_comfyui_install(comfyui):
         "style-lora.safetensors": "a LoRA",
         "broken.safetensors": "unreadable header",
         "not-flux.safetensors": "not a FLUX.1 file",
-        "flux1-dev-Q8_0.gguf": "GGUF files are not supported yet",
-        "flux1-dev-bnb-nf4-v2.safetensors": "nf4 files are not supported yet",
+        "flux1-dev-Q8_0.gguf": "unreadable GGUF header",
     }
     for name, words in skipped.items():
         assert found[name].kind == "skipped" and words in found[name].reason, (name, found[name].reason)
@@ -282,7 +281,7 @@ def test_ignoring_the_scales_would_be_wrong(tiny_dir):
     name = next(k for k, v in state.items() if v.dtype == torch.float8_e4m3fn and v.numel() > 1)
     raw, weight = state[name].float(), tiny_files.bfl_transformer(tiny_dir, DEV)[name].float()
     assert raw.abs().max() > 100 * weight.abs().max()  # scaled up to 448
-    fixed = files.dequantize_fp8(state)[name].float()
+    fixed = quantized.dequantize_fp8(state)[name].float()
     assert torch.allclose(fixed, weight, rtol=FP8_RELATIVE, atol=float(weight.abs().max()) * 2**-9)
 
 

@@ -155,6 +155,7 @@ def test_every_task_of_the_table_reads_the_shared_request_fields(settings):
     assert list(TASKS) == [
         "text_to_image",
         "image_to_image",
+        "upscale",
         "kontext_edit",
         "redux_variation",
         "fill",

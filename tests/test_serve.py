@@ -115,10 +115,11 @@ def test_gpu_decorator_is_spaces_or_a_no_op(monkeypatch):
 
 def test_task_entry_points_carry_the_gpu_decorator():
     """Each task the UI and the REST API call is decorated (a ZeroGPU Space attaches the GPU there)."""
-    from flux_ui.tasks import control, fill, kontext, redux, text_to_image, vqa
+    from flux_ui.tasks import control, fill, kontext, redux, text_to_image, upscale, vqa
 
     for fn in (
         text_to_image.text_to_image,
+        upscale.upscale,
         kontext.kontext_edit,
         redux.redux_variation,
         fill.fill,

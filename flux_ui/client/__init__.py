@@ -90,6 +90,9 @@ class FluxUI:
         images: Sequence[object] = (),
         strengths: Sequence[float] = (),
         strength: float | None = None,
+        scale: float | None = None,
+        upscaler: str | None = None,
+        tiling: str | None = None,
         mask: object | None = None,
         control_image: object | None = None,
         resolution: Size | None = None,
@@ -107,9 +110,9 @@ class FluxUI:
         max_new_tokens: int | None = None,
         on_step: Callable | None = None,
     ) -> Result:
-        """Run `task` (a name of the task table: text_to_image, image_to_image, kontext_edit, redux_variation,
-        fill, control, flux2_edit, flux2_inpaint, vqa) with the REST API's fields; a task ignores the fields
-        it does not use.
+        """Run `task` (a name of the task table: text_to_image, image_to_image, upscale, kontext_edit,
+        redux_variation, fill, control, flux2_edit, flux2_inpaint, vqa) with the REST API's fields; a task
+        ignores the fields it does not use.
 
         Images are PIL images, numpy arrays, file paths or encoded bytes. `resolution` is (width, height)
         or "WIDTHxHEIGHT", multiples of 16. None for steps and guidance takes the model's published
@@ -122,6 +125,9 @@ class FluxUI:
             images=tuple(_read(v, f"images[{i}]") for i, v in enumerate(images)),
             strengths=tuple(strengths),
             strength=strength,
+            scale=scale,
+            upscaler=upscaler,
+            tiling=tiling,
             mask=_read(mask, "mask"),
             control_image=_read(control_image, "control_image"),
             resolution=_resolution(resolution),
@@ -181,6 +187,7 @@ class FluxUI:
         image: object,
         instruction: str,
         *,
+        images: Sequence[object] = (),
         resolution: Size = "auto",
         steps: int | None = None,
         guidance: float | None = None,
@@ -189,12 +196,14 @@ class FluxUI:
         on_step: Callable | None = None,
     ) -> Result:
         """`image` edited as `instruction` says, with FLUX.1 Kontext [dev]; "auto" resolution keeps Kontext's
-        preferred size for the image's aspect ratio."""
+        preferred size for the image's aspect ratio. Up to three more reference `images` are stitched
+        beside `image` into the one picture Kontext reads."""
         return self._call(
             "kontext_edit",
             {"prompt": "instruction"},
             prompt=instruction,
             image=image,
+            images=images,
             resolution=resolution,
             steps=steps,
             guidance=guidance,
@@ -361,6 +370,40 @@ class FluxUI:
             guidance=guidance,
             seed=seed,
             num_images=num_images,
+            on_step=on_step,
+        )
+
+    def upscale(
+        self,
+        image: object,
+        prompt: str = "",
+        *,
+        scale: float = 2.0,
+        upscaler: str = "auto",
+        strength: float = 0.3,
+        variant: str = "dev",
+        steps: int | None = None,
+        guidance: float | None = None,
+        seed: int = -1,
+        tiling: str = "auto",
+        on_step: Callable | None = None,
+    ) -> Result:
+        """`image` enlarged `scale` times (1.5-4) by an upscaler model ("auto": the first found, else
+        Lanczos; or "lanczos", or a model's name), then refined at `strength` (0: upscale only) with
+        `prompt`, in tiles above 1.5 MP (`tiling` auto, on or off)."""
+        return self._call(
+            "upscale",
+            {},
+            image=image,
+            prompt=prompt,
+            scale=scale,
+            upscaler=upscaler,
+            strength=strength,
+            variant=variant,
+            steps=steps,
+            guidance=guidance,
+            seed=seed,
+            tiling=tiling,
             on_step=on_step,
         )
 

@@ -32,6 +32,7 @@ from flux_ui.media.metadata import (
     float_in,
     int_in,
     parse_parameters,
+    prompt_without_tags,
     shown,
 )
 
@@ -182,6 +183,8 @@ def from_a1111(text: str) -> Loaded:
         if not colon:
             raise ValueError(f"image parameters: 'LoRAs' entry {shown(item)} is not name:weight")
         found.setdefault("loras", []).append((name, weight))
+    if ours:  # our prompts carry the LoRAs' tags for other tools; the form gets them from "LoRAs" once
+        found["prompt"] = prompt_without_tags(p["Prompt"], [n for n, _ in found.get("loras", [])])
     hires = [f"{k}: {v}" for k, v in p.items() if _HIRES.match(k)]
     if any(k.startswith("Hires") for k in p):
         notes.append(f"Hires fix ({', '.join(hires)}) is not carried over: the form gets the first pass.")

@@ -167,3 +167,30 @@ def image_hash(image: Image.Image) -> str:
     h = hashlib.sha256(f"{image.mode} {image.width}x{image.height}\n".encode())
     h.update(image.tobytes())
     return h.hexdigest()[:16]
+
+
+def stitch(images: list[Image.Image], max_aspect: float = 2.4, max_height: int = 1568) -> Image.Image:
+    """Several RGB pictures side by side in one, each scaled (aspect kept) to a common height, as ComfyUI's
+    Image Stitch node lays references out for Kontext. When a single row would be wider than `max_aspect`
+    (three or four square pictures), they go in rows of two instead, each cell as large as the largest
+    scaled picture, pictures centred on white. The common height is the tallest input's, at most
+    `max_height` (Kontext's longest side: the pipeline shrinks the stitched picture to about 1 MP anyway)."""
+    height = min(max(im.height for im in images), max_height)
+
+    def scaled(im: Image.Image, h: int) -> Image.Image:
+        return im.resize((max(1, round(im.width * h / im.height)), h), Image.Resampling.LANCZOS)
+
+    row = [scaled(im, height) for im in images]
+    if sum(im.width for im in row) / height <= max_aspect:
+        canvas = Image.new("RGB", (sum(im.width for im in row), height), "white")
+        x = 0
+        for im in row:
+            canvas.paste(im, (x, 0))
+            x += im.width
+        return canvas
+    cell_w = max(im.width for im in row)
+    rows = (len(row) + 1) // 2
+    canvas = Image.new("RGB", (2 * cell_w, rows * height), "white")
+    for i, im in enumerate(row):
+        canvas.paste(im, ((i % 2) * cell_w + (cell_w - im.width) // 2, (i // 2) * height))
+    return canvas

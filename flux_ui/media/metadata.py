@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,6 +33,8 @@ MAX_GUIDANCE = 1000.0  # absolute value; other UIs' guidance/CFG scales stay far
 # a word character. Kept as in the regex the splitter replaced, so other UIs' keys ("Schedule type") still parse.
 _KEY_PUNCT = frozenset(" -/")
 _SHOWN_CHARS = 40  # at most this much of a bad value is quoted back in an error message
+# <lora:NAME> or <lora:NAME:WEIGHT> in a prompt; NAME has no ':', '<' or '>'.
+LORA_TAG = re.compile(r"<lora:([^<>:]*)(?::([^<>:]*))?>", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -48,10 +51,28 @@ class ImageMeta:
     loras: tuple[tuple[str, float], ...] = ()  # (adapter name, weight)
     extra: dict[str, str] = field(default_factory=dict)  # task-specific keys, e.g. "Source hash"
     version: str = __version__
+    model_hash: str = ""  # A1111's "Model hash" of the transformer file (10 hex digits), "" if not a file
+    lora_hashes: tuple[tuple[str, str], ...] = ()  # (LoRA name, A1111's 12-digit hash of its tensors)
 
 
 def _quote(value: str) -> str:
     return json.dumps(value) if ("," in value or ":" in value or '"' in value) else value
+
+
+def prompt_with_tags(prompt: str, loras: tuple[tuple[str, float], ...]) -> str:
+    """`prompt` with a `<lora:NAME:WEIGHT>` tag for each LoRA it does not tag already, as A1111 and Forge
+    write them: the tags are how other tools (Civitai, sd-parsers) read an image's LoRAs."""
+    tagged = {m.group(1).strip() for m in LORA_TAG.finditer(prompt)}
+    tags = [f"<lora:{n}:{w:g}>" for n, w in loras if n not in tagged]
+    return " ".join([prompt, *tags]) if tags else prompt
+
+
+def prompt_without_tags(prompt: str, names) -> str:
+    """`prompt` less the tags of the LoRAs `names`: what our own images' prompts were before
+    `prompt_with_tags` (their LoRAs are read from the "LoRAs" key, so the form does not get them twice)."""
+    names = set(names)
+    text = LORA_TAG.sub(lambda m: " " if m.group(1).strip() in names else m.group(0), prompt)
+    return re.sub(r" *\n *", "\n", re.sub(r"[ \t]+", " ", text)).strip() if names else prompt
 
 
 def format_parameters(meta: ImageMeta) -> str:
@@ -68,15 +89,18 @@ def format_parameters(meta: ImageMeta) -> str:
     pairs += [
         ("Seed", str(meta.seed)),
         ("Size", f"{meta.width}x{meta.height}"),
+        *([("Model hash", meta.model_hash)] if meta.model_hash else []),
         ("Model", variant.label if variant else meta.variant),
         ("Variant", meta.variant),
     ]
     if meta.loras:
         pairs.append(("LoRAs", ", ".join(f"{n}:{w:g}" for n, w in meta.loras)))
+    if meta.lora_hashes:
+        pairs.append(("Lora hashes", ", ".join(f"{n}: {h}" for n, h in meta.lora_hashes)))
     pairs += list(meta.extra.items())
     pairs.append(("Version", f"flux-ui {meta.version}"))
     line = ", ".join(f"{k}: {_quote(v)}" for k, v in pairs)
-    return f"{meta.prompt}\n{line}"
+    return f"{prompt_with_tags(meta.prompt, meta.loras)}\n{line}"
 
 
 def _is_word(ch: str) -> bool:
@@ -251,7 +275,7 @@ def meta_from_parameters(text: str) -> ImageMeta:
         if key not in p:
             raise ValueError(f"image parameters: {key!r} is missing")
     return ImageMeta(
-        prompt=p["Prompt"],
+        prompt=prompt_without_tags(p["Prompt"], [n for n, _ in loras]),
         variant=name,
         seed=int_in("Seed", p["Seed"], 0, SEED_MAX),
         steps=int_in("Steps", p["Steps"], 1, MAX_STEPS),

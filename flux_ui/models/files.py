@@ -1,8 +1,9 @@
 """Single model files as ComfyUI, Forge and A1111 keep them: what each file is, told by its tensors.
 
-`identify(path)` reads only a file's header (tensor names, shapes and dtypes, through `safe_open`), never
-its weights, and says what it holds: a FLUX.1 transformer (BFL keys, as BFL and ComfyUI ship them, or
-diffusers keys), the FLUX VAE (`ae.safetensors`), a CLIP-L or T5-XXL text encoder, or an all-in-one
+`identify(path)` reads only a file's header (tensor names, shapes and dtypes, through `safe_open`; a GGUF
+file's names, shapes and quantisation types through the gguf reader), never its weights, and says what it
+holds: a FLUX.1 transformer (BFL keys, as BFL and ComfyUI ship them, or diffusers keys; in any dtype, fp8,
+GGUF or NF4), the FLUX VAE (`ae.safetensors`), a CLIP-L or T5-XXL text encoder, or an all-in-one
 checkpoint holding several of those. `scan(folders)` walks the usual sub-folders of a ComfyUI root, a
 Forge/A1111 root or a bare `models/` folder and identifies every model file there; files that cannot be
 used come back as "skipped" with the reason, so the Models tab can say why.
@@ -13,12 +14,13 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
 
 import torch
 
+from flux_ui.models import quantized
 from flux_ui.models.layouts import BFL_PREFIX
 
 log = logging.getLogger(__name__)
@@ -54,8 +56,8 @@ FAMILIES = {
     "fill": "FLUX.1 Fill",
     "control": "FLUX.1 Canny/Depth",
 }
+NF4_NOTE = "4-bit weights unpacked when loaded: it costs the GPU what a bf16 file does (float8's with an fp8 policy)"
 DTYPE_FORMATS = {"BF16": "bf16", "F16": "fp16", "F32": "fp32", "F8_E4M3": "fp8", "F8_E5M2": "fp8"}
-UNSUPPORTED = ("gguf", "nf4")  # recognised, loaded in a later version
 
 
 @dataclass(frozen=True)
@@ -65,7 +67,7 @@ class FoundFile:
     path: Path
     kind: str  # "transformer", "checkpoint" (all-in-one), "vae", "clip_l", "t5xxl" or "skipped"
     size: int  # bytes on disk
-    format: str = ""  # weight format: bf16, fp16, fp32, fp8, fp8-scaled, gguf, nf4 ("" when unknown)
+    format: str = ""  # weight format: bf16, fp16, fp32, fp8, fp8-scaled, gguf-Q8_0 (-Q4_K...), nf4 ("" unknown)
     family: str | None = None  # transformer family, a key of FAMILIES
     variant: str | None = None  # the variant it serves (a name of flux_ui.core.variants.VARIANTS), if known
     layout: str = ""  # transformer keys: "bfl" or "diffusers"
@@ -97,48 +99,24 @@ def read_header(path: Path) -> dict[str, tuple[str, tuple[int, ...]]]:
         return out
 
 
-def read_tensors(path: Path, prefix: str) -> dict[str, torch.Tensor]:
+def read_tensors(path: Path, prefix: str, dequantize: bool = True) -> dict[str, torch.Tensor]:
     """The tensors of a .safetensors file whose names start with `prefix`, without it; only those are read.
-    Float8 weights come back dequantised (see `dequantize_fp8`)."""
+    Float8 and bitsandbytes 4-bit weights come back dequantised (see `quantized`), unless not `dequantize`."""
     from safetensors import safe_open
 
     with safe_open(str(path), framework="pt") as f:
         state = {k.removeprefix(prefix): f.get_tensor(k) for k in f.keys() if k.startswith(prefix)}  # noqa: SIM118
-    return dequantize_fp8(state)
-
-
-FP8_DTYPES = (torch.float8_e4m3fn, torch.float8_e5m2)
-FP8_EXTRAS = ("scale_weight", "scale_input", "scaled_fp8")  # ComfyUI's scaled-fp8 bookkeeping, not weights
-
-
-def dequantize_fp8(state: dict[str, torch.Tensor], dtype: torch.dtype = torch.bfloat16) -> dict[str, torch.Tensor]:
-    """`state` with float8 tensors turned into `dtype`: each times its per-tensor `scale_weight` where the
-    file has one (ComfyUI's `_scaled` files: weight = fp8 value x scale), as is where it has none (plain
-    fp8 files); the scale and marker tensors are dropped.
-
-    diffusers' single-file loader would cast the float8 values and ignore the scales it does not know, so a
-    scaled file's weights would come out wrong by their scale (up to hundreds of times), silently. One
-    tensor at a time, in bf16 by default, so the peak is the bf16 model, not a float32 copy."""
-    if not any(t.dtype in FP8_DTYPES for t in state.values()):
+    if not dequantize:
         return state
-    out = {}
-    for name, tensor in state.items():
-        if name.rpartition(".")[2] in FP8_EXTRAS or name == "scaled_fp8":
-            continue
-        if tensor.dtype in FP8_DTYPES:
-            scale = state.get(name.removesuffix("weight") + "scale_weight") if name.endswith("weight") else None
-            value = tensor.to(torch.float32)
-            if scale is not None:
-                value = value * scale.to(torch.float32)
-            tensor = value.to(dtype)
-        out[name] = tensor
-    return out
+    if quantized.is_nf4(state):
+        return quantized.dequantize_nf4(state)
+    return quantized.dequantize_fp8(state)
 
 
 def _weight_format(header: dict[str, tuple[str, tuple[int, ...]]]) -> str:
     """The weights' format: quantisations first, else the dtype holding most elements."""
     names = header.keys()
-    if any(n.endswith(("quant_state.bitsandbytes__nf4", ".absmax")) or ".quant_state." in n for n in names):
+    if quantized.is_nf4(names):
         return "nf4"
     if any(n.endswith(("scale_weight", "scaled_fp8")) for n in names):
         return "fp8-scaled"
@@ -176,6 +154,15 @@ TRANSFORMER_PROBES = (
 )
 
 
+def _in_features(header, weight: str) -> int:
+    """A linear layer's input width; a bitsandbytes 4-bit weight is stored flat (two weights a byte), so
+    there it is the weight count over the output width (its bias's length)."""
+    shape = header[weight][1]
+    if weight + quantized.NF4_STATE not in header:
+        return shape[1]
+    return 2 * int(torch.Size(shape).numel()) // header[weight.removesuffix("weight") + "bias"][1][0]
+
+
 def _transformer(header, name: str) -> dict | None:
     """What a transformer in this file is, or None if it holds none."""
     found = next(
@@ -187,7 +174,7 @@ def _transformer(header, name: str) -> dict | None:
     x_in, guidance = prefix + probes[0], prefix + probes[1]
     if layout == "bfl" and prefix + "vector_in.in_layer.weight" not in header:
         return {"skip": "a FLUX-like transformer that is not FLUX.1 (no pooled-text input: Chroma or FLUX.2?)"}
-    in_channels = header[x_in][1][1]
+    in_channels = _in_features(header, x_in)
     lower = name.lower()
     variant, note = None, ""
     if in_channels == 384:
@@ -272,12 +259,9 @@ def classify(path: Path, size: int, header: dict[str, tuple[str, tuple[int, ...]
         variant=tf.get("variant"),
         layout=tf.get("layout", ""),
         parts=parts,
-        note=tf.get("note", ""),
+        note="; ".join(n for n in (tf.get("note", ""), NF4_NOTE if fmt == "nf4" else "") if n),
         reason="parts of a checkpoint without its transformer" if kind == "skipped" else "",
     )
-    if fmt in UNSUPPORTED:
-        what = f"a {FAMILIES[record.family]} transformer" if record.family else f"a {kind}"
-        return FoundFile(path, "skipped", size, fmt, record.family, reason=f"{what}: {fmt} files are not supported yet")
     return record
 
 
@@ -285,7 +269,7 @@ def classify(path: Path, size: int, header: dict[str, tuple[str, tuple[int, ...]
 def _identify(path: Path, size: int, mtime_ns: int) -> FoundFile:
     """Memoised by size and modification time, so a second scan reads no header again."""
     if path.suffix == ".gguf":
-        return FoundFile(path, "skipped", size, "gguf", reason="GGUF files are not supported yet")
+        return _identify_gguf(path, size)
     if path.suffix in (".ckpt", ".pt", ".pth"):
         return FoundFile(path, "skipped", size, "pickle", reason="a pickle file: not read (loading one can run code)")
     from safetensors import SafetensorError
@@ -295,6 +279,23 @@ def _identify(path: Path, size: int, mtime_ns: int) -> FoundFile:
     except (SafetensorError, OSError) as err:
         return FoundFile(path, "skipped", size, reason=f"unreadable header: {err}")
     return classify(path, size, header)
+
+
+def _identify_gguf(path: Path, size: int) -> FoundFile:
+    """A GGUF file, by its header: only FLUX.1 transformers (architecture "flux", city96's ComfyUI-GGUF
+    files) are read; GGUF text encoders and other models are skipped with what they are."""
+    try:
+        arch, header = quantized.gguf_header(path)
+    except ValueError as err:
+        return FoundFile(path, "skipped", size, "gguf", reason=f"unreadable GGUF header: {err}")
+    fmt = quantized.gguf_format(header)
+    if arch != "flux":
+        return FoundFile(path, "skipped", size, fmt, reason=f"a GGUF file of architecture {arch or 'unknown'!r}, "
+                         "not a FLUX.1 transformer (the only model read from GGUF)")  # fmt: skip
+    found = classify(path, size, header)
+    if found.usable and found.kind != "transformer":
+        return replace(found, kind="skipped", format=fmt, reason="a GGUF file holding more than a transformer")
+    return replace(found, format=fmt)
 
 
 def identify(path: Path) -> FoundFile:

@@ -105,6 +105,12 @@ def _tokenizers(settings: Settings, counts: Counter[str], files_only: bool) -> t
     return out[0], out[1]
 
 
+def tokenizers(settings: Settings, counts: Counter[str]) -> tuple[object, object]:
+    """The CLIP and T5 tokenizers alone (no encoder is read), as `load_shared` would read them."""
+    src = {part: sources.shared_part_source(settings, part) for part in ("clip", "t5")}
+    return _tokenizers(settings, counts, files_only=any(map(sources.is_file, src.values())))
+
+
 def _tokenizer_on_disk(source: str, subfolder: str) -> bool:
     """Whether a tokenizer is in the local folder or the hub cache. Asked first because transformers, given
     no files, builds an empty tokenizer (two tokens) instead of raising."""

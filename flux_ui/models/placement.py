@@ -102,7 +102,7 @@ class Placement:
         self._lock = threading.RLock()
         self._shared: SharedParts | None = None  # FLUX.1's shared parts
         self._family_parts: dict[str, torch.nn.Module] = {}  # FLUX.2's: "flux2:vae", "flux2:text_encoder:KEY"
-        self._tokenizers: dict[str, object] = {}  # the tokenizer of each text encoder in _family_parts
+        self._flux2_tokenizers: dict[str, object] = {}  # the tokenizer of each text encoder in _family_parts
         self._transformers: OrderedDict[str, torch.nn.Module] = OrderedDict()  # least recent first
         self._active: str | None = None  # variant whose transformer is on the device
         self._aux: OrderedDict[str, object] = OrderedDict()  # other models, least recent first

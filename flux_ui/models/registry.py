@@ -30,7 +30,7 @@ from flux_ui.core.memory import WORKSPACE_BYTES, module_bytes
 from flux_ui.core.settings import Settings
 from flux_ui.core.turns import Line
 from flux_ui.core.variants import FLUX1, FLUX2, Variant, get_variant
-from flux_ui.models import flux2, loading, placement, sources, speed
+from flux_ui.models import flux2, hashes, loading, placement, sources, speed
 from flux_ui.models.loading import SharedParts
 from flux_ui.models.loras.library import LoraLibrary, LoraRequest
 from flux_ui.models.placement import Placement
@@ -46,6 +46,7 @@ class Registry(Placement):
         super().__init__(settings)
         self._scheduler_configs: dict[str, dict] = {}
         self._previewers: dict[str, LatentPreviewer] = {}  # per family: each has its own VAE
+        self._tokenizers: tuple[object, object] | None = None  # read alone, before the shared parts
         self.load_counts: Counter[str] = Counter()  # component -> loads from disk or hub
         self.loras = LoraLibrary(settings.lora_dirs, settings.hub_loras)  # the LoRAs a prompt can name
         self.line = Line()  # turns at the GPU for every surface's jobs, in arrival order
@@ -97,10 +98,10 @@ class Registry(Placement):
                 model, tokenizer = self._load_flux2_encoder(variant)
                 placement.prepare(self.settings.policy, "flux2_text_encoder", model, self.settings.device)
                 self._move(key, model, self.settings.device)
-                self._family_parts[key], self._tokenizers[key] = model, tokenizer
+                self._family_parts[key], self._flux2_tokenizers[key] = model, tokenizer
             for name in (key, flux2.VAE):  # back on the device after make_room
                 self._move(name, self._family_parts[name], self.settings.device)
-            return self._family_parts[key], self._tokenizers[key], self._family_parts[flux2.VAE]
+            return self._family_parts[key], self._flux2_tokenizers[key], self._family_parts[flux2.VAE]
 
     def _prior_parts(self, variant: Variant) -> dict[str, object]:
         """Redux's SigLIP image encoder, its image processor and the Redux embedder, as auxiliary entries."""
@@ -141,6 +142,29 @@ class Registry(Placement):
                 ),
             ),
         }
+
+    def fresh_transformer(self, name: str) -> torch.nn.Module:
+        """A copy of variant `name`'s transformer read afresh from its source, in RAM, in the settings' dtype,
+        neither cached nor placed: for LoRA training, which changes its layers (adapters, 4-bit weights,
+        gradient checkpointing) and so must never share it with inference. The caller places it."""
+        variant = get_variant(name)
+        if not variant.has_transformer:
+            raise ValueError(f"variant: {variant.label} has no transformer of its own; use {variant.base!r}")
+        return self._load_transformer(variant)
+
+    def tokenizers(self) -> tuple[object, object]:
+        """The shared CLIP and T5 tokenizers, read without their encoders when those are not loaded yet
+        (training checks caption lengths with them before any model is placed)."""
+        with self._lock:
+            if self._shared is not None:
+                return self._shared.tokenizer, self._shared.tokenizer_2
+            if self._tokenizers is None:
+                self._tokenizers = loading.tokenizers(self.settings, self.load_counts)
+            return self._tokenizers
+
+    def scheduler(self, name: str):
+        """A fresh scheduler of variant `name` (training reads its sigmas, samples run with it)."""
+        return self._scheduler(get_variant(name))
 
     def _scheduler(self, variant: Variant):
         """A fresh scheduler per run (schedulers hold per-run state); its config is read once."""
@@ -186,6 +210,20 @@ class Registry(Placement):
             self._move(f"transformer:{name}", model, self.settings.device)
             self._enforce_ram_budget()
             return model
+
+    def file_hashes(self, variant: Variant, loras: LoraRequest) -> tuple[str, tuple[tuple[str, str], ...]]:
+        """A1111's `Model hash` of the transformer file `variant` runs ("" unless it is a single file: a
+        diffusers folder is no one file Civitai knows) and each LoRA's hash, for the images' metadata.
+        Each file is hashed once (see `hashes`)."""
+        if not variant.has_transformer:
+            variant = get_variant(variant.base)
+        src = sources.resolve_source(self.settings, variant.name, variant.repo_id)
+        try:
+            model = hashes.model_hash(src) if sources.is_file(src) else ""
+            return model, tuple((name, hashes.lora_hash(self.loras.fetch(name).path)) for name, _ in loras)
+        except (OSError, InvalidInput) as err:  # a file gone since it was loaded: the images go without hashes
+            log.warning("file hashes for the images' metadata: %s", err)
+            return "", ()
 
     def aux(self, key: str, what: str, source: str, setting: str, loader: Callable[[], object]) -> object:
         """A model other than FLUX's own (the Redux image encoder, the VQA model, a depth estimator...),

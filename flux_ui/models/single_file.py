@@ -18,7 +18,7 @@ import torch
 from flux_ui.core.errors import ModelUnavailableError
 from flux_ui.core.settings import DEFAULT_SHARED_REPO, Settings
 from flux_ui.core.variants import Variant
-from flux_ui.models import files, layouts, sources
+from flux_ui.models import files, float8_file, hashes, layouts, quantized, sources
 
 CONFIGS = Path(__file__).resolve().parents[2] / "assets" / "configs"  # the shipped configs, in hub layout
 # The repo whose configuration describes each transformer family (see files.FAMILIES), and the shared
@@ -75,11 +75,13 @@ def _complete(model: torch.nn.Module, what: str, path: Path, setting: str) -> to
 
 
 def transformer(settings: Settings, variant: Variant, source: str) -> torch.nn.Module:
-    """`variant`'s transformer from a single file: BFL keys (diffusers converts them) or diffusers keys."""
+    """`variant`'s transformer from a single file: BFL keys (diffusers converts them) or diffusers keys;
+    safetensors (float8 dequantised) or GGUF (kept quantised)."""
     from diffusers import FluxTransformer2DModel
 
     path, what, setting = Path(source).expanduser(), f"{variant.label} transformer", f"--model {variant.name}=FILE"
     found = _identify(what, path, setting, "transformer")
+    hashes.start(path)  # the images' `Model hash`, read beside the load (see `hashes`)
     if found.family != variant_family(variant):
         raise ModelUnavailableError(
             what,
@@ -89,8 +91,16 @@ def transformer(settings: Settings, variant: Variant, source: str) -> torch.nn.M
         )
     config = config_folder(settings, found.family)
 
+    gguf = found.format.startswith("gguf")
+
     def load():
-        state = files.read_tensors(path, found.parts["transformer"])
+        if float8_file.wanted(settings, found):  # float8 weights straight from the file (see float8_file)
+            return float8_file.transformer(path, found, config, settings.dtype)
+        if gguf:  # kept quantised: diffusers' GGUF layers dequantise each weight as it is used
+            state = quantized.gguf_tensors(path, found.parts["transformer"])
+            extra = {"quantization_config": quantized.gguf_config(settings.dtype)}
+        else:
+            state, extra = files.read_tensors(path, found.parts["transformer"]), {}
         if found.layout == "bfl" and state["img_in.weight"].shape[0] != layouts.FLUX1_WIDTH:
             state = layouts.bfl_to_diffusers(state)  # diffusers' converter handles FLUX.1's width only
         if found.layout == "diffusers":
@@ -101,7 +111,12 @@ def transformer(settings: Settings, variant: Variant, source: str) -> torch.nn.M
             if missing := sorted(empty.state_dict().keys() - state.keys()):
                 raise KeyError(missing[0])
         return FluxTransformer2DModel.from_single_file(
-            state, config=str(config), subfolder="transformer", torch_dtype=settings.dtype, local_files_only=True
+            state,
+            config=str(config),
+            subfolder="transformer",
+            torch_dtype=settings.dtype,
+            local_files_only=True,
+            **extra,
         )
 
     return _complete(sources.load_file(what, path, setting, load), what, path, setting)

@@ -26,6 +26,8 @@ import time
 
 import torch
 
+from flux_ui.models import quantized
+
 log = logging.getLogger(__name__)
 
 # PyTorch SDPA as dispatched by default (flash attention on Hopper). On an H100 (torch 2.11) its cuDNN
@@ -45,6 +47,8 @@ def _fp8_filter(module: torch.nn.Module, fqn: str) -> bool:
         and module.out_features >= FP8_MIN_FEATURES
         and module.in_features % 16 == 0
         and module.out_features % 16 == 0
+        # Weights held quantised by a file's format (GGUF blocks, NF4) are bytes, not floats to convert.
+        and module.weight.dtype.is_floating_point
     )
 
 
@@ -62,17 +66,28 @@ class Float8RowwiseLinear(torch.nn.Module):
     """
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None):
-        super().__init__()
-        self.in_features, self.out_features = weight.shape[1], weight.shape[0]
         w = weight.detach().float()
         scale = w.abs().amax(dim=1, keepdim=True).clamp(min=1e-12) / FP8_MAX  # (out, 1)
-        self.register_buffer("weight_fp8", (w / scale).clamp(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn))
-        self.register_buffer("weight_scale", scale.t().contiguous())  # (1, out), as _scaled_mm wants it
+        self._hold((w / scale).clamp(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn), scale, bias)
+
+    def _hold(self, weight_fp8: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None) -> None:
+        torch.nn.Module.__init__(self)
+        self.in_features, self.out_features = weight_fp8.shape[1], weight_fp8.shape[0]
+        self.register_buffer("weight_fp8", weight_fp8)
+        self.register_buffer("weight_scale", scale.float().reshape(1, -1).contiguous())  # (1, out), for _scaled_mm
         self.bias = None if bias is None else torch.nn.Parameter(bias.detach(), requires_grad=False)
 
     @classmethod
     def from_linear(cls, linear: torch.nn.Linear) -> Float8RowwiseLinear:
         return cls(linear.weight, linear.bias)
+
+    @classmethod
+    def from_float8(cls, weight_fp8: torch.Tensor, row_scale: torch.Tensor, bias: torch.Tensor | None):
+        """A layer holding float8_e4m3fn weights as they are (a file's), weight = value x its row's scale
+        (`row_scale`: one per output row, or per-tensor scales repeated): nothing is requantised."""
+        layer = cls.__new__(cls)
+        layer._hold(weight_fp8, row_scale, bias)
+        return layer
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
@@ -119,6 +134,13 @@ def optimize_transformer(
     profile it changed nothing (3.23 s per image either way) but kept 2 GiB of unfused weights besides.
     """
     if profile == "off":
+        return transformer
+    if quantized.is_prequantized(transformer):
+        # A GGUF file's layers dequantise their weights on every call: float8 would need a second copy, and
+        # regional compile of those layers is unmeasured; the attention backend still applies.
+        transformer.set_attention_backend(ATTENTION_BACKEND)
+        log.info("speed profile %s: the transformer is kept as its quantised file holds it (no float8, no "
+                 "compile)", profile)  # fmt: skip
         return transformer
     start = time.perf_counter()
     if fuse_qkv:

@@ -50,14 +50,20 @@ class GenerateRequest(BaseModel):
     prompt: str = Field("", max_length=MAX_TEXT_CHARS, description="the prompt, instruction or VQA question")
     image: str | None = Field(None, max_length=MAX_IMAGE_CHARS, description="base64 (or data: URL) PNG/JPEG/WebP")
     images: list[str] = Field(
-        [], max_length=3, description="Redux and flux2_edit: up to three more references, base64 like `image`"
+        [], max_length=3, description="Redux, Kontext, flux2_edit: up to three more references, base64 like `image`"
     )
     strengths: list[Number] = Field([], max_length=4, description="Redux: one strength per reference, 0-2")
     strength: Number | None = Field(
         None,
         description="image_to_image: denoise strength, above 0 up to 1 (1 ignores the input), default 0.75; "
-        "flux2_inpaint: the same for the masked area, default 1",
+        "upscale: the refine pass's, 0 (upscale only) up to 1, default 0.3; "
+        "flux2_inpaint: the masked area's, default 1",
     )
+    scale: Number | None = Field(None, description="upscale: output side / input side, 1.5 to 4; default 2")
+    upscaler: str | None = Field(
+        None, max_length=200, description='upscale: "auto" (default), "lanczos" or an upscaler model\'s name'
+    )
+    tiling: Literal["auto", "on", "off"] | None = Field(None, description="upscale: refine in tiles; default auto")
     mask: str | None = Field(None, max_length=MAX_IMAGE_CHARS, description="Fill, flux2_inpaint: white = repaint")
     control_image: str | None = Field(None, max_length=MAX_IMAGE_CHARS, description="Control: a ready map")
     resolution: str | None = Field(None, max_length=32, description='"WIDTHxHEIGHT"; Kontext also "auto"')

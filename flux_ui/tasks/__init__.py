@@ -102,7 +102,12 @@ class Request:
     image: object | None = None  # the input image (bytes, or anything load_image reads)
     images: tuple[object | None, ...] = ()  # Redux, FLUX.2 edit: more references
     strengths: tuple[object, ...] = ()  # Redux: one per reference
-    strength: object | None = None  # image to image, FLUX.2 inpaint: 0 < strength <= 1; None: the task's default
+    strength: object | None = (
+        None  # image to image, upscale, FLUX.2 inpaint: denoise strength; None: the task's default
+    )
+    scale: object | None = None  # upscale: output side / input side, 1.5-4; None: 2
+    upscaler: str | None = None  # upscale: "auto", "lanczos" or an upscaler model's name; None: auto
+    tiling: str | None = None  # upscale: refine pass in tiles, "auto", "on" or "off"; None: auto
     mask: object | None = None  # Fill, FLUX.2 inpaint: white = repaint
     control_image: object | None = None  # Control: a ready map
     resolution: str | None = None  # "WIDTHxHEIGHT"; Kontext also "auto"

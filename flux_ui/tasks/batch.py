@@ -76,6 +76,7 @@ def generate_batch(
     elif batch.variant.family == FLUX2:
         inputs["guidance_scale"] = 1.0  # [klein] distilled: no guidance (its pipeline warns about any other)
     family = batch.variant.family
+    outputs = []
     for i in range(batch.num_images):
         callback = step_callback(registry, on_step, should_stop, i, steps_run, total, batch.size, family)
         with torch.inference_mode():
@@ -89,6 +90,11 @@ def generate_batch(
                 callback_on_step_end=callback,
                 **inputs,
             )
+        outputs.append(out.images[0])
+    timings["generate"] = time.perf_counter() - t
+    # After the images: a transformer file's hash started when it loaded, and has had their time to finish.
+    model_hash, lora_hashes = registry.file_hashes(batch.variant, batch.loras)
+    for i, image in enumerate(outputs):
         meta = ImageMeta(
             prompt=batch.prompt,
             variant=batch.variant.name,
@@ -99,9 +105,10 @@ def generate_batch(
             height=height,
             loras=batch.loras,
             extra=dict(batch.extra),
+            model_hash=model_hash,
+            lora_hashes=lora_hashes,
         )
-        images.append(GeneratedImage(out.images[0], meta, notes))
-    timings["generate"] = time.perf_counter() - t
+        images.append(GeneratedImage(image, meta, notes))
     return images, timings
 
 

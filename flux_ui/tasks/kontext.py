@@ -2,9 +2,18 @@
 
 As in the model authors' reference code, the input is resized to the Kontext training resolution whose
 aspect ratio is nearest its own (diffusers' FluxKontextPipeline does that resize); the output is that same
-resolution unless the request names another size. FluxKontextPipeline takes one input image: a list is
-treated as a batch of separate inputs, not as several references to combine, so there is no second
-reference image here.
+resolution unless the request names another size.
+
+Several references (2-4 images: a person and a garment, a product and a scene) are stitched side by side
+into one picture (four, or three wide ones, in rows of two), which is then the one input, as ComfyUI users
+do with its Image Stitch node. diffusers 0.42 has no other way: FluxKontextPipeline takes one image (a
+list is a batch of separate edits, not references to combine) and gives its latent tokens one fixed
+position offset, and its modular Kontext blocks do the same. The other ComfyUI recipe, each reference
+encoded on its own and chained as extra tokens at shifted positions (ReferenceLatent), would mean our own
+denoising loop around the transformer. The cost of stitching: the stitched picture is resized to one
+Kontext resolution of about 1 MP, so each reference gets its share of that (two side by side about 0.5 MP
+each, four about 0.25 MP each), and the instruction should say which is where ("the jacket on the right").
+With several references, the output size "auto" is Kontext's resolution for the first image's aspect ratio.
 """
 
 from __future__ import annotations
@@ -22,7 +31,7 @@ from flux_ui.core.gpu import on_gpu
 from flux_ui.core.seeds import resolve_seed
 from flux_ui.core.settings import Settings
 from flux_ui.core.variants import get_variant, nearest_resolution
-from flux_ui.media.images import image_hash, load_image
+from flux_ui.media.images import image_hash, load_image, stitch
 from flux_ui.models.registry import Registry
 from flux_ui.tasks import Request, StepCallback, TaskResult, TaskSpec
 from flux_ui.tasks.batch import Batch, generate_batch
@@ -38,6 +47,7 @@ from flux_ui.tasks.params import (
 log = logging.getLogger(__name__)
 
 VARIANT = "kontext-dev"
+MAX_REFERENCES = 4  # input images per edit: the first, and up to three more stitched beside it
 AUTO = "auto"  # output size: Kontext's preferred resolution for the input's aspect ratio
 _SIZE = re.compile(r"^\s*(\d+)\s*[x×X]\s*(\d+)\s*$")
 
@@ -54,6 +64,7 @@ class KontextParams:
     guidance: object | None = None  # distilled guidance
     seed: object = -1  # -1 picks a random seed; image i uses seed + i
     num_images: object = 1  # edits made one after another, from the same input
+    images: tuple[object | None, ...] = ()  # up to 3 more references, stitched beside `image`; None: empty slot
 
 
 @dataclass(frozen=True)
@@ -68,6 +79,12 @@ class KontextJob:
     guidance: float
     seed: int
     num_images: int
+    references: tuple[Image.Image, ...] = ()  # the more references, RGB (empty slots dropped)
+
+    @property
+    def context(self) -> Image.Image:
+        """The one picture the pipeline gets: the image, or the image and the references stitched."""
+        return stitch([self.image, *self.references]) if self.references else self.image
 
 
 def context_size(image: Image.Image) -> tuple[int, int]:
@@ -95,6 +112,11 @@ def validate_kontext(p: KontextParams, settings: Settings) -> KontextJob:
     first bad field."""
     variant = get_variant(VARIANT)
     image = load_image(p.image, "image")
+    if not isinstance(p.images, tuple | list) or len(p.images) > MAX_REFERENCES - 1:
+        raise InvalidInput("image_2", f"at most {MAX_REFERENCES - 1} more reference images; send fewer")
+    # Slots 2-4 in the UI and the API's images[0..2]: errors name image_<n>, which the APIs translate.
+    slots = [(n, v) for n, v in enumerate(p.images, 2) if v is not None and not (isinstance(v, str) and not v)]
+    references = tuple(load_image(v, f"image_{n}") for n, v in slots)
     instruction = check_prompt(p.instruction, settings, "instruction", "say what to change in the image")
     width, height = output_size(p.size, image, settings)
     return KontextJob(
@@ -106,6 +128,7 @@ def validate_kontext(p: KontextParams, settings: Settings) -> KontextJob:
         guidance=check_guidance(p.guidance, variant.default_guidance),
         seed=check_seed(p.seed),
         num_images=check_num_images(p.num_images, settings),
+        references=references,
     )
 
 
@@ -123,12 +146,16 @@ def kontext_edit(
     variant = get_variant(VARIANT)
     seed = resolve_seed(params.seed)
     size = (params.width, params.height)
-    ctx_w, ctx_h = context_size(params.image)
+    context = params.context
+    ctx_w, ctx_h = context_size(context)
     extra = {
         "Source hash": image_hash(params.image),
         "Source size": f"{params.image.width}x{params.image.height}",
         "Context size": f"{ctx_w}x{ctx_h}",
     }
+    if params.references:
+        extra["References"] = f"{1 + len(params.references)} stitched ({context.width}x{context.height})"
+        extra["Reference hashes"] = " ".join(image_hash(im) for im in params.references)
     timings: dict[str, float] = {}
     start = time.perf_counter()
     batch = Batch(
@@ -149,7 +176,7 @@ def kontext_edit(
             batch,
             on_step,
             should_stop,
-            image=params.image,  # resized by the pipeline to the context size
+            image=context,  # resized by the pipeline to the context size
             # The pipeline rescales width x height to max_area; this keeps the size asked for.
             max_area=params.width * params.height,
         )
@@ -169,12 +196,15 @@ def kontext_edit(
 
 
 def from_request(r: Request) -> KontextParams:
-    return KontextParams(r.image, r.prompt, r.resolution or AUTO, r.steps, r.guidance, r.seed, r.num_images)
+    return KontextParams(
+        r.image, r.prompt, r.resolution or AUTO, r.steps, r.guidance, r.seed, r.num_images, tuple(r.images)
+    )
 
 
 def describe(result: TaskResult) -> str:
     meta = result.images[0].meta
-    return f"Output {meta.width}×{meta.height} · context {meta.extra['Context size']}"
+    refs = f" · {meta.extra['References']}" if "References" in meta.extra else ""
+    return f"Output {meta.width}×{meta.height} · context {meta.extra['Context size']}{refs}"
 
 
 SPEC = TaskSpec(

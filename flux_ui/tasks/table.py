@@ -15,6 +15,7 @@ from flux_ui.tasks import (
     kontext,
     redux,
     text_to_image,
+    upscale,
     vqa,
 )
 
@@ -23,6 +24,7 @@ TASKS: dict[str, TaskSpec] = {
     for spec in (
         text_to_image.SPEC,
         image_to_image.SPEC,
+        upscale.SPEC,
         kontext.SPEC,
         redux.SPEC,
         fill.SPEC,

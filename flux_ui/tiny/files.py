@@ -102,7 +102,7 @@ def all_in_one(tiny_dir: Path, repo_id: str, vae_prefix: str = "first_stage_mode
 
 
 def _bad_files(folder: Path, tiny_dir: Path) -> None:
-    """Files a scan must skip, each with its reason: a LoRA, a cut-short file, another model, a GGUF, NF4."""
+    """Files a scan must skip, each with its reason: a LoRA, a cut-short file, another model, a broken GGUF."""
     g = torch.Generator().manual_seed(14)
     lora = {"lora_unet_double_blocks_0_img_attn_qkv.lora_down.weight": torch.randn(4, 32, generator=g)}
     _save(folder / "loras" / "style-lora.safetensors", lora)
@@ -110,13 +110,7 @@ def _bad_files(folder: Path, tiny_dir: Path) -> None:
     data = whole.read_bytes()
     whole.write_bytes(data[: len(data) // 2])  # cut short, as an interrupted download leaves it
     _save(folder / "unet" / "not-flux.safetensors", {"conv1.weight": torch.randn(8, 3, 3, 3, generator=g)})
-    (folder / "unet" / "flux1-dev-Q8_0.gguf").write_bytes(b"GGUF" + bytes(60))
-    # Forge's NF4 files: bitsandbytes' 4-bit weights with their quantisation state beside each.
-    nf4 = bfl_transformer(tiny_dir, "black-forest-labs/FLUX.1-dev")
-    nf4 |= {
-        k + ".quant_state.bitsandbytes__nf4": torch.zeros(8, dtype=torch.uint8) for k, v in nf4.items() if v.ndim == 2
-    }
-    _save(folder / "diffusion_models" / "flux1-dev-bnb-nf4-v2.safetensors", nf4)
+    (folder / "unet" / "flux1-dev-Q8_0.gguf").write_bytes(b"GGUF" + bytes(60))  # a header and nothing else
 
 
 def write_comfyui_tree(root: Path, tiny_dir: Path) -> Path:

@@ -177,3 +177,59 @@ def write_tiny_loras(folder: Path) -> Path:
     save(folder / "bfl-neon.safetensors", bfl_state(6), {"modelspec.trigger_phrase": "neon, night city"})
     marker.write_text(TINY_LORA_FORMAT)
     return folder
+
+
+def lokr_state(seed: int, prefix: str = "lycoris_") -> Tensors:
+    """A LyCORIS LoKr as LyCORIS saves one trained on the diffusers model (`lycoris_<path with _>.lokr_w1`,
+    `lokr_w2_a`/`lokr_w2_b`, `alpha`): the factors split each layer's sizes as LyCORIS's `factorization`
+    (factor -1) does, w1 whole, w2 of rank 2. `prefix="lora_unet_"` gives Kohya's BFL-named spelling, on a
+    fused qkv layer (which cannot be split)."""
+    from peft.tuners.lokr.layer import factorization
+
+    gen = torch.Generator().manual_seed(seed)
+    if prefix == "lora_unet_":
+        layers = [("double_blocks_0_img_attn_qkv", INNER, 3 * INNER)]
+    else:
+        layers = [
+            ("transformer_blocks_0_attn_to_q", INNER, INNER),
+            ("transformer_blocks_0_attn_add_k_proj", INNER, INNER),
+            ("transformer_blocks_0_ff_net_0_proj", INNER, MLP),
+            ("single_transformer_blocks_0_attn_to_v", INNER, INNER),
+            ("single_transformer_blocks_0_proj_mlp", INNER, MLP),
+        ]
+    sd: Tensors = {}
+    for name, n_in, n_out in layers:
+        (out_l, out_k), (in_m, in_n) = factorization(n_out, -1), factorization(n_in, -1)
+        sd[f"{prefix}{name}.lokr_w1"] = _rand(gen, out_l, in_m, scale=1.0)
+        sd[f"{prefix}{name}.lokr_w2_a"] = _rand(gen, out_k, 2, scale=1.0)
+        sd[f"{prefix}{name}.lokr_w2_b"] = _rand(gen, 2, in_n, scale=1.0)
+        sd[f"{prefix}{name}.alpha"] = torch.tensor(1.0)
+    return sd
+
+
+def loha_state(seed: int) -> Tensors:
+    """A LyCORIS LoHa as Kohya's sd-scripts saves one trained on BFL's model (`lora_unet_<BFL path>.hada_w1_a`
+    ... `hada_w2_b`, `alpha`), on fused layers (a double block's qkv, a single block's linear1) and plain
+    ones."""
+    gen = torch.Generator().manual_seed(seed)
+    layers = [
+        ("double_blocks_0_img_attn_qkv", INNER, 3 * INNER),
+        ("double_blocks_0_txt_mlp_0", INNER, MLP),
+        ("single_blocks_0_linear1", INNER, 3 * INNER + MLP),
+        ("single_blocks_0_linear2", INNER + MLP, INNER),
+    ]
+    sd: Tensors = {}
+    for name, n_in, n_out in layers:
+        for w in ("w1", "w2"):
+            sd[f"lora_unet_{name}.hada_{w}_a"] = _rand(gen, n_out, RANK, scale=1.0)
+            sd[f"lora_unet_{name}.hada_{w}_b"] = _rand(gen, RANK, n_in, scale=1.0)
+        sd[f"lora_unet_{name}.alpha"] = torch.tensor(2.0)
+    return sd
+
+
+def dora_state(seed: int) -> Tensors:
+    """A Kohya LoRA trained as DoRA: a `dora_scale` magnitude vector beside each layer's factors."""
+    sd = kohya_state(seed)
+    for key in [k for k in sd if k.endswith(".lora_down.weight")]:
+        sd[key.replace(".lora_down.weight", ".dora_scale")] = torch.ones(1, sd[key].shape[1])
+    return sd

@@ -70,6 +70,8 @@ def build_ui(registry: Registry) -> gr.Blocks:
         kontext,
         redux,
         text_to_image,
+        train,
+        upscale,
         vqa,
     )
 
@@ -85,6 +87,7 @@ def build_ui(registry: Registry) -> gr.Blocks:
         with gr.Tabs() as tabs:
             ctx.tabs["t2i"] = text_to_image.build(ctx)
             ctx.tabs["i2i"] = image_to_image.build(ctx)
+            ctx.tabs["upscale"] = upscale.build(ctx)
             ctx.tabs["kontext"] = kontext.build(ctx)
             ctx.tabs["redux"] = redux.build(ctx)
             ctx.tabs["vqa"] = vqa.build(ctx)
@@ -92,6 +95,7 @@ def build_ui(registry: Registry) -> gr.Blocks:
             ctx.tabs["control"] = control.build(ctx)
             ctx.tabs["flux2_edit"] = flux2_edit.build(ctx)
             ctx.tabs["flux2_inpaint"] = flux2_inpaint.build(ctx)
+            ctx.tabs["train"] = train.build(ctx)
             if ctx.settings.history:
                 ctx.tabs["history"] = history.build(ctx)
             _models_tab(ctx)
@@ -101,5 +105,9 @@ def build_ui(registry: Registry) -> gr.Blocks:
         vqa_tab.suggest_event.success(
             lambda text: text, vqa_tab.suggested_edit, kontext_tab.instruction, api_visibility="private"
         )
+        # A LoRA trained in the Train tab is in the Text to image tab's picker at once.
+        t2i = ctx.tabs["t2i"]
+        for done in ctx.tabs["train"].done:
+            done.success(t2i.refresh_loras, None, t2i.loras, api_visibility="private")
     refuse_foreign_files(demo)
     return demo

@@ -26,7 +26,7 @@ import torch
 
 from flux_ui.core.errors import Cancelled, InvalidInput, ModelUnavailableError
 from flux_ui.core.settings import Settings
-from flux_ui.core.variants import SQUARE_AND_WIDE
+from flux_ui.core.variants import SQUARE_AND_WIDE, get_variant
 from flux_ui.media.uploads import checked_upload, upload_dir
 from flux_ui.models.faults import out_of_memory_message, recover_from_oom
 from flux_ui.models.registry import Registry
@@ -387,6 +387,14 @@ def progress_line(ev: StepEvent) -> str:
     return f"{which}, step {ev.step}/{ev.steps}"
 
 
+def variant_defaults(name: str) -> tuple[dict, dict]:
+    """Updates for a tab's steps and guidance sliders when the variant `name` is picked: its published
+    defaults, and the guidance slider hidden for guidance-free variants ([schnell])."""
+    v = get_variant(name)
+    guidance = gr.update(value=v.default_guidance, visible=True) if v.uses_guidance else gr.update(visible=False)
+    return gr.update(value=v.default_steps), guidance
+
+
 def image_event(settings: Settings) -> dict:
     """`gpu_event` for the image tabs' run events: no Gradio progress overlay (it would cover the live
     preview); `UiContext.run_images` writes the progress into the info line instead."""
@@ -409,3 +417,14 @@ CUSTOM = "Custom"
 
 
 MAX_SLIDER_SIDE = 2048  # the megapixel limit is checked separately
+
+
+def seed_used_box(elem_id: str) -> gr.Number:
+    """The "Seed used" box, hidden until the session's first finished run: Gradio draws an empty Number
+    as 0, which reads as if seed 0 had been used."""
+    return gr.Number(label="Seed used", interactive=False, precision=0, visible=False, elem_id=elem_id)
+
+
+def seed_used(seed: int) -> dict:
+    """The update that shows a finished run's seed (and the box, the first time)."""
+    return gr.update(value=seed, visible=True)

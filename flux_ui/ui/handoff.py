@@ -43,6 +43,7 @@ class Target:
 TARGETS = (
     Target("t2i", "Back to text to image (its parameters)", "parameters"),
     Target("i2i", "Image to image"),
+    Target("upscale", "Upscale", "receive"),
     Target("kontext", "Edit in Kontext", "receive"),
     Target("redux", "Redux variations"),
     Target("vqa", "Ask about it (VQA)"),

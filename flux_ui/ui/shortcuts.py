@@ -16,6 +16,7 @@ import json
 MAIN_ACTIONS = (
     "generate",
     "i2i-generate",
+    "upscale-run",
     "kontext-edit",
     "redux-generate",
     "vqa-ask",

@@ -40,6 +40,7 @@ from weakref import WeakKeyDictionary
 import torch
 
 from flux_ui.core.errors import InvalidInput
+from flux_ui.models.loras import lycoris
 from flux_ui.models.loras import merge as lora_merge
 from flux_ui.models.loras.library import LoraFile, header_metadata
 
@@ -56,6 +57,8 @@ _TE_DOWN = re.compile(r"(lora_A\.weight|\.down\.weight)$")  # one per CLIP layer
 # What conversion and loading raise on a file that does not fit: diffusers' converters pop keys (KeyError),
 # assert shapes (AssertionError) and raise ValueError; PEFT and torch raise ValueError or RuntimeError.
 LOAD_ERRORS = (ValueError, RuntimeError, KeyError, AssertionError, IndexError, TypeError)
+LYCORIS = lycoris.MARKER
+_FACTOR = re.compile(r"\.(?:lora_|lokr_|hada_)")  # where a layer's name ends in a LoRA/LyCORIS key
 
 
 @contextmanager
@@ -218,6 +221,8 @@ def _read(pipe, lora: LoraFile, reads: Counter[str]) -> tuple[dict, dict | None,
     except (OSError, SafetensorError) as err:
         msg = f"{lora.path.name} is not a valid .safetensors file ({err})"
         raise InvalidInput("prompt", f"LoRA {lora.name!r}: {msg}") from None
+    if lycoris.kind(keys):
+        return lycoris.read(pipe, lora, reads)
     if not any("lora" in k.lower() for k in keys):
         msg = f"{lora.path.name} holds no LoRA weights (is it a full model?)"
         raise InvalidInput("prompt", f"LoRA {lora.name!r}: {msg}")
@@ -283,24 +288,32 @@ def _bfl_to_kohya(state: dict) -> dict:
 
 def _load_transformer_part(pipe, label: str, name: str, adapter: str, sd: dict, alphas, meta) -> None:
     transformer = pipe.transformer
-    expected = {k.removeprefix("transformer.").split(".lora_")[0] for k in sd if k.startswith("transformer.")}
+    expected = {_FACTOR.split(k.removeprefix("transformer."))[0] for k in sd if k.startswith("transformer.")}
+    kind = (meta or {}).get(LYCORIS)
     try:
         with _expected_peft_warnings():
-            pipe.load_lora_into_transformer(
-                sd,
-                **({} if _is_flux2(pipe) else {"network_alphas": alphas}),  # FLUX.2's loader takes none
-                transformer=transformer,
-                adapter_name=adapter,
-                metadata=meta,
-                _pipeline=pipe,
-                # The adapter layers are made empty and filled from the file, not randomly initialised first.
-                low_cpu_mem_usage=True,
-            )
+            if kind == "LoHa":
+                lycoris.load_loha(transformer, sd, alphas, adapter)
+            else:
+                pipe.load_lora_into_transformer(
+                    sd,
+                    **({} if _is_flux2(pipe) else {"network_alphas": alphas}),  # FLUX.2's loader takes none
+                    transformer=transformer,
+                    adapter_name=adapter,
+                    metadata=None if kind else meta,
+                    _pipeline=pipe,
+                    # The adapter layers are made empty and filled from the file, not randomly initialised first.
+                    low_cpu_mem_usage=True,
+                )
     except LOAD_ERRORS as err:
         _purge(transformer, adapter)
         raise _misfit(name, label, _brief(err)) from None
-    # Keys naming layers the model lacks are skipped by PEFT with a log line only: a partial LoRA would
-    # pass for a working one, so count what arrived.
+    _check_arrived(transformer, adapter, expected, name, label)
+
+
+def _check_arrived(transformer, adapter: str, expected: set[str], name: str, label: str) -> None:
+    """Keys naming layers the model lacks are skipped by PEFT with a log line only: a partial LoRA would
+    pass for a working one, so count what arrived."""
     missing = expected - _modules_with(transformer, adapter)
     if missing:
         _purge(transformer, adapter)
@@ -312,6 +325,9 @@ def _load_transformer_part(pipe, label: str, name: str, adapter: str, sd: dict, 
 def _merge_factors(transformer, label: str, name: str, sd: dict, alphas, meta) -> dict[str, lora_merge.Delta]:
     """The transformer part as factors to merge, checked to fit `transformer` (kept in RAM, pinned when
     there is a GPU, so merging copies them to it asynchronously)."""
+    if kind := (meta or {}).get(LYCORIS):
+        reason = f"a LyCORIS {kind} is not a low-rank pair to merge into compiled or float8 weights; use --speed off"
+        raise _misfit(name, label, reason)
     try:
         deltas = lora_merge.pin(lora_merge.parse(sd, alphas, meta))
         lora_merge.check_fit(transformer, deltas)

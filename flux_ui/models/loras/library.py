@@ -23,6 +23,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from flux_ui.core.errors import InvalidInput
+from flux_ui.media.metadata import LORA_TAG
 from flux_ui.models import sources
 
 log = logging.getLogger(__name__)
@@ -32,8 +33,7 @@ PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin", ".pkl")
 MAX_WEIGHT = 8.0  # |weight| accepted; slider LoRAs go to about ±5, plain ones turn to noise past 2
 MAX_PER_REQUEST = 8  # LoRAs one request may name
 MAX_LISTED = 40  # names listed in an "unknown LoRA" message
-# <lora:NAME> or <lora:NAME:WEIGHT>; NAME has no ':', '<' or '>'.
-TAG = re.compile(r"<lora:([^<>:]*)(?::([^<>:]*))?>", re.IGNORECASE)
+TAG = LORA_TAG  # <lora:NAME> or <lora:NAME:WEIGHT>; NAME has no ':', '<' or '>'.
 _HUB_PART = re.compile(r"^[\w.-]+$")
 # Header fields that hold trigger words, in order of preference: the model-spec standard, then the
 # keys trainers and downloaders write.

@@ -16,7 +16,8 @@ from flux_ui.core.seeds import SEED_MAX
 from flux_ui.core.variants import CONTROL_LORAS, get_variant
 from flux_ui.media.control_maps import CANNY_HIGH, CANNY_LOW
 from flux_ui.tasks.control import MODES, SPEC, ControlParams, control_map, output_size, validate_control
-from flux_ui.ui.common import UiContext, image_event, invalid
+from flux_ui.ui import examples
+from flux_ui.ui.common import UiContext, image_event, invalid, seed_used, seed_used_box
 from flux_ui.ui.handoff import track_selection
 
 MODE_CHOICES = [("Canny edges", "canny"), ("Depth", "depth")]
@@ -111,7 +112,7 @@ def build(ctx: UiContext) -> ControlTab:
         done = yield from ctx.run_images(SPEC, raw, request, progress, others=3)
         if done is not None:  # None: cancelled, and already shown
             gallery, result, text = done
-            yield gallery, result.control_image, result.seed, text
+            yield gallery, result.control_image, seed_used(result.seed), text
 
     def compute_map(
         image: dict | None,
@@ -179,6 +180,7 @@ def build(ctx: UiContext) -> ControlTab:
             map_from_source = gr.State(False)  # the map shown was computed from the source, not uploaded
             note = gr.Markdown(route_note("canny", "full"))
             prompt = gr.Textbox(label="Prompt", lines=2, placeholder="A robot made of gold…", elem_id="control-prompt")
+            examples.offer([image, prompt], examples.CONTROL)
             scale = gr.Slider(
                 0.0, 2.0, value=CONTROL_LORAS["canny"].default_scale, step=0.05, label="LoRA scale", visible=False
             )
@@ -201,7 +203,7 @@ def build(ctx: UiContext) -> ControlTab:
         with gr.Column(scale=1):
             gallery = gr.Gallery(label="Images", columns=2, format="png", elem_id="control-gallery", interactive=False)
             send_row = gr.Row()  # hand-off buttons, added once every tab exists
-            last_seed = gr.Number(label="Seed used", interactive=False, precision=0)
+            last_seed = seed_used_box("control-seed-used")
             info = gr.Markdown(elem_id="control-info")
         selected = track_selection(gallery)  # inside the tab: a component between tabs confuses the tab bar
 

@@ -14,7 +14,8 @@ import gradio as gr
 from flux_ui.core.seeds import SEED_MAX
 from flux_ui.core.variants import get_variant
 from flux_ui.tasks.fill import SPEC, FillParams
-from flux_ui.ui.common import UiContext, image_event
+from flux_ui.ui import examples
+from flux_ui.ui.common import UiContext, image_event, seed_used, seed_used_box
 from flux_ui.ui.editor import mask_editor, split_editor
 from flux_ui.ui.handoff import track_selection
 
@@ -72,7 +73,7 @@ def build(ctx: UiContext) -> FillTab:
         done = yield from ctx.run_images(SPEC, raw, request, progress)
         if done is not None:  # None: cancelled, and already shown
             gallery, result, text = done
-            yield gallery, result.seed, text
+            yield gallery, seed_used(result.seed), text
 
     with gr.Tab("Fill", id="fill"), gr.Row():
         with gr.Column(scale=1):
@@ -83,6 +84,7 @@ def build(ctx: UiContext) -> FillTab:
             prompt = gr.Textbox(
                 label="Prompt", lines=2, placeholder="What goes in the painted area…", elem_id="fill-prompt"
             )
+            examples.offer([prompt], examples.FILL, label="Example prompts")
             with gr.Accordion("Outpaint: extend the canvas (pixels per side)", open=False), gr.Row():
                 sides = [
                     gr.Slider(0, MAX_SLIDER_OUTPAINT, value=0, step=8, label=side.title(), elem_id=f"fill-{side}")
@@ -106,7 +108,7 @@ def build(ctx: UiContext) -> FillTab:
         with gr.Column(scale=1):
             gallery = gr.Gallery(label="Images", columns=2, format="png", elem_id="fill-gallery", interactive=False)
             send_row = gr.Row()  # hand-off buttons, added once every tab exists
-            last_seed = gr.Number(label="Seed used", interactive=False, precision=0)
+            last_seed = seed_used_box("fill-seed-used")
             info = gr.Markdown(elem_id="fill-info")
         selected = track_selection(gallery)  # inside the tab: a component between tabs confuses the tab bar
 

@@ -10,7 +10,8 @@ import gradio as gr
 from flux_ui.core.seeds import SEED_MAX
 from flux_ui.core.variants import FLUX1, get_variant, variants_for
 from flux_ui.tasks.image_to_image import AUTO, DEFAULT_STRENGTH, SPEC, ImageToImageParams
-from flux_ui.ui.common import PRESETS, UiContext, image_event
+from flux_ui.ui import examples
+from flux_ui.ui.common import PRESETS, UiContext, image_event, seed_used, seed_used_box, variant_defaults
 from flux_ui.ui.handoff import track_selection
 
 SIZES = [AUTO, *(f"{w}x{h}" for w, h in PRESETS.values())]
@@ -65,12 +66,7 @@ def build(ctx: UiContext) -> ImageToImageTab:
         done = yield from ctx.run_images(SPEC, raw, request, progress)
         if done is not None:  # None: cancelled, and already shown
             gallery, result, text = done
-            yield gallery, result.seed, text
-
-    def on_variant(name: str):
-        v = get_variant(name)
-        guidance = gr.update(value=v.default_guidance, visible=True) if v.uses_guidance else gr.update(visible=False)
-        return gr.update(value=v.default_steps), guidance
+            yield gallery, seed_used(result.seed), text
 
     with gr.Tab("Image to image", id="i2i"), gr.Row():
         with gr.Column(scale=1):
@@ -84,6 +80,7 @@ def build(ctx: UiContext) -> ImageToImageTab:
             strength = gr.Slider(
                 0.0, 1.0, value=DEFAULT_STRENGTH, step=0.01, label="Denoise strength", elem_id="i2i-strength"
             )
+            examples.offer([image, prompt, strength], examples.IMAGE_TO_IMAGE)
             gr.Markdown(STRENGTH_NOTE)
             with gr.Row():
                 choices = [(v.label, v.name) for v in variants_for("text_to_image", FLUX1)]
@@ -110,11 +107,11 @@ def build(ctx: UiContext) -> ImageToImageTab:
         with gr.Column(scale=1):
             gallery = gr.Gallery(label="Images", columns=2, format="png", interactive=False, elem_id="i2i-gallery")
             send_row = gr.Row()
-            last_seed = gr.Number(label="Seed used", interactive=False, precision=0)
+            last_seed = seed_used_box("i2i-seed-used")
             info = gr.Markdown(elem_id="i2i-info")
         selected = track_selection(gallery)  # inside the tab: a component between tabs confuses the tab bar
 
-    variant.input(on_variant, variant, [steps, guidance], api_visibility="private")
+    variant.input(variant_defaults, variant, [steps, guidance], api_visibility="private")
     gr.on(
         [generate_btn.click, prompt.submit],
         generate,

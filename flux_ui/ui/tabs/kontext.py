@@ -13,15 +13,19 @@ from flux_ui.core.variants import get_variant
 from flux_ui.media.images import load_image
 from flux_ui.media.metadata import parse_parameters, read_parameters
 from flux_ui.media.uploads import checked_upload
-from flux_ui.tasks.kontext import AUTO, SPEC, KontextParams, context_size, output_size
-from flux_ui.ui.common import UiContext, image_event
+from flux_ui.tasks.kontext import AUTO, MAX_REFERENCES, SPEC, KontextParams, context_size, output_size
+from flux_ui.ui import examples
+from flux_ui.ui.common import UiContext, image_event, seed_used, seed_used_box
 from flux_ui.ui.handoff import Receiver, pick, track_selection
 
 VARIANT = get_variant("kontext-dev")
 SIZES = [AUTO, *(f"{w}x{h}" for w, h in VARIANT.resolutions)]
-ONE_IMAGE_NOTE = (
-    "Kontext edits **one image** at a time. To combine two pictures, put them side by side in one image "
-    "and say what to do with each."
+REFERENCES_NOTE = (
+    f"**Up to {MAX_REFERENCES} images.** Kontext [dev] takes one picture, so more references are stitched side "
+    "by side into one (four, or three wide ones, in rows of two), as ComfyUI users do. That picture is "
+    "resized to one Kontext resolution of about 1 megapixel, so each reference gets its share: two about "
+    "0.5 MP each, four about 0.25 MP each. Say which is where: *the woman on the left wears the jacket on "
+    "the right*. The output size `auto` follows the first image."
 )
 
 
@@ -82,6 +86,9 @@ def build(ctx: UiContext) -> KontextTab:
         guidance: float = VARIANT.default_guidance,
         seed: int = -1,
         num_images: int = 1,
+        image_2: dict | str | None = None,
+        image_3: dict | str | None = None,
+        image_4: dict | str | None = None,
         request: gr.Request = None,
         progress: gr.Progress = gr.Progress(),
     ):
@@ -95,12 +102,15 @@ def build(ctx: UiContext) -> KontextTab:
             guidance: distilled guidance (2.5 by default).
             seed: -1 for a random seed; edit i uses seed + i.
             num_images: how many edits to make.
+            image_2: optional second reference, stitched beside the image (so are image_3 and image_4).
+            image_3: optional third reference.
+            image_4: optional fourth reference.
         """
-        raw = KontextParams(image, instruction, size, steps, guidance, seed, num_images)
+        raw = KontextParams(image, instruction, size, steps, guidance, seed, num_images, (image_2, image_3, image_4))
         done = yield from ctx.run_images(SPEC, raw, request, progress, noun="edit")
         if done is not None:  # None: cancelled, and already shown
             gallery, result, text = done
-            yield gallery, result.seed, text
+            yield gallery, seed_used(result.seed), text
 
     def new_chain(image):
         path = _path(image)
@@ -134,6 +144,7 @@ def build(ctx: UiContext) -> KontextTab:
             instruction = gr.Textbox(
                 label="Instruction", lines=2, placeholder="Make the sky stormy…", elem_id="instruction"
             )
+            examples.offer([image, instruction], examples.KONTEXT)
             size = gr.Dropdown(SIZES, value=AUTO, label="Output size", allow_custom_value=True, elem_id="kontext-size")
             note = gr.Markdown(size_note(None, AUTO, settings), elem_id="kontext-size-note")
             with gr.Row():
@@ -147,14 +158,25 @@ def build(ctx: UiContext) -> KontextTab:
             with gr.Row():
                 edit_btn = gr.Button("Edit", variant="primary", elem_id="kontext-edit")
                 cancel_btn = gr.Button("Cancel", variant="stop", elem_id="kontext-cancel")
-            gr.Markdown(ONE_IMAGE_NOTE)
+            more_label = f"+ more references (up to {MAX_REFERENCES - 1})"
+            with gr.Accordion(more_label, open=False, elem_id="kontext-more"), gr.Row():
+                more = [
+                    gr.Image(
+                        label=f"Reference {n}",
+                        type="filepath",
+                        sources=["upload", "clipboard"],
+                        elem_id=f"kontext-image-{n}",
+                    )
+                    for n in range(2, MAX_REFERENCES + 1)
+                ]
+            gr.Markdown(REFERENCES_NOTE, elem_id="kontext-references-note")
         with gr.Column(scale=1):
             gallery = gr.Gallery(label="Result", columns=2, format="png", interactive=False, elem_id="kontext-gallery")
             with gr.Row():
                 again_btn = gr.Button("↪ Edit again (result becomes the input)", elem_id="kontext-again")
                 undo_btn = gr.Button("↶ Undo", elem_id="kontext-undo")
             send_row = gr.Row()
-            last_seed = gr.Number(label="Seed used", interactive=False, precision=0)
+            last_seed = seed_used_box("kontext-seed-used")
             info = gr.Markdown(elem_id="kontext-info")
             history_gallery = gr.Gallery(
                 label="Edit chain (oldest first)",
@@ -172,7 +194,7 @@ def build(ctx: UiContext) -> KontextTab:
     gr.on(
         [edit_btn.click, instruction.submit],
         edit,
-        [image, instruction, size, steps, guidance, seed, num_images],
+        [image, instruction, size, steps, guidance, seed, num_images, *more],
         [gallery, last_seed, info],
         api_name="kontext_edit",
         # The image is decoded by the validator (images.load_image): Gradio's own decoding knows nothing

@@ -9,17 +9,17 @@ import gradio as gr
 from flux_ui.core.seeds import SEED_MAX
 from flux_ui.core.variants import get_variant
 from flux_ui.tasks.redux import MAX_REFERENCES, MAX_SCALE, SPEC, ReduxParams
-from flux_ui.ui.common import CUSTOM, MAX_SLIDER_SIDE, PRESETS, UiContext, image_event
+from flux_ui.ui import examples
+from flux_ui.ui.common import CUSTOM, MAX_SLIDER_SIDE, PRESETS, UiContext, image_event, seed_used, seed_used_box
 from flux_ui.ui.handoff import track_selection
 
 VARIANT = get_variant("redux-dev")
 BASE = get_variant(VARIANT.base)
 PROMPT_NOTE = (
     "Redux tends to drown the prompt out. To let the prompt through, lower the image strengths below 1 and "
-    "keep the prompt scales at 1 or above. *Prompt scale* weights the prompt's T5 "
-    "tokens, *pooled prompt scale* its CLIP vector (diffusers' `prompt_embeds_scale` and "
-    "`pooled_prompt_embeds_scale`; with one image at strength = prompt scale the result is exactly "
-    "diffusers' FluxPriorReduxPipeline)."
+    "keep the prompt scales at 1 or above. *Prompt scale* weights the words of the prompt, *pooled prompt "
+    "scale* its overall summary; with one image, its strength and both scales at 1, the result is the plain "
+    "Redux variation."
 )
 
 
@@ -90,7 +90,7 @@ def build(ctx: UiContext) -> ReduxTab:
         done = yield from ctx.run_images(SPEC, raw, request, progress, noun="variation")
         if done is not None:  # None: cancelled, and already shown
             gallery, result, text = done
-            yield gallery, result.seed, text
+            yield gallery, seed_used(result.seed), text
 
     def on_preset(label: str):
         return PRESETS.get(label, (gr.skip(), gr.skip()))
@@ -119,11 +119,12 @@ def build(ctx: UiContext) -> ReduxTab:
                             with gr.Column(min_width=200):
                                 reference(i)
             prompt = gr.Textbox(label="Prompt (optional)", lines=2, elem_id="redux-prompt")
+            examples.offer([images[0]], examples.REDUX)
             with gr.Row():
                 prompt_scale = gr.Slider(0.0, MAX_SCALE, value=1.0, step=0.05, label="Prompt scale")
                 pooled_scale = gr.Slider(0.0, MAX_SCALE, value=1.0, step=0.05, label="Pooled prompt scale")
             gr.Markdown(PROMPT_NOTE)
-            preset = gr.Dropdown([*PRESETS, CUSTOM], value=next(iter(PRESETS)), label="Aspect ratio")
+            preset = gr.Dropdown([*PRESETS, CUSTOM], value=next(iter(PRESETS)), label="Aspect ratio", min_width=200)
             with gr.Row():
                 width = gr.Slider(64, MAX_SLIDER_SIDE, value=1024, step=16, label="Width", elem_id="redux-width")
                 height = gr.Slider(64, MAX_SLIDER_SIDE, value=1024, step=16, label="Height", elem_id="redux-height")
@@ -144,7 +145,7 @@ def build(ctx: UiContext) -> ReduxTab:
                 label="Variations", columns=2, format="png", interactive=False, elem_id="redux-gallery"
             )
             send_row = gr.Row()
-            last_seed = gr.Number(label="Seed used", interactive=False, precision=0)
+            last_seed = seed_used_box("redux-seed-used")
             info = gr.Markdown(elem_id="redux-info")
         selected = track_selection(gallery)  # inside the tab: a component between tabs confuses the tab bar
 

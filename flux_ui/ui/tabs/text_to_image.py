@@ -14,7 +14,17 @@ from flux_ui.media.foreign_metadata import read_loaded
 from flux_ui.media.uploads import checked_upload
 from flux_ui.models.loras.library import LoraInfo, tagged_names, with_tags
 from flux_ui.tasks.text_to_image import SPEC, TextToImageParams
-from flux_ui.ui.common import CUSTOM, MAX_SLIDER_SIDE, PRESETS, UiContext, image_event, invalid
+from flux_ui.ui import examples
+from flux_ui.ui.common import (
+    CUSTOM,
+    MAX_SLIDER_SIDE,
+    PRESETS,
+    UiContext,
+    image_event,
+    invalid,
+    seed_used,
+    seed_used_box,
+)
 from flux_ui.ui.handoff import Receiver, track_selection
 
 
@@ -27,6 +37,8 @@ class TextToImageTab:
     selected: gr.State  # index of the gallery image the user clicked
     send_row: gr.Row  # where the hand-off buttons go
     parameters: Receiver  # fills the form from the parameters embedded in a PNG
+    loras: gr.Dropdown  # the LoRA picker; `refresh_loras` gives its choices after the library changed
+    refresh_loras: object  # () -> the picker's update, from a rescan of the LoRA folders
 
 
 def variant_note(name: str) -> str:
@@ -142,7 +154,7 @@ def build(ctx: UiContext) -> TextToImageTab:
         done = yield from ctx.run_images(SPEC, raw, request, progress)
         if done is not None:  # None: cancelled, and already shown
             gallery, result, text = done
-            yield gallery, result.seed, text
+            yield gallery, seed_used(result.seed), text
 
     def on_variant(name: str):
         v = get_variant(name)
@@ -202,6 +214,7 @@ def build(ctx: UiContext) -> TextToImageTab:
     with gr.Tab("Text to image", id="t2i"), gr.Row():
         with gr.Column(scale=1):
             prompt = gr.Textbox(label="Prompt", lines=3, placeholder="A red fox in fresh snow…", elem_id="prompt")
+            examples.offer([prompt], examples.TEXT_TO_IMAGE, label="Example prompts")
             with gr.Row(equal_height=True):
                 lora_pick = gr.Dropdown(
                     [(e.label, e.name) for e in library.entries()],
@@ -217,8 +230,8 @@ def build(ctx: UiContext) -> TextToImageTab:
             lora_info = gr.Markdown(elem_id="lora-info")
             with gr.Row():
                 choices = [(v.label, v.name) for v in variants_for("text_to_image")]
-                variant = gr.Dropdown(choices, value="dev", label="Model", elem_id="variant")
-                preset = gr.Dropdown([*PRESETS, CUSTOM], value=next(iter(PRESETS)), label="Aspect ratio")
+                variant = gr.Dropdown(choices, value="dev", label="Model", elem_id="variant", min_width=200)
+                preset = gr.Dropdown([*PRESETS, CUSTOM], value=next(iter(PRESETS)), label="Aspect ratio", min_width=200)
             note = gr.Markdown(variant_note("dev"))
             with gr.Row():
                 width = gr.Slider(64, MAX_SLIDER_SIDE, value=1024, step=16, label="Width", elem_id="width")
@@ -241,7 +254,7 @@ def build(ctx: UiContext) -> TextToImageTab:
         with gr.Column(scale=1):
             gallery = gr.Gallery(label="Images", columns=2, format="png", elem_id="gallery", interactive=False)
             send_row = gr.Row()  # hand-off buttons, added once every tab exists
-            last_seed = gr.Number(label="Seed used", interactive=False, precision=0)
+            last_seed = seed_used_box("seed-used")
             info = gr.Markdown(label="info", elem_id="info")
         selected = track_selection(gallery)  # inside the tab: a component between tabs confuses the tab bar
         gr.api(list_loras, api_name="loras")  # inside the tab for the same reason
@@ -278,4 +291,6 @@ def build(ctx: UiContext) -> TextToImageTab:
         selected=selected,
         send_row=send_row,
         parameters=Receiver(form, receive_parameters),
+        loras=lora_pick,
+        refresh_loras=lambda: gr.update(choices=[(e.label, e.name) for e in library.entries()]),
     )

@@ -24,6 +24,7 @@ from flux_ui.tasks.vqa import (
     clean_reply,
     validate_vqa,
 )
+from flux_ui.ui import examples
 from flux_ui.ui.common import UiContext, gpu_event, invalid
 
 NO_ANSWER = "*(The model ended its reply without any text.)*"
@@ -158,6 +159,7 @@ def build(ctx: UiContext) -> VqaTab:
             question = gr.Textbox(
                 label="Question", placeholder="Ask about the image…", lines=1, max_lines=6, elem_id="vqa-question"
             )
+            examples.offer([image, question], examples.VQA)
             with gr.Row():
                 ask_btn = gr.Button("Ask", variant="primary", elem_id="vqa-ask")
                 cancel_btn = gr.Button("Cancel", variant="stop", elem_id="vqa-cancel")

@@ -1,0 +1,136 @@
+"""Quantised model files: ComfyUI's float8 files (plain and `_scaled`), GGUF (city96's ComfyUI-GGUF files,
+`flux1-dev-Q8_0.gguf`) and Forge's bitsandbytes NF4 files (`flux1-dev-bnb-nf4-v2.safetensors`): what the
+scan needs to know of them, and their tensors for the loader.
+
+GGUF: the header (architecture, tensor names, shapes, quantisation types) is read with the `gguf`
+package's reader, which maps the file without reading its data; the tensors with diffusers' own GGUF
+reader, and diffusers' GGUF quantizer keeps them quantised in memory and dequantises each layer's weight as
+it runs (on the CPU too: its dequantisers are plain torch). float8 and NF4 weights are unpacked into
+plain tensors as they are read (see `dequantize_fp8`, `dequantize_nf4` for why).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+# GGUF types that hold plain floats, not quantised blocks.
+GGUF_FLOATS = ("F32", "F16", "BF16", "F64")
+
+
+def gguf_header(path: Path) -> tuple[str, dict[str, tuple[str, tuple[int, ...]]]]:
+    """(general.architecture, name -> (quantisation type, shape)) of a GGUF file, shapes in torch's order
+    (GGUF lists the innermost dimension first). Raises ValueError for a file that is not GGUF or is cut
+    short."""
+    from gguf import GGUFReader
+
+    try:
+        reader = GGUFReader(str(path))
+    except (ValueError, IndexError, KeyError, OSError) as err:  # gguf raises these for bad or short files
+        raise ValueError(f"not a readable GGUF file ({err})") from err
+    field = reader.get_field("general.architecture")
+    arch = str(field.contents()) if field is not None else ""
+    header = {t.name: (t.tensor_type.name, tuple(int(d) for d in reversed(t.shape))) for t in reader.tensors}
+    return arch, header
+
+
+def gguf_format(header: dict[str, tuple[str, tuple[int, ...]]]) -> str:
+    """ "gguf-Q8_0" and the like: the quantisation type holding most weights (a float type if none is)."""
+    counts: dict[str, int] = {}
+    for qtype, shape in header.values():
+        counts[qtype] = counts.get(qtype, 0) + int(torch.Size(shape).numel())
+    quantised = {k: v for k, v in counts.items() if k not in GGUF_FLOATS}
+    pool = quantised or counts
+    return f"gguf-{max(pool, key=pool.__getitem__)}" if pool else "gguf"
+
+
+def gguf_tensors(path: Path, prefix: str) -> dict[str, torch.Tensor]:
+    """The tensors of a GGUF file whose names start with `prefix`, without it: quantised ones as diffusers'
+    GGUFParameter (the raw blocks and their type), float ones as plain tensors."""
+    from diffusers.models.model_loading_utils import load_gguf_checkpoint
+
+    state = load_gguf_checkpoint(str(path))
+    return {k.removeprefix(prefix): v for k, v in state.items() if k.startswith(prefix)}
+
+
+def gguf_config(dtype: torch.dtype):
+    """diffusers' GGUF quantization config: weights stay quantised, each layer computes in `dtype`."""
+    from diffusers import GGUFQuantizationConfig
+
+    return GGUFQuantizationConfig(compute_dtype=dtype)
+
+
+def is_prequantized(model: torch.nn.Module) -> bool:
+    """Whether `model`'s weights are held quantised by a diffusers quantizer (a GGUF file): they are not plain
+    floats, so the speed profiles' float8 conversion and torch.compile leave it alone."""
+    return getattr(model, "hf_quantizer", None) is not None
+
+
+# -- float8 (ComfyUI's fp8 and _fp8_scaled files) --------------------------------------------------------
+
+FP8_DTYPES = (torch.float8_e4m3fn, torch.float8_e5m2)
+FP8_EXTRAS = ("scale_weight", "scale_input", "scaled_fp8")  # ComfyUI's scaled-fp8 bookkeeping, not weights
+
+
+def dequantize_fp8(state: dict[str, torch.Tensor], dtype: torch.dtype = torch.bfloat16) -> dict[str, torch.Tensor]:
+    """`state` with float8 tensors turned into `dtype`: each times its per-tensor `scale_weight` where the
+    file has one (ComfyUI's `_scaled` files: weight = fp8 value x scale), as is where it has none (plain
+    fp8 files); the scale and marker tensors are dropped.
+
+    diffusers' single-file loader would cast the float8 values and ignore the scales it does not know, so a
+    scaled file's weights would come out wrong by their scale (up to hundreds of times), silently. One
+    tensor at a time, in bf16 by default, so the peak is the bf16 model, not a float32 copy."""
+    if not any(t.dtype in FP8_DTYPES for t in state.values()):
+        return state
+    out = {}
+    for name, tensor in state.items():
+        if name.rpartition(".")[2] in FP8_EXTRAS or name == "scaled_fp8":
+            continue
+        if tensor.dtype in FP8_DTYPES:
+            scale = state.get(name.removesuffix("weight") + "scale_weight") if name.endswith("weight") else None
+            value = tensor.to(torch.float32)
+            if scale is not None:
+                value = value * scale.to(torch.float32)
+            tensor = value.to(dtype)
+        out[name] = tensor
+    return out
+
+
+# -- bitsandbytes NF4 (Forge's flux1-dev-bnb-nf4*.safetensors) -------------------------------------------
+
+NF4_STATE = ".quant_state.bitsandbytes__nf4"  # the packed quantisation state beside each 4-bit weight
+NF4_STATS = ("absmax", "quant_map", "nested_absmax", "nested_quant_map")  # its tensor companions
+
+
+def is_nf4(names) -> bool:
+    """Whether a file with these tensor names holds bitsandbytes 4-bit weights."""
+    return any(n.endswith(NF4_STATE) for n in names)
+
+
+def nf4_weights(state: dict[str, torch.Tensor]) -> list[str]:
+    """The names of the 4-bit weights in `state` (each packed two weights a byte, its stats beside it)."""
+    return [n.removesuffix(NF4_STATE) for n in state if n.endswith(NF4_STATE)]
+
+
+def dequantize_nf4(state: dict[str, torch.Tensor], dtype: torch.dtype = torch.bfloat16) -> dict[str, torch.Tensor]:
+    """`state` with every bitsandbytes 4-bit weight (as `Linear4bit` saves it: the packed bytes, `.absmax`,
+    `.quant_map`, `.nested_*` when the absmax is itself quantised, and the packed `.quant_state...`)
+    unpacked into a `dtype` tensor of its original shape, by bitsandbytes' own `dequantize_4bit` (which runs
+    on the CPU since bitsandbytes 0.45); the companions are dropped. One weight at a time, so the peak is
+    the unpacked model, not a float32 copy.
+
+    diffusers reads pre-quantised bitsandbytes weights only in its own layout and only on a GPU, and its
+    single-file loader would split the fused BFL projections (qkv, linear1) through the packed bytes, so
+    the weights are unpacked here and go the way of any other file."""
+    from bitsandbytes.functional import QuantState, dequantize_4bit
+
+    # On a GPU when there is one: bitsandbytes' CPU kernel unpacks about 100 M weights a second on 2 cores,
+    # two minutes for FLUX.1's 12 billion; each weight comes back to RAM for the loader all the same.
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    out = dict(state)
+    for name in nf4_weights(state):
+        stats = {k.removeprefix(name + "."): out.pop(k) for k in list(out) if k.startswith(name + ".")}
+        quant_state = QuantState.from_dict(stats, device)
+        out[name] = dequantize_4bit(out[name].to(device), quant_state).to("cpu", dtype)
+    return out
