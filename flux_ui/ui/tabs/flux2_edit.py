@@ -9,7 +9,7 @@ import gradio as gr
 from flux_ui.core.seeds import SEED_MAX
 from flux_ui.core.variants import FLUX2, SQUARE_AND_WIDE, family_variants, get_variant
 from flux_ui.tasks.flux2_edit import AUTO, DEFAULT_VARIANT, MAX_REFERENCES, SPEC, Flux2EditParams
-from flux_ui.ui.common import UiContext, image_event
+from flux_ui.ui.common import UiContext, image_event, seed_used, seed_used_box
 from flux_ui.ui.handoff import track_selection
 
 SIZES = [AUTO, *(f"{w}x{h}" for w, h in SQUARE_AND_WIDE)]
@@ -72,7 +72,7 @@ def build(ctx: UiContext) -> Flux2EditTab:
         done = yield from ctx.run_images(SPEC, raw, request, progress, noun="edit")
         if done is not None:  # None: cancelled, and already shown
             gallery, result, text = done
-            yield gallery, result.seed, text
+            yield gallery, seed_used(result.seed), text
 
     def on_variant(name: str):
         v = get_variant(name)
@@ -120,7 +120,7 @@ def build(ctx: UiContext) -> Flux2EditTab:
         with gr.Column(scale=1):
             gallery = gr.Gallery(label="Result", columns=2, format="png", interactive=False, elem_id="flux2-gallery")
             send_row = gr.Row()
-            last_seed = gr.Number(label="Seed used", interactive=False, precision=0)
+            last_seed = seed_used_box("flux2-seed-used")
             info = gr.Markdown(elem_id="flux2-info")
         selected = track_selection(gallery)  # inside the tab: a component between tabs confuses the tab bar
 

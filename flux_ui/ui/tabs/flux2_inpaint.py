@@ -14,7 +14,7 @@ from flux_ui.core.seeds import SEED_MAX
 from flux_ui.core.variants import FLUX2, family_variants, get_variant
 from flux_ui.tasks.flux2_edit import DEFAULT_VARIANT
 from flux_ui.tasks.flux2_inpaint import DEFAULT_STRENGTH, SPEC, Flux2InpaintParams
-from flux_ui.ui.common import UiContext, image_event
+from flux_ui.ui.common import UiContext, image_event, seed_used, seed_used_box
 from flux_ui.ui.editor import mask_editor, split_editor
 from flux_ui.ui.handoff import track_selection
 
@@ -63,7 +63,7 @@ def build(ctx: UiContext) -> Flux2InpaintTab:
         done = yield from ctx.run_images(SPEC, raw, request, progress)
         if done is not None:  # None: cancelled, and already shown
             gallery, result, text = done
-            yield gallery, result.seed, text
+            yield gallery, seed_used(result.seed), text
 
     def on_variant(name: str):
         v = get_variant(name)
@@ -98,7 +98,7 @@ def build(ctx: UiContext) -> Flux2InpaintTab:
                 label="Images", columns=2, format="png", interactive=False, elem_id="flux2-inpaint-gallery"
             )
             send_row = gr.Row()
-            last_seed = gr.Number(label="Seed used", interactive=False, precision=0)
+            last_seed = seed_used_box("flux2-inpaint-seed-used")
             info = gr.Markdown(elem_id="flux2-inpaint-info")
         selected = track_selection(gallery)
 
