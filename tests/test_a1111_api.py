@@ -101,7 +101,8 @@ def test_sampler_scheduler_and_vae_menus(http):
 
 def test_models_loras_and_switching_the_model(http):
     titles = [m["title"] for m in http.get("/sdapi/v1/sd-models").json()]
-    assert titles == ["dev", "schnell", "krea-dev"]
+    flux2 = ["flux2-dev", "flux2-klein-4b", "flux2-klein-9b", "flux2-klein-base-4b", "flux2-klein-base-9b"]
+    assert titles == ["dev", "schnell", "krea-dev", *flux2]  # txt2img runs FLUX.2 too
     assert "diffusers-ink" in {lora["name"] for lora in http.get("/sdapi/v1/loras").json()}
     assert http.get("/sdapi/v1/options").json()["sd_model_checkpoint"] == "dev"
     try:

@@ -195,3 +195,13 @@ print("same" if np.array_equal(before, after) else "different")
 """
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600)
     assert done.stdout.strip().endswith("same"), done.stderr[-2000:]
+
+
+def test_fast_mode_is_refused_for_flux2_by_field(settings):
+    from flux_ui.tasks.text_to_image import TextToImageParams, validate_text_to_image
+
+    with pytest.raises(InvalidInput) as err:
+        validate_text_to_image(
+            TextToImageParams("a fox", "flux2-klein-4b", 64, 64, 2, None, 1, 1, fast=True), settings, None
+        )
+    assert err.value.field == "fast" and "FLUX.1" in str(err.value)

@@ -44,8 +44,9 @@ def test_each_gallery_can_send_to_the_other_tabs_present(app):
     _, comps = layout(app)
     sends = {c["props"]["elem_id"] for c in comps.values() if str(c["props"].get("elem_id")).startswith("send-")}
     sources, targets = (
-        ("t2i", "i2i", "upscale", "kontext", "redux", "fill", "control", "history"),  # History sends on too
-        ("t2i", "i2i", "upscale", "kontext", "redux", "vqa", "fill", "control"),
+        # History sends its images on too
+        ("t2i", "i2i", "upscale", "kontext", "redux", "fill", "control", "flux2_edit", "flux2_inpaint", "history"),
+        ("t2i", "i2i", "upscale", "kontext", "redux", "vqa", "fill", "control", "flux2_edit", "flux2_inpaint"),
     )
     expected = {f"send-{s}-to-{t}" for s in sources for t in targets if s != t}
     assert sends == expected  # every gallery can reach every other tab present, VQA included

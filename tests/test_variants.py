@@ -1,6 +1,15 @@
 import pytest
 
-from flux_ui.core.variants import DEV_LICENSE, SCHNELL_LICENSE, VARIANTS, get_variant, variants_for
+from flux_ui.core.variants import (
+    DEV_LICENSE,
+    FLUX1,
+    FLUX2,
+    SCHNELL_LICENSE,
+    VARIANTS,
+    family_variants,
+    get_variant,
+    variants_for,
+)
 
 
 def test_table_covers_the_family_with_real_repo_ids():
@@ -13,6 +22,11 @@ def test_table_covers_the_family_with_real_repo_ids():
         "black-forest-labs/FLUX.1-Canny-dev",
         "black-forest-labs/FLUX.1-Depth-dev",
         "black-forest-labs/FLUX.1-Redux-dev",
+        "black-forest-labs/FLUX.2-dev",
+        "black-forest-labs/FLUX.2-klein-4B",
+        "black-forest-labs/FLUX.2-klein-9B",
+        "black-forest-labs/FLUX.2-klein-base-4B",
+        "black-forest-labs/FLUX.2-klein-base-9B",
     }
 
 
@@ -24,7 +38,7 @@ def test_published_defaults():
     assert dev.default_guidance == 3.5 and dev.max_sequence_length == 512
     assert get_variant("kontext-dev").default_guidance == 2.5
     assert get_variant("fill-dev").default_guidance == 30.0 and get_variant("fill-dev").default_steps == 50
-    for v in VARIANTS.values():
+    for v in family_variants(FLUX1):
         if v.name != "schnell":
             assert v.license == DEV_LICENSE and not v.commercial_use, v.name
 
@@ -50,4 +64,6 @@ def test_unknown_variant_lists_valid_names():
 
 
 def test_text_to_image_variants():
-    assert [v.name for v in variants_for("text_to_image")] == ["dev", "schnell", "krea-dev"]
+    assert [v.name for v in variants_for("text_to_image", FLUX1)] == ["dev", "schnell", "krea-dev"]
+    flux2 = [v.name for v in family_variants(FLUX2)]
+    assert [v.name for v in variants_for("text_to_image")] == ["dev", "schnell", "krea-dev", *flux2]

@@ -112,7 +112,8 @@ class FluxUI:
         on_step: Callable | None = None,
     ) -> Result:
         """Run `task` (a name of the task table: text_to_image, image_to_image, upscale, kontext_edit,
-        redux_variation, fill, control, vqa) with the REST API's fields; a task ignores the fields it does not use.
+        redux_variation, fill, control, flux2_edit, flux2_inpaint, vqa) with the REST API's fields; a task
+        ignores the fields it does not use.
 
         Images are PIL images, numpy arrays, file paths or encoded bytes. `resolution` is (width, height)
         or "WIDTHxHEIGHT", multiples of 16. None for steps and guidance takes the model's published
@@ -170,7 +171,8 @@ class FluxUI:
         fast: bool = False,
         on_step: Callable | None = None,
     ) -> Result:
-        """Images from `prompt` (which may name LoRAs as <lora:NAME:WEIGHT>) with dev, schnell or krea-dev."""
+        """Images from `prompt` (which may name LoRAs as <lora:NAME:WEIGHT>) with dev, schnell or krea-dev, or a
+        FLUX.2 model (flux2-dev, flux2-klein-4b, flux2-klein-9b, flux2-klein-base-4b, flux2-klein-base-9b)."""
         return self._call(
             "text_to_image",
             {},
@@ -307,6 +309,70 @@ class FluxUI:
             mode=mode,
             route=route,
             control_image=control_image,
+            steps=steps,
+            guidance=guidance,
+            seed=seed,
+            num_images=num_images,
+            on_step=on_step,
+        )
+
+    def flux2_edit(
+        self,
+        images: Sequence[object],
+        instruction: str,
+        *,
+        variant: str = "flux2-klein-4b",
+        resolution: Size = "auto",
+        steps: int | None = None,
+        guidance: float | None = None,
+        seed: int = -1,
+        num_images: int = 1,
+        on_step: Callable | None = None,
+    ) -> Result:
+        """An image made from one to four reference `images` as `instruction` says, with a FLUX.2 model
+        (its own multi-reference input); "auto" resolution takes the first reference's size (at most 1 MP)."""
+        if not images:
+            raise InvalidInput("images", "is empty; give at least one reference image")
+        return self._call(
+            "flux2_edit",
+            # The API names the first reference `image` and the others images[0], images[1]...; here they are one list.
+            {"prompt": "instruction", "image": "images[0]", **{f"images[{n}]": f"images[{n + 1}]" for n in range(3)}},
+            prompt=instruction,
+            image=images[0],
+            images=images[1:],
+            variant=variant,
+            resolution=resolution,
+            steps=steps,
+            guidance=guidance,
+            seed=seed,
+            num_images=num_images,
+            on_step=on_step,
+        )
+
+    def flux2_inpaint(
+        self,
+        image: object,
+        mask: object,
+        prompt: str,
+        *,
+        variant: str = "flux2-klein-4b",
+        strength: float | None = None,
+        steps: int | None = None,
+        guidance: float | None = None,
+        seed: int = -1,
+        num_images: int = 1,
+        on_step: Callable | None = None,
+    ) -> Result:
+        """Repaint the white area of `mask` in `image` with a FLUX.2 [klein] model; `strength` (0-1, default
+        1) is how much of the masked area's content is kept (1 keeps none)."""
+        return self._call(
+            "flux2_inpaint",
+            {},
+            image=image,
+            mask=mask,
+            prompt=prompt,
+            variant=variant,
+            strength=strength,
             steps=steps,
             guidance=guidance,
             seed=seed,

@@ -31,8 +31,9 @@ GIB = 2**30
 # and a "24 GB" RTX 4090 23.6 GiB, so each class starts a little below its marketing size.
 RESIDENT_MIN_GIB = 38.0
 FP8_MIN_GIB = 22.0
-# Models the policies change; the others (CLIP-L, the VAE, auxiliary models) stay resident under all.
-LARGE_MODELS = ("transformer", "text_encoder_2")
+# Models the policies change (the transformers, T5-XXL, FLUX.2's text encoders); the others (CLIP-L, the
+# VAEs, auxiliary models) stay resident under all.
+LARGE_MODELS = ("transformer", "text_encoder_2", "flux2_text_encoder")
 
 
 @dataclass(frozen=True)
@@ -67,6 +68,34 @@ POLICIES: dict[str, MemoryPolicy] = {
         MemoryPolicy("cpu", "no GPU: every model in RAM"),
     )
 }
+
+
+# float8 linears hold half the bf16 bytes; embeddings, norms and small layers stay bf16 (measured on FLUX.1
+# [dev]'s transformer and T5: 0.52 of their bf16 size).
+FP8_SHARE = 0.52
+
+
+def gpu_need_gib(policy: MemoryPolicy, weights_gib: float) -> float | None:
+    """GiB of GPU memory a model of `weights_gib` bf16 weights (transformer + text encoder) holds under
+    `policy`; None where it streams from RAM block by block (offloading) or runs on the CPU."""
+    if policy.group_offload or policy.name == "cpu":
+        return None
+    return weights_gib * (FP8_SHARE if policy.fp8_at_load else 1.0)
+
+
+def misfit(policy: MemoryPolicy, label: str, weights_gib: float, total_gib: float) -> str | None:
+    """Why `label` cannot run under `policy` on a GPU of `total_gib`, with the policy that would; None if it
+    fits (with 3 GiB for a run's activations). FLUX.2 [dev] (105 GiB in bf16) is the case: resident only
+    on a 141 GB card, float8 from the 80 GB class, offloaded below."""
+    need = gpu_need_gib(policy, weights_gib)
+    if need is None or need + 3.0 <= total_gib:
+        return None
+    fp8 = gpu_need_gib(POLICIES["fp8-24gb"], weights_gib)
+    better = "fp8-24gb" if fp8 is not None and fp8 + 3.0 <= total_gib else "offload-12gb"
+    return (
+        f"{label} holds {need:.0f} GiB on the GPU under the memory policy {policy.name}, and this GPU has "
+        f"{total_gib:.0f} GiB; start with --memory-policy {better}"
+    )
 
 
 def get_policy(name: str) -> MemoryPolicy:

@@ -1,4 +1,9 @@
-"""The FLUX.1 family as data: one frozen record per variant, with the defaults its authors publish."""
+"""The FLUX models as data: one frozen record per variant, with the defaults its authors publish.
+
+Two families: FLUX.1 (T5-XXL and CLIP-L text encoders, a 16-channel VAE, shared by every variant) and
+FLUX.2 (a 32-channel VAE shared by every variant; a Qwen3 text encoder for [klein], Qwen3-4B for 4B and
+Qwen3-8B for 9B, shared by the distilled and base models of one size; Mistral Small 3.1 for [dev]).
+"""
 
 from __future__ import annotations
 
@@ -6,6 +11,11 @@ from dataclasses import dataclass
 
 DEV_LICENSE = "flux-1-dev-non-commercial-license"
 SCHNELL_LICENSE = "apache-2.0"
+FLUX2_DEV_LICENSE = "flux-dev-non-commercial-license"  # FLUX.2 [dev]: the FLUX [dev] Non-Commercial License
+KLEIN_9B_LICENSE = "flux-non-commercial-license"  # FLUX.2 [klein] 9B: the FLUX Non-Commercial License
+
+FLUX1 = "flux1"
+FLUX2 = "flux2"
 
 # (width, height) pairs near one megapixel, all multiples of 16, for text-to-image.
 SQUARE_AND_WIDE = (
@@ -45,7 +55,7 @@ KONTEXT_RESOLUTIONS = (
 
 @dataclass(frozen=True)
 class Variant:
-    """One FLUX.1 model and how to run it."""
+    """One FLUX model and how to run it."""
 
     name: str  # short key used in the UI, the API and the metadata
     label: str  # human name shown in the UI
@@ -54,11 +64,15 @@ class Variant:
     task: str  # which tab uses it: text_to_image, kontext, fill, control, redux
     default_steps: int  # denoising steps the authors recommend
     default_guidance: float | None  # distilled guidance; None for guidance-free models
-    max_sequence_length: int  # T5 tokens the model was trained with
+    max_sequence_length: int  # text tokens the model was trained with (T5's for FLUX.1)
     resolutions: tuple[tuple[int, int], ...]  # preferred (width, height) pairs
     license: str  # SPDX-like license id of the weights
     has_transformer: bool = True  # False for Redux, which reuses [dev]'s transformer
     base: str | None = None  # variant whose transformer this one runs on (Redux)
+    family: str = FLUX1  # FLUX1 or FLUX2: which shared parts (text encoders, VAE) it runs with
+    text_encoder: str | None = None  # FLUX.2: the text encoder it shares with variants of the same key
+    inpaint_pipeline_class: str | None = None  # FLUX.2: the pipeline that repaints a masked region, if any
+    weights_gib: float | None = None  # FLUX.2: bf16 transformer + text encoder, GiB (what the policies place)
 
     @property
     def uses_guidance(self) -> bool:
@@ -67,6 +81,11 @@ class Variant:
     @property
     def commercial_use(self) -> bool:
         return self.license == SCHNELL_LICENSE
+
+    @property
+    def distilled(self) -> bool:
+        """FLUX.2 [klein]: the step-distilled models take no guidance; the base models use CFG."""
+        return self.default_guidance is None
 
 
 VARIANTS: dict[str, Variant] = {
@@ -170,6 +189,42 @@ VARIANTS: dict[str, Variant] = {
             has_transformer=False,
             base="dev",
         ),
+        Variant(
+            name="flux2-dev",
+            label="FLUX.2 [dev]",
+            repo_id="black-forest-labs/FLUX.2-dev",
+            pipeline_class="Flux2Pipeline",
+            task="text_to_image",
+            default_steps=50,  # BFL's reference; 28 trades a little detail for speed
+            default_guidance=4.0,  # distilled guidance, embedded as in FLUX.1 [dev]
+            max_sequence_length=512,
+            resolutions=SQUARE_AND_WIDE,
+            license=FLUX2_DEV_LICENSE,
+            family=FLUX2,
+            text_encoder="mistral-small-3.1",
+            weights_gib=104.7,  # 32.2B transformer + 24.0B Mistral Small 3.1
+        ),
+        *(
+            Variant(
+                name=f"flux2-klein-{kind}{size.lower()}",
+                label=f"FLUX.2 [klein] {'base ' if kind else ''}{size}",
+                repo_id=f"black-forest-labs/FLUX.2-klein-{kind}{size}",
+                pipeline_class="Flux2KleinPipeline",
+                task="text_to_image",
+                default_steps=50 if kind else 4,  # the distilled models are made for 4 steps
+                default_guidance=4.0 if kind else None,  # base: classifier-free guidance; distilled: none
+                max_sequence_length=512,
+                resolutions=SQUARE_AND_WIDE,
+                license=SCHNELL_LICENSE if size == "4B" else KLEIN_9B_LICENSE,
+                family=FLUX2,
+                text_encoder="qwen3-4b" if size == "4B" else "qwen3-8b",
+                inpaint_pipeline_class="Flux2KleinInpaintPipeline",
+                # 3.9B transformer + 4.0B Qwen3-4B; 9.1B + 8.2B Qwen3-8B
+                weights_gib=14.7 if size == "4B" else 32.2,
+            )
+            for kind in ("", "base-")
+            for size in ("4B", "9B")
+        ),
     )
 }
 
@@ -216,9 +271,14 @@ def get_variant(name: str) -> Variant:
         raise ValueError(f"variant: unknown variant {name!r}; choose one of: {valid}") from None
 
 
-def variants_for(task: str) -> list[Variant]:
-    """The variants a tab offers, in table order."""
-    return [v for v in VARIANTS.values() if v.task == task]
+def variants_for(task: str, family: str | None = None) -> list[Variant]:
+    """The variants a tab offers, in table order; only those of `family` when given."""
+    return [v for v in VARIANTS.values() if v.task == task and family in (None, v.family)]
+
+
+def family_variants(family: str) -> list[Variant]:
+    """Every variant of `family`, in table order."""
+    return [v for v in VARIANTS.values() if v.family == family]
 
 
 def nearest_resolution(width: int, height: int, resolutions: tuple[tuple[int, int], ...]) -> tuple[int, int]:

@@ -4,6 +4,10 @@ under the memory policy (float8 while loading, diffusers' group offloading).
 
 Under memory pressure `make_room` evicts in one fixed order, cheapest to restore first: auxiliary models
 (the VQA model, the Redux image encoder...) go to CPU RAM or are dropped, then the FLUX parts go to RAM.
+
+Each model family has its own shared parts: FLUX.1's (`SharedParts`: CLIP-L, T5-XXL, the VAE) under their
+own names, FLUX.2's in `_family_parts` under "flux2:..." names (its VAE, one entry per text encoder). A run
+keeps its own family's parts; the other family's are the first FLUX parts to leave the device.
 """
 
 from __future__ import annotations
@@ -21,7 +25,8 @@ from flux_ui.core import memory
 from flux_ui.core.memory import WORKSPACE_BYTES, module_bytes
 from flux_ui.core.policies import LARGE_MODELS, MemoryPolicy
 from flux_ui.core.settings import Settings
-from flux_ui.models import speed, tiers
+from flux_ui.core.variants import FLUX2, Variant, get_variant
+from flux_ui.models import flux2, speed, tiers
 from flux_ui.models.loading import SharedParts
 from flux_ui.models.loras.adapters import AdapterCache
 
@@ -95,7 +100,9 @@ class Placement:
     def __init__(self, settings: Settings):
         self.settings = settings
         self._lock = threading.RLock()
-        self._shared: SharedParts | None = None
+        self._shared: SharedParts | None = None  # FLUX.1's shared parts
+        self._family_parts: dict[str, torch.nn.Module] = {}  # FLUX.2's: "flux2:vae", "flux2:text_encoder:KEY"
+        self._flux2_tokenizers: dict[str, object] = {}  # the tokenizer of each text encoder in _family_parts
         self._transformers: OrderedDict[str, torch.nn.Module] = OrderedDict()  # least recent first
         self._active: str | None = None  # variant whose transformer is on the device
         self._aux: OrderedDict[str, object] = OrderedDict()  # other models, least recent first
@@ -277,11 +284,10 @@ class Placement:
                     return done
             if on_cpu:
                 return done  # the FLUX parts have nowhere slower to go
-            parts = self._shared.modules() if self._shared else {}
             # Transformers kept beside the active one go first: each is a whole copy back from pinned RAM.
             beside = [n for n in self._gpu_transformers() if n != self._active]
             candidates = [(f"transformer:{n}", self._transformers[n]) for n in beside]
-            candidates += [(name, parts[name]) for name in SHARED_EVICTION_ORDER if name in parts]
+            candidates += list(self._shared_eviction_order())
             if self._active is not None and self._active in self._transformers:
                 candidates.append((f"transformer:{self._active}", self._transformers[self._active]))
             for name, module in candidates:
@@ -316,9 +322,32 @@ class Placement:
             self._active = None
             self._release_memory()
 
+    def shared_modules(self) -> dict[str, torch.nn.Module]:
+        """Every family's loaded shared parts by name: FLUX.1's ("text_encoder", "text_encoder_2", "vae")
+        and FLUX.2's ("flux2:vae", "flux2:text_encoder:KEY")."""
+        return {**(self._shared.modules() if self._shared else {}), **self._family_parts}
+
+    def _shared_eviction_order(self) -> list[tuple[str, torch.nn.Module]]:
+        """Shared parts in the order they leave the device: FLUX.2's text encoders (the largest first), then
+        FLUX.1's in SHARED_EVICTION_ORDER, then FLUX.2's VAE (small, like FLUX.1's, and last for the same
+        reason)."""
+        flux1 = self._shared.modules() if self._shared else {}
+        encoders = sorted(
+            ((k, m) for k, m in self._family_parts.items() if k != flux2.VAE), key=lambda km: -module_bytes(km[1])
+        )
+        order = [*encoders, *((n, flux1[n]) for n in SHARED_EVICTION_ORDER if n in flux1)]
+        if flux2.VAE in self._family_parts:
+            order.append((flux2.VAE, self._family_parts[flux2.VAE]))
+        return order
+
+    def _part_names(self, variant: Variant) -> tuple[str, ...]:
+        """The names of the shared parts `variant` runs with."""
+        return flux2.part_names(variant) if variant.family == FLUX2 else SHARED_EVICTION_ORDER
+
     def _bytes_to_place(self, name: str) -> int:
         """Bytes of variant `name`'s loaded parts that are not on the device yet (unloaded parts are unknown)."""
-        modules = list(self._shared.modules().values()) if self._shared else []
+        shared = self.shared_modules()
+        modules = [shared[p] for p in self._part_names(get_variant(name)) if p in shared]
         if name in self._transformers:
             modules.append(self._transformers[name])
         return sum(module_bytes(m) for m in modules if not self._on_device(m))

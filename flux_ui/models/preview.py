@@ -1,4 +1,4 @@
-"""Live previews: a cheap linear projection from the 16 latent channels straight to RGB.
+"""Live previews: a cheap linear projection from the latent channels (16 for FLUX.1, 32 for FLUX.2) to RGB.
 
 No second model is needed: the projection is fitted once per VAE by least squares, from the VAE's own
 encodings of flat-coloured tiles (each latent pixel then sees one known colour). That costs a single
@@ -34,7 +34,10 @@ class LatentPreviewer:
         param = next(self.vae.parameters())
         latents = self.vae.encode(images.to(param.device, param.dtype)).latent_dist.mean.float().cpu()
         cfg = self.vae.config
-        latents = (latents - (cfg.shift_factor or 0.0)) * cfg.scaling_factor
+        # FLUX.1's VAE scales and shifts its latents for the transformer; FLUX.2's has neither (its pipelines
+        # normalise by the VAE's batch-norm statistics instead, undone in `unpack_flux2`).
+        shift, scale = getattr(cfg, "shift_factor", None) or 0.0, getattr(cfg, "scaling_factor", None) or 1.0
+        latents = (latents - shift) * scale
         factor = images.shape[-1] // latents.shape[-1]  # 8 for FLUX's VAE
         target = torch.nn.functional.avg_pool2d(images, factor)
         x = latents.permute(0, 2, 3, 1).reshape(-1, latents.shape[1])
@@ -52,3 +55,15 @@ class LatentPreviewer:
         pixels = ((rgb.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).numpy()
         img = Image.fromarray(pixels, mode="RGB")
         return img.resize(size, Image.Resampling.BILINEAR) if size else img
+
+
+def unpack_flux2(pipe, latents: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """A FLUX.2 pipeline's packed latents, (batch, tokens, 128) in raster order, as the VAE's latents
+    (batch, 32, height / 8, width / 8): the batch-norm normalisation undone and the 2x2 patches unfolded, as
+    the pipeline does before decoding. `size` is the image's (width, height)."""
+    h, w = size[1] // 16, size[0] // 16
+    x = latents[:, : h * w].reshape(latents.shape[0], h, w, latents.shape[-1]).permute(0, 3, 1, 2)
+    bn = pipe.vae.bn
+    std = torch.sqrt(bn.running_var.view(1, -1, 1, 1) + pipe.vae.config.batch_norm_eps)
+    x = x * std.to(x) + bn.running_mean.view(1, -1, 1, 1).to(x)
+    return pipe._unpatchify_latents(x)

@@ -6,6 +6,10 @@ in an LRU cache so that switching back to a recent variant loads nothing. One lo
 move and every pipeline run, so concurrent requests for different variants never interleave. LoRAs are
 loaded into the models once (see `lora_adapters`) and each pipeline use activates the set it asks for.
 
+FLUX.2 is a second family with shared parts of its own (`flux2_parts`): one VAE for all its variants, and a
+text encoder per key (Qwen3-4B, Qwen3-8B, Mistral Small 3.1), each loaded once and handed by identity to
+every variant that names it. Its transformers share the LRU cache with FLUX.1's.
+
 Where models live and how they move (the warm tier, eviction under pressure) is `placement.Placement`,
 which the registry builds on. Task-specific lending (BFL's control LoRAs, the depth estimator) is the
 control task's (`flux_ui.tasks.control`), on the public methods here.
@@ -20,16 +24,16 @@ from contextlib import contextmanager
 
 import torch
 
-from flux_ui.core import memory
-from flux_ui.core.errors import InvalidInput
+from flux_ui.core import memory, policies
+from flux_ui.core.errors import InvalidInput, ModelUnavailableError
 from flux_ui.core.memory import WORKSPACE_BYTES, module_bytes
 from flux_ui.core.settings import Settings
 from flux_ui.core.turns import Line
-from flux_ui.core.variants import Variant, get_variant
-from flux_ui.models import hashes, loading, placement, sources, speed
+from flux_ui.core.variants import FLUX1, FLUX2, Variant, get_variant
+from flux_ui.models import flux2, hashes, loading, placement, sources, speed
 from flux_ui.models.loading import SharedParts
 from flux_ui.models.loras.library import LoraLibrary, LoraRequest
-from flux_ui.models.placement import SHARED_EVICTION_ORDER, Placement
+from flux_ui.models.placement import Placement
 from flux_ui.models.preview import LatentPreviewer
 from flux_ui.models.startup import Startup
 
@@ -42,7 +46,7 @@ class Registry(Placement):
     def __init__(self, settings: Settings):
         super().__init__(settings)
         self._scheduler_configs: dict[str, dict] = {}
-        self._previewer: LatentPreviewer | None = None
+        self._previewers: dict[str, LatentPreviewer] = {}  # per family: each has its own VAE
         self._tokenizers: tuple[object, object] | None = None  # read alone, before the shared parts
         self.load_counts: Counter[str] = Counter()  # component -> loads from disk or hub
         self.loras = LoraLibrary(settings.lora_dirs, settings.hub_loras)  # the LoRAs a prompt can name
@@ -72,7 +76,34 @@ class Registry(Placement):
         return loading.load_shared(self.settings, self.load_counts)
 
     def _load_transformer(self, variant: Variant) -> torch.nn.Module:  # a hook, as _load_shared
+        if variant.family == FLUX2:
+            return flux2.load_transformer(self.settings, variant, self.load_counts)
         return loading.load_transformer(self.settings, variant, self.load_counts)
+
+    def _load_flux2_vae(self, variant: Variant) -> torch.nn.Module:  # a hook, as _load_shared
+        return flux2.load_vae(self.settings, variant, self.load_counts)
+
+    def _load_flux2_encoder(self, variant: Variant) -> tuple[torch.nn.Module, object]:  # a hook, as _load_shared
+        return flux2.load_text_encoder(self.settings, variant, self.load_counts)
+
+    def flux2_parts(self, variant: Variant) -> tuple[torch.nn.Module, object, torch.nn.Module]:
+        """FLUX.2 `variant`'s text encoder, its tokenizer and the FLUX.2 VAE, loaded on first use, kept, and
+        placed on the device: the same objects for every variant that shares them."""
+        key = flux2.encoder_key(variant)
+        with self._lock:
+            if flux2.VAE not in self._family_parts:
+                vae = self._load_flux2_vae(variant)
+                self._move(flux2.VAE, vae, self.settings.device)
+                speed.optimize_vae(vae, self.settings.speed)
+                self._family_parts[flux2.VAE] = vae
+            if key not in self._family_parts:
+                model, tokenizer = self._load_flux2_encoder(variant)
+                placement.prepare(self.settings.policy, "flux2_text_encoder", model, self.settings.device)
+                self._move(key, model, self.settings.device)
+                self._family_parts[key], self._flux2_tokenizers[key] = model, tokenizer
+            for name in (key, flux2.VAE):  # back on the device after make_room
+                self._move(name, self._family_parts[name], self.settings.device)
+            return self._family_parts[key], self._flux2_tokenizers[key], self._family_parts[flux2.VAE]
 
     def _prior_parts(self, variant: Variant) -> dict[str, object]:
         """Redux's SigLIP image encoder, its image processor and the Redux embedder, as auxiliary entries."""
@@ -145,12 +176,14 @@ class Registry(Placement):
             self._scheduler_configs[variant.name] = loading.scheduler_config(self.settings, variant)
         return FlowMatchEulerDiscreteScheduler.from_config(self._scheduler_configs[variant.name])
 
-    def previewer(self) -> LatentPreviewer:
-        """The latent-to-RGB preview projection of the shared VAE, fitted once."""
+    def previewer(self, family: str = FLUX1) -> LatentPreviewer:
+        """The latent-to-RGB preview projection of `family`'s VAE, fitted once (FLUX.2's VAE must be loaded:
+        it is while one of its pipelines runs)."""
         with self._lock:
-            if self._previewer is None:
-                self._previewer = LatentPreviewer(self.shared().vae)
-            return self._previewer
+            if family not in self._previewers:
+                vae = self._family_parts[flux2.VAE] if family == FLUX2 else self.shared().vae
+                self._previewers[family] = LatentPreviewer(vae)
+            return self._previewers[family]
 
     def transformer(self, name: str) -> torch.nn.Module:
         """The transformer of variant `name`, loaded if needed, made active on the device.
@@ -238,30 +271,26 @@ class Registry(Placement):
         import diffusers
 
         variant = get_variant(name)
+        self._check_fits(variant)
         files = [(self.loras.fetch(n), w) for n, w in loras]  # before the lock: a hub LoRA may download
         with self._lock:
-            # Only auxiliary models may be evicted for a FLUX run: its own parts are all needed on the device.
-            parts = [*SHARED_EVICTION_ORDER, f"transformer:{name}"]
+            # Only auxiliary models (and the other family's parts) may be evicted for a FLUX run: its own parts
+            # are all needed on the device.
+            parts = [*self._part_names(variant), f"transformer:{name}"]
             self.make_room(self._bytes_to_place(name) + WORKSPACE_BYTES, keep=parts)
-            shared = self.shared()
             pipe_cls = getattr(diffusers, pipeline_class or variant.pipeline_class)
-            text = {
-                "text_encoder": shared.text_encoder,
-                "tokenizer": shared.tokenizer,
-                "text_encoder_2": shared.text_encoder_2,
-                "tokenizer_2": shared.tokenizer_2,
-            }
-            if variant.has_transformer:
+            if variant.family == FLUX2:
+                text_encoder, tokenizer, vae = self.flux2_parts(variant)
                 pipe = pipe_cls(
                     scheduler=self._scheduler(variant),
-                    vae=shared.vae,
+                    vae=vae,
+                    text_encoder=text_encoder,
+                    tokenizer=tokenizer,
                     transformer=self.transformer(name),
-                    **text,
+                    **flux2.pipeline_kwargs(variant, pipe_cls.__name__),
                 )
             else:
-                # An image prior (Redux): its own image encoder parts, the shared text encoders for the
-                # prompt; what it returns conditions the pipeline of `variant.base`.
-                pipe = pipe_cls(**self._prior_parts(variant), **text)
+                pipe = self._flux1_pipeline(variant, pipe_cls)
             pipe.set_progress_bar_config(disable=True)
             if not variant.has_transformer:
                 if files:
@@ -272,7 +301,32 @@ class Registry(Placement):
             try:
                 yield pipe
             finally:
-                self._adapters.deactivate(pipe)  # the CLIP is shared: leave no LoRA active in it
+                self._adapters.deactivate(pipe)  # the text encoders are shared: leave no LoRA active in them
+
+    def _flux1_pipeline(self, variant: Variant, pipe_cls: type):
+        """`pipe_cls` around FLUX.1's shared parts and `variant`'s transformer (or, for an image prior such as
+        Redux, its own image encoder parts: what it returns conditions the pipeline of `variant.base`)."""
+        shared = self.shared()
+        text = {
+            "text_encoder": shared.text_encoder,
+            "tokenizer": shared.tokenizer,
+            "text_encoder_2": shared.text_encoder_2,
+            "tokenizer_2": shared.tokenizer_2,
+        }
+        if not variant.has_transformer:
+            return pipe_cls(**self._prior_parts(variant), **text)
+        return pipe_cls(
+            scheduler=self._scheduler(variant), vae=shared.vae, transformer=self.transformer(variant.name), **text
+        )
+
+    def _check_fits(self, variant: Variant) -> None:
+        """Refuse, before loading anything, a model that cannot fit the GPU under the memory policy (FLUX.2
+        [dev] resident below the 141 GB class), naming the policy that would fit."""
+        total = (memory.device_usage(self.settings.device) or {}).get("total_gib")
+        if variant.weights_gib is None or total is None:
+            return
+        if why := policies.misfit(self.settings.policy, variant.label, variant.weights_gib, total):
+            raise ModelUnavailableError(variant.label, variant.repo_id, why, "See the README's memory policy table.")
 
     def _loaded_loras(self) -> dict[str, list[str]]:
         """LoRAs loaded into each model, least recently used first."""
@@ -292,8 +346,8 @@ class Registry(Placement):
             def where(module: torch.nn.Module) -> str:
                 return "offloaded" if placement.is_group_offloaded(module) else str(next(module.parameters()).device)
 
-            shared = {k: where(m) for k, m in self._shared.modules().items()} if self._shared else {}
-            models = {**(self._shared.modules() if self._shared else {})}
+            shared = {k: where(m) for k, m in self.shared_modules().items()}
+            models = dict(self.shared_modules())
             models |= {f"transformer:{n}": m for n, m in self._transformers.items()}
             models |= {k: m for k, m in self._aux.items() if isinstance(m, torch.nn.Module)}
             budget = self.settings.ram_budget_bytes

@@ -112,6 +112,10 @@ def infer_task(fields: dict[str, str]) -> str:
         return "kontext"
     if variant == "redux-dev" or "Redux strengths" in fields:
         return "redux"
+    if "References" in fields:
+        return "flux2_edit"
+    if "Repainted" in fields:
+        return "flux2_inpaint"
     if "Denoising strength" in fields:
         return "image_to_image"
     return "text_to_image" if "Seed" in fields else UNKNOWN_TASK

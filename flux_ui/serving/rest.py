@@ -50,23 +50,29 @@ class GenerateRequest(BaseModel):
     prompt: str = Field("", max_length=MAX_TEXT_CHARS, description="the prompt, instruction or VQA question")
     image: str | None = Field(None, max_length=MAX_IMAGE_CHARS, description="base64 (or data: URL) PNG/JPEG/WebP")
     images: list[str] = Field(
-        [], max_length=3, description="Redux, Kontext: up to three more references, base64 like `image`"
+        [], max_length=3, description="Redux, Kontext, flux2_edit: up to three more references, base64 like `image`"
     )
     strengths: list[Number] = Field([], max_length=4, description="Redux: one strength per reference, 0-2")
     strength: Number | None = Field(
         None,
         description="image_to_image: denoise strength, above 0 up to 1 (1 ignores the input), default 0.75; "
-        "upscale: the refine pass's, 0 (upscale only) up to 1, default 0.3",
+        "upscale: the refine pass's, 0 (upscale only) up to 1, default 0.3; "
+        "flux2_inpaint: the masked area's, default 1",
     )
     scale: Number | None = Field(None, description="upscale: output side / input side, 1.5 to 4; default 2")
     upscaler: str | None = Field(
         None, max_length=200, description='upscale: "auto" (default), "lanczos" or an upscaler model\'s name'
     )
     tiling: Literal["auto", "on", "off"] | None = Field(None, description="upscale: refine in tiles; default auto")
-    mask: str | None = Field(None, max_length=MAX_IMAGE_CHARS, description="Fill: white = repaint, base64")
+    mask: str | None = Field(None, max_length=MAX_IMAGE_CHARS, description="Fill, flux2_inpaint: white = repaint")
     control_image: str | None = Field(None, max_length=MAX_IMAGE_CHARS, description="Control: a ready map")
     resolution: str | None = Field(None, max_length=32, description='"WIDTHxHEIGHT"; Kontext also "auto"')
-    variant: str | None = Field(None, max_length=64, description="text_to_image: dev, schnell or krea-dev")
+    variant: str | None = Field(
+        None,
+        max_length=64,
+        description="text_to_image: dev, schnell, krea-dev or a FLUX.2 model (flux2-dev, flux2-klein-4b, "
+        "flux2-klein-9b, flux2-klein-base-4b, flux2-klein-base-9b); flux2_edit, flux2_inpaint: a FLUX.2 model",
+    )
     steps: StrictInt | None = None
     guidance: Number | None = None
     seed: StrictInt = -1

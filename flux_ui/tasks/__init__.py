@@ -21,8 +21,10 @@ from PIL import Image
 
 from flux_ui.core.errors import Cancelled
 from flux_ui.core.settings import Settings
+from flux_ui.core.variants import FLUX1, FLUX2
 from flux_ui.media.metadata import ImageMeta
 from flux_ui.models.loras.library import LoraLibrary
+from flux_ui.models.preview import unpack_flux2
 from flux_ui.models.registry import Registry
 
 P = TypeVar("P")  # a task's raw parameters
@@ -67,8 +69,10 @@ def step_callback(
     steps: int,
     total: int,
     size: tuple[int, int],
+    family: str = FLUX1,
 ):
-    """A diffusers `callback_on_step_end` that reports progress, makes previews and honours cancel."""
+    """A diffusers `callback_on_step_end` that reports progress, makes previews (of a `family` pipeline's
+    latents) and honours cancel."""
     every = registry.settings.preview_every
 
     def callback(pipe, i, t, kwargs):
@@ -78,8 +82,11 @@ def step_callback(
         if on_step is not None:
             preview = None
             if every > 0 and step % every == 0 and step < steps:
-                latents = pipe._unpack_latents(kwargs["latents"], size[1], size[0], pipe.vae_scale_factor)
-                preview = registry.previewer().to_image(latents, size)
+                if family == FLUX2:
+                    latents = unpack_flux2(pipe, kwargs["latents"], size)
+                else:
+                    latents = pipe._unpack_latents(kwargs["latents"], size[1], size[0], pipe.vae_scale_factor)
+                preview = registry.previewer(family).to_image(latents, size)
             on_step(StepEvent(image_index, step, steps, image_index * steps + step, total, preview))
         return {}
 
@@ -93,13 +100,15 @@ class Request:
 
     prompt: str = ""  # the prompt, Kontext's instruction or the VQA question
     image: object | None = None  # the input image (bytes, or anything load_image reads)
-    images: tuple[object | None, ...] = ()  # Redux: more references
+    images: tuple[object | None, ...] = ()  # Redux, FLUX.2 edit: more references
     strengths: tuple[object, ...] = ()  # Redux: one per reference
-    strength: object | None = None  # image to image, upscale: denoise strength; None: the task's default
+    strength: object | None = (
+        None  # image to image, upscale, FLUX.2 inpaint: denoise strength; None: the task's default
+    )
     scale: object | None = None  # upscale: output side / input side, 1.5-4; None: 2
     upscaler: str | None = None  # upscale: "auto", "lanczos" or an upscaler model's name; None: auto
     tiling: str | None = None  # upscale: refine pass in tiles, "auto", "on" or "off"; None: auto
-    mask: object | None = None  # Fill: white = repaint
+    mask: object | None = None  # Fill, FLUX.2 inpaint: white = repaint
     control_image: object | None = None  # Control: a ready map
     resolution: str | None = None  # "WIDTHxHEIGHT"; Kontext also "auto"
     variant: str | None = None

@@ -15,7 +15,7 @@ import torch
 
 from flux_ui.core.policies import tile_vae
 from flux_ui.core.seeds import batch_seed
-from flux_ui.core.variants import Variant
+from flux_ui.core.variants import FLUX1, FLUX2, Variant
 from flux_ui.media.metadata import ImageMeta
 from flux_ui.models import fast
 from flux_ui.models.registry import Registry
@@ -51,7 +51,8 @@ def generate_batch(
 ) -> tuple[list[GeneratedImage], dict[str, float]]:
     """Run `pipe` once per image with the task's `inputs` (image, mask_image, control_image, ...);
     return the images with their metadata, and the seconds spent encoding (unless the caller brings its
-    own `embeds`, (prompt_embeds, pooled_prompt_embeds), as Redux does) and generating."""
+    own `embeds`, (prompt_embeds, pooled_prompt_embeds), as Redux does) and generating. A FLUX.2 pipeline
+    gets its own prompt embeddings."""
     timings = {}
     width, height = batch.size
     settings = registry.settings
@@ -61,25 +62,23 @@ def generate_batch(
     else:
         pipe.vae.disable_tiling()
     text = batch.prompt if batch.encoder_prompt is None else batch.encoder_prompt
-    notes = tuple(cut_notes(pipe, text, batch.variant.max_sequence_length))
+    notes = tuple(cut_notes(pipe, text, batch.variant.max_sequence_length, batch.variant.family))
     if embeds is None:
         t = time.perf_counter()
         with torch.inference_mode():
-            prompt_embeds, pooled, _ = pipe.encode_prompt(
-                prompt=text,
-                prompt_2=None,
-                device=registry.settings.device,
-                max_sequence_length=batch.variant.max_sequence_length,
-            )
+            prompt_inputs = encode(pipe, text, batch.variant, registry.settings.device)
         timings["encode"] = time.perf_counter() - t
     else:
-        prompt_embeds, pooled = embeds
+        prompt_inputs = {"prompt_embeds": embeds[0], "pooled_prompt_embeds": embeds[1]}
     t = time.perf_counter()
     images = []
     steps_run = batch.steps if batch.steps_run is None else batch.steps_run  # what progress counts
     total = steps_run * batch.num_images
     if batch.guidance is not None:
         inputs["guidance_scale"] = batch.guidance
+    elif batch.variant.family == FLUX2:
+        inputs["guidance_scale"] = 1.0  # [klein] distilled: no guidance (its pipeline warns about any other)
+    family = batch.variant.family
     extra = dict(batch.extra)
     if batch.fast:
         extra["Fast mode"] = fast.describe(steps_run)
@@ -87,11 +86,10 @@ def generate_batch(
     # Fast mode's step cache is on the pipeline for this request only; it is removed when the block ends.
     with fast.fast_mode(pipe, steps_run) if batch.fast else nullcontext():
         for i in range(batch.num_images):
-            callback = step_callback(registry, on_step, should_stop, i, steps_run, total, batch.size)
+            callback = step_callback(registry, on_step, should_stop, i, steps_run, total, batch.size, family)
             with torch.inference_mode():
                 out = pipe(
-                    prompt_embeds=prompt_embeds,
-                    pooled_prompt_embeds=pooled,
+                    **prompt_inputs,
                     width=width,
                     height=height,
                     num_inference_steps=batch.steps,
@@ -122,17 +120,43 @@ def generate_batch(
     return images, timings
 
 
-def cut_notes(pipe, prompt: str, t5_tokens: int) -> list[str]:
+def encode(pipe, text: str, variant: Variant, device: str) -> dict[str, torch.Tensor]:
+    """The prompt's embeddings, as the pipeline's call takes them: FLUX.1's T5 and pooled CLIP embeddings;
+    FLUX.2's text encoder's, and for a [klein] base model (classifier-free guidance) the empty prompt's too,
+    which its pipeline would otherwise encode again for every image."""
+    if variant.family == FLUX1:
+        prompt_embeds, pooled, _ = pipe.encode_prompt(
+            prompt=text, prompt_2=None, device=device, max_sequence_length=variant.max_sequence_length
+        )
+        return {"prompt_embeds": prompt_embeds, "pooled_prompt_embeds": pooled}
+    embeds = {"prompt_embeds": pipe.encode_prompt(text, device, max_sequence_length=variant.max_sequence_length)[0]}
+    if variant.pipeline_class != "Flux2Pipeline" and not variant.distilled:
+        embeds["negative_prompt_embeds"] = pipe.encode_prompt(
+            "", device, max_sequence_length=variant.max_sequence_length
+        )[0]
+    return embeds
+
+
+def cut_notes(pipe, prompt: str, t5_tokens: int, family: str = FLUX1) -> list[str]:
     """What the text encoders do not read of `prompt`, as notes for the user: the pipelines truncate it
     silently (diffusers only logs it) to CLIP-L's 77 tokens (the pooled embedding) and to the variant's
-    T5 limit, `t5_tokens` (512, or 256 for [schnell]). Each note says where the cut falls. Counted with
+    T5 limit (512, or 256 for [schnell]); FLUX.2's one encoder to 512. Each note says where the cut falls. Counted with
     the pipeline's own tokenizers (the shared ones); a pipeline without them (Redux's base, which is given
     embeddings) gets none."""
     notes = []
-    for name, tokenizer, limit in (
-        ("CLIP", getattr(pipe, "tokenizer", None), getattr(getattr(pipe, "tokenizer", None), "model_max_length", 77)),
-        ("T5", getattr(pipe, "tokenizer_2", None), t5_tokens),
-    ):
+    readers = {"CLIP": "the pooled prompt (CLIP-L)", "T5": "the text encoder (T5-XXL)", "FLUX.2": "the text encoder"}
+    if family == FLUX2:  # one encoder, read up to `t5_tokens`; its chat template adds a few tokens around
+        checks = [("FLUX.2", getattr(pipe, "tokenizer", None), t5_tokens)]
+    else:
+        checks = [
+            (
+                "CLIP",
+                getattr(pipe, "tokenizer", None),
+                getattr(getattr(pipe, "tokenizer", None), "model_max_length", 77),
+            ),
+            ("T5", getattr(pipe, "tokenizer_2", None), t5_tokens),
+        ]
+    for name, tokenizer, limit in checks:
         if tokenizer is None or not prompt:
             continue
         ids = tokenizer(prompt, truncation=False, add_special_tokens=True).input_ids
@@ -141,9 +165,10 @@ def cut_notes(pipe, prompt: str, t5_tokens: int) -> list[str]:
         kept = tokenizer(prompt, truncation=True, max_length=limit, add_special_tokens=True).input_ids
         text = tokenizer.decode(kept, skip_special_tokens=True).strip()
         tail = " ".join(text.split()[-6:])
-        reader = "the pooled prompt (CLIP-L)" if name == "CLIP" else "the text encoder (T5-XXL)"
+        reader = readers[name]
         notes.append(
-            f"⚠ Prompt cut: it is {len(ids)} {name} tokens and {reader} reads only the first {limit}; "
+            f"⚠ Prompt cut: it is {len(ids)} {name if name != 'FLUX.2' else 'text'} tokens and {reader} reads "
+            f"only the first {limit}; "
             f"what comes after “…{tail}” is not seen by it."
         )
     return notes

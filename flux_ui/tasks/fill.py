@@ -96,7 +96,7 @@ def _check_outpaint(p: FillParams, size: tuple[int, int]) -> dict[str, int]:
     return amounts
 
 
-def _check_mask(value: object, size: tuple[int, int], outpainting: bool) -> Image.Image | None:
+def check_mask(value: object, size: tuple[int, int], outpainting: bool) -> Image.Image | None:
     """The binary mask at `size`, or None when there is none (allowed only when outpainting)."""
     if value is None:
         if outpainting:
@@ -121,7 +121,7 @@ def validate_fill(p: FillParams, settings: Settings) -> FillJob:
     image = load_image(p.image, "image")
     prompt = check_prompt(p.prompt, settings)
     amounts = _check_outpaint(p, image.size)
-    mask = _check_mask(p.mask, image.size, outpainting=any(amounts.values()))
+    mask = check_mask(p.mask, image.size, outpainting=any(amounts.values()))
     return FillJob(
         image=image,
         prompt=prompt,

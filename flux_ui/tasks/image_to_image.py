@@ -28,7 +28,7 @@ from flux_ui.core.errors import InvalidInput
 from flux_ui.core.gpu import on_gpu
 from flux_ui.core.seeds import resolve_seed
 from flux_ui.core.settings import Settings
-from flux_ui.core.variants import get_variant
+from flux_ui.core.variants import FLUX1, VARIANTS, get_variant, variants_for
 from flux_ui.media.images import image_hash, load_image, working_size
 from flux_ui.models.loras.library import LoraLibrary, LoraRequest, parse_prompt
 from flux_ui.models.registry import Registry
@@ -121,6 +121,11 @@ def validate_image_to_image(
 
     Prompt, LoRAs, variant, steps, guidance, seed and image count go through text to image's own
     validation, so both tasks accept and refuse the same values."""
+    if isinstance(p.variant, str) and p.variant in VARIANTS and get_variant(p.variant).family != FLUX1:
+        names = ", ".join(v.name for v in variants_for("text_to_image", FLUX1))
+        raise InvalidInput(
+            "variant", f"image to image runs FLUX.1 ({names}); edit with FLUX.2 in the FLUX.2 edit task (flux2_edit)"
+        )
     image = load_image(p.image, "image")
     width, height = output_size(p.size, image, settings)
     base = validate_text_to_image(

@@ -8,6 +8,7 @@ import re
 from flux_ui.core.errors import InvalidInput
 from flux_ui.core.seeds import SEED_MAX
 from flux_ui.core.settings import Settings
+from flux_ui.core.variants import FLUX1, Variant
 from flux_ui.models import fast
 
 MIN_SIDE = 64  # pixels; FLUX works in 16-pixel patches (8x VAE, 2x2 packing)
@@ -119,10 +120,14 @@ def check_guidance(value: object, default: float) -> float:
     return guidance
 
 
-def check_fast(value: object, settings: Settings) -> bool:
-    """Fast mode on or off: a bool, and on only where `fast.unavailable` finds nothing against it."""
+def check_fast(value: object, settings: Settings, variant: Variant | None = None) -> bool:
+    """Fast mode on or off: a bool, and on only for a FLUX.1 model and where `fast.unavailable` finds
+    nothing against it."""
     if not isinstance(value, bool):
         raise InvalidInput("fast", f"expected true or false, got {value!r}")
+    if value and variant is not None and variant.family != FLUX1:
+        # The step mask and its published figures are FLUX.1's; [klein] is a 4-step model already.
+        raise InvalidInput("fast", f"is for the FLUX.1 models; {variant.label} runs without it, turn it off")
     if value and (reason := fast.unavailable(settings)):
         raise InvalidInput("fast", reason)
     return value

@@ -5,7 +5,19 @@ A new task is one module in this package ending with its `SPEC`, one entry here,
 
 from __future__ import annotations
 
-from flux_ui.tasks import TaskSpec, control, fill, image_to_image, kontext, redux, text_to_image, upscale, vqa
+from flux_ui.tasks import (
+    TaskSpec,
+    control,
+    fill,
+    flux2_edit,
+    flux2_inpaint,
+    image_to_image,
+    kontext,
+    redux,
+    text_to_image,
+    upscale,
+    vqa,
+)
 
 TASKS: dict[str, TaskSpec] = {
     spec.name: spec
@@ -17,6 +29,8 @@ TASKS: dict[str, TaskSpec] = {
         redux.SPEC,
         fill.SPEC,
         control.SPEC,
+        flux2_edit.SPEC,
+        flux2_inpaint.SPEC,
         vqa.SPEC,
     )
 }

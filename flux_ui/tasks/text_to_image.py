@@ -1,4 +1,4 @@
-"""Text to image with FLUX.1 [dev], [schnell] and Krea [dev]."""
+"""Text to image with FLUX.1 [dev], [schnell] and Krea [dev], and every FLUX.2 model ([dev], [klein])."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from flux_ui.core.errors import InvalidInput
 from flux_ui.core.gpu import on_gpu
 from flux_ui.core.seeds import resolve_seed
 from flux_ui.core.settings import Settings
-from flux_ui.core.variants import get_variant
+from flux_ui.core.variants import get_variant, variants_for
 from flux_ui.models.loras.library import LoraLibrary, LoraRequest, check_request, parse_prompt
 from flux_ui.models.registry import Registry
 from flux_ui.tasks import Request, StepCallback, TaskResult, TaskSpec
@@ -35,7 +35,7 @@ class TextToImageParams:
     """One text-to-image request as sent. Defaults of None take the variant's published defaults."""
 
     prompt: object  # may name LoRAs as <lora:NAME:WEIGHT>; the tags are not sent to the encoders
-    variant: object = "dev"  # a text-to-image variant name: dev, schnell, krea-dev
+    variant: object = "dev"  # a text-to-image variant name: dev, schnell, krea-dev, flux2-dev, flux2-klein-4b...
     width: object = 1024  # pixels, a multiple of 16
     height: object = 1024  # pixels, a multiple of 16
     steps: object | None = None  # denoising steps; None: the variant's default
@@ -55,7 +55,7 @@ class TextToImageJob:
     width: int
     height: int
     steps: int
-    guidance: float | None  # None for [schnell], which has no guidance input
+    guidance: float | None  # None for [schnell] and FLUX.2 [klein] distilled, which take no guidance
     seed: int  # -1: random
     num_images: int
     loras: LoraRequest  # those of the request and the prompt's tags
@@ -85,10 +85,8 @@ def validate_text_to_image(
     except ValueError as err:
         raise InvalidInput("variant", str(err).removeprefix("variant: ")) from None
     if variant.task != "text_to_image":
-        raise InvalidInput(
-            "variant",
-            f"{variant.label} is not a text-to-image model; use dev, schnell or krea-dev",
-        )
+        names = ", ".join(v.name for v in variants_for("text_to_image"))
+        raise InvalidInput("variant", f"{variant.label} is not a text-to-image model; use one of: {names}")
     width, height = check_size(p.width, p.height, settings)
     return TextToImageJob(
         prompt=prompt,
@@ -100,7 +98,7 @@ def validate_text_to_image(
         seed=check_seed(p.seed),
         num_images=check_num_images(p.num_images, settings),
         loras=loras,
-        fast=check_fast(p.fast, settings),
+        fast=check_fast(p.fast, settings, variant),
     )
 
 

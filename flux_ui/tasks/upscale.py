@@ -33,7 +33,7 @@ from flux_ui.core.gpu import on_gpu
 from flux_ui.core.policies import tile_vae
 from flux_ui.core.seeds import resolve_seed
 from flux_ui.core.settings import Settings
-from flux_ui.core.variants import get_variant
+from flux_ui.core.variants import FLUX1, VARIANTS, get_variant, variants_for
 from flux_ui.media.images import image_hash, load_image
 from flux_ui.media.metadata import ImageMeta
 from flux_ui.media.tiles import Blender, Box, layout
@@ -168,6 +168,9 @@ def validate_upscale(p: UpscaleParams, settings: Settings, library: LoraLibrary 
     hint = "describe the image (the refine pass redraws it from this prompt), or set strength 0 to upscale only"
     if isinstance(p.prompt, str) and not p.prompt.strip():
         raise InvalidInput("prompt", f"is empty; {hint}")
+    if isinstance(p.variant, str) and p.variant in VARIANTS and get_variant(p.variant).family != FLUX1:
+        names = ", ".join(v.name for v in variants_for("text_to_image", FLUX1))
+        raise InvalidInput("variant", f"the refine pass runs FLUX.1 ({names}); FLUX.2 has no image-to-image pipeline")
     base = validate_text_to_image(
         TextToImageParams(p.prompt, p.variant, width, height, p.steps, p.guidance, p.seed, 1, p.loras),
         settings,

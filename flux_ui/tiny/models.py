@@ -9,7 +9,8 @@ uses for real weights. Their outputs are noise: they exist to exercise code.
 
 For Fill, Canny and Depth only transformer/ and scheduler/ are written (the registry reads nothing else
 from those repos); BFL's Canny/Depth LoRAs are written as the single safetensors file their repos hold;
-the depth estimator as a transformers DepthAnything model with its image processor.
+the depth estimator as a transformers DepthAnything model with its image processor. The FLUX.2 repos are
+written by `flux2.py`.
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ from pathlib import Path
 import torch
 
 from flux_ui.core.settings import DEFAULT_VQA_MODEL
-from flux_ui.core.variants import CONTROL_LORAS, VARIANTS, Variant
+from flux_ui.core.variants import CONTROL_LORAS, FLUX2, VARIANTS, Variant
+from flux_ui.tiny.common import SCHEDULER_DEV, WORDS, bytes_to_unicode
 
 log = logging.getLogger(__name__)
 
@@ -33,16 +35,7 @@ log = logging.getLogger(__name__)
 TINY_FORMAT = "1"
 MARKER = "flux_ui_tiny.txt"
 
-# Scheduler configs as published in the real repos: [dev]-style models shift the schedule by resolution;
-# [schnell] uses a plain schedule.
-SCHEDULER_DEV = {
-    "base_image_seq_len": 256,
-    "base_shift": 0.5,
-    "max_image_seq_len": 4096,
-    "max_shift": 1.15,
-    "shift": 3.0,
-    "use_dynamic_shifting": True,
-}
+# [schnell] uses a plain schedule, the [dev]-style models (SCHEDULER_DEV) shift it by resolution.
 SCHEDULER_SCHNELL = {"shift": 1.0, "use_dynamic_shifting": False}
 
 TEXT_DIM = 32  # T5 d_model in the tiny models (4096 in FLUX.1)
@@ -50,9 +43,6 @@ CLIP_DIM = 32  # CLIP hidden size in the tiny models (768 in FLUX.1)
 SIGLIP_DIM = 16  # SigLIP hidden size in the tiny Redux image encoder (1152 in FLUX.1 Redux)
 SIGLIP_IMAGE = 32  # SigLIP input side in pixels (384 in FLUX.1 Redux); 16 patches of 8 px, not 729 of 14
 LATENT_CHANNELS = 16  # as in FLUX.1: 16 latent channels, packed 2x2 into 64 transformer channels
-# Tokens the tiny tokenizers know as whole words; anything else falls back to characters.
-_WORD_TEXT = "a an the of on in with and at to photo portrait painting cat dog fox bird red blue green chair table tree"
-WORDS = [*_WORD_TEXT.split(), "city", "night", "sky", "sitting", "standing", "cinematic", "light", "style"]
 
 
 def _t5_tokenizer():
@@ -67,18 +57,11 @@ def _t5_tokenizer():
     return tok
 
 
-def _bytes_to_unicode() -> list[str]:
-    """The 256 printable stand-ins for bytes that byte-level BPE tokenizers (CLIP's included) use."""
-    keep = [*range(ord("!"), ord("~") + 1), *range(ord("\xa1"), ord("\xac") + 1), *range(ord("\xae"), 256)]
-    extra = [b for b in range(256) if b not in keep]
-    return [chr(b) for b in keep] + [chr(256 + i) for i in range(len(extra))]
-
-
 def _clip_tokenizer():
     """A byte-level BPE tokenizer with CLIP's special tokens and end-of-word suffix."""
     from transformers import CLIPTokenizer
 
-    chars = _bytes_to_unicode()
+    chars = bytes_to_unicode()
     vocab = {c: i for i, c in enumerate(chars)}
     vocab.update({c + "</w>": len(chars) + i for i, c in enumerate(chars)})
     merges = []
@@ -226,6 +209,16 @@ def _writer(variant: Variant, seed: int) -> Callable[[Path], None] | None:
         return lambda folder: _write_flux_repo(folder, variant.pipeline_class, variant.uses_guidance, seed)
     if variant.pipeline_class == "FluxPriorReduxPipeline":
         return lambda folder: _write_redux_repo(folder, seed)
+    if variant.family == FLUX2:
+        from flux_ui.tiny.flux2 import write_flux2_repo
+
+        return partial(
+            write_flux2_repo,
+            pipeline_class=variant.pipeline_class,
+            encoder=variant.text_encoder,
+            distilled=variant.distilled,
+            seed=seed,
+        )
     return None
 
 

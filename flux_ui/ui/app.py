@@ -75,6 +75,8 @@ def build_ui(registry: Registry) -> gr.Blocks:
     from flux_ui.ui.tabs import (
         control,
         fill,
+        flux2_edit,
+        flux2_inpaint,
         history,
         image_to_image,
         kontext,
@@ -105,6 +107,8 @@ def build_ui(registry: Registry) -> gr.Blocks:
             ctx.tabs["vqa"] = vqa.build(ctx)
             ctx.tabs["fill"] = fill.build(ctx)
             ctx.tabs["control"] = control.build(ctx)
+            ctx.tabs["flux2_edit"] = flux2_edit.build(ctx)
+            ctx.tabs["flux2_inpaint"] = flux2_inpaint.build(ctx)
             ctx.tabs["train"] = train.build(ctx)
             if ctx.settings.history:
                 ctx.tabs["history"] = history.build(ctx)

@@ -49,6 +49,8 @@ TARGETS = (
     Target("vqa", "Ask about it (VQA)"),
     Target("fill", "Inpaint / outpaint (Fill)"),
     Target("control", "Use as control source"),
+    Target("flux2_edit", "Edit with FLUX.2 (first reference)"),
+    Target("flux2_inpaint", "Inpaint with FLUX.2 [klein]"),
 )
 
 

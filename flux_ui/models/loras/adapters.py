@@ -7,6 +7,9 @@ live inside the modules they change, so what is loaded is recorded per module, w
 drops a transformer, its adapters and their record go with it, and loading a LoRA into a second variant's
 transformer is a second load. Activating loaded LoRAs, or changing their weights, reads no file.
 
+FLUX.2 LoRAs go through diffusers' Flux2LoraLoaderMixin the same way (transformer part only: diffusers has
+no text-encoder LoRA loading for FLUX.2's encoders).
+
 A LoRA's CLIP part changes the CLIP text encoder that every variant shares: it is loaded into it once and
 is active only while a request that names the LoRA holds the pipeline; every other use sees the plain
 encoder. (diffusers drops T5 parts: it has no T5 LoRA support.)
@@ -235,12 +238,22 @@ def _read(pipe, lora: LoraFile, reads: Counter[str]) -> tuple[dict, dict | None,
         state = load_file(lora.path)
     except (OSError, SafetensorError) as err:
         raise InvalidInput("prompt", f"LoRA {lora.name!r}: {lora.path.name} could not be read ({err})") from None
+    flux2 = _is_flux2(pipe)
     try:
-        sd, alphas, _ = pipe.lora_state_dict(_bfl_to_kohya(state), return_alphas=True, return_lora_metadata=True)
+        if flux2:  # Flux2LoraLoaderMixin: diffusers, Kohya, PEFT, ai-toolkit and LyCORIS LoKr; no alphas apart
+            sd, _ = pipe.lora_state_dict(state, return_lora_metadata=True)
+            alphas = None
+        else:
+            sd, alphas, _ = pipe.lora_state_dict(_bfl_to_kohya(state), return_alphas=True, return_lora_metadata=True)
     except LOAD_ERRORS as err:
         raise InvalidInput(
             "prompt", f"LoRA {lora.name!r} is in no FLUX LoRA layout diffusers can read ({_brief(err)})"
         ) from None
+    if flux2 and any(k.startswith("text_encoder.") for k in sd):
+        # diffusers 0.42.1 loads no text-encoder LoRA into FLUX.2's Qwen3 / Mistral encoders: that part goes,
+        # as diffusers drops T5 parts of FLUX.1 LoRAs.
+        log.info("LoRA %r: its text-encoder part is not applied to FLUX.2", lora.name)
+        sd = {k: v for k, v in sd.items() if not k.startswith("text_encoder.")}
     # diffusers 0.42.1's Kohya converter leaves the layers outside the blocks (img_in, txt_in, time_in,
     # vector_in, guidance_in, final_layer) without the "transformer." prefix its loader filters on, so they
     # would be dropped without a word: give them the prefix (and the fit check below its due).
@@ -250,6 +263,11 @@ def _read(pipe, lora: LoraFile, reads: Counter[str]) -> tuple[dict, dict | None,
     raw = header.get(LORA_ADAPTER_METADATA_KEY)
     meta = json.loads(raw) if raw and not alphas else None  # diffusers takes one or the other
     return sd, alphas or None, meta
+
+
+def _is_flux2(pipe) -> bool:
+    """A FLUX.2 pipeline: its LoRA loader (Flux2LoraLoaderMixin) reads other layouts and takes no alphas."""
+    return type(pipe).__name__.startswith("Flux2")
 
 
 def _bfl_to_kohya(state: dict) -> dict:
@@ -279,7 +297,7 @@ def _load_transformer_part(pipe, label: str, name: str, adapter: str, sd: dict, 
             else:
                 pipe.load_lora_into_transformer(
                     sd,
-                    network_alphas=alphas,
+                    **({} if _is_flux2(pipe) else {"network_alphas": alphas}),  # FLUX.2's loader takes none
                     transformer=transformer,
                     adapter_name=adapter,
                     metadata=None if kind else meta,

@@ -10,19 +10,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import gradio as gr
-import numpy as np
-from PIL import Image
 
-from flux_ui.core.errors import InvalidInput
 from flux_ui.core.seeds import SEED_MAX
 from flux_ui.core.variants import get_variant
 from flux_ui.tasks.fill import SPEC, FillParams
 from flux_ui.ui import examples
-from flux_ui.ui.common import UiContext, image_event, invalid, reveal_seed, seed_used_box
+from flux_ui.ui.common import UiContext, image_event, reveal_seed, seed_used_box
+from flux_ui.ui.editor import mask_editor, split_editor
 from flux_ui.ui.handoff import track_selection
 
 MAX_SLIDER_OUTPAINT = 1024  # pixels per side on the sliders; the API accepts more, up to the size limit
-BRUSH = gr.Brush(colors=[("rgb(255, 0, 255)", 0.6)], color_mode="fixed", default_size=24)
 
 
 @dataclass
@@ -34,20 +31,6 @@ class FillTab:
     gallery: gr.Gallery
     selected: gr.State  # index of the result the user clicked (hand-off source)
     send_row: gr.Row  # where the hand-off buttons go
-
-
-def split_editor(value: dict | None) -> tuple[Image.Image, Image.Image | None]:
-    """The editor's background, and its painted layers as one mask (their opacity; None if unpainted)."""
-    if not value or value.get("background") is None:
-        raise invalid(InvalidInput("image", "is missing; upload the picture to fill"))
-    background: Image.Image = value["background"]
-    mask = None
-    for layer in value.get("layers") or []:
-        alpha = layer.convert("RGBA").getchannel("A")
-        mask = alpha if mask is None else Image.fromarray(np.maximum(np.asarray(mask), np.asarray(alpha)))
-    if mask is not None and mask.getextrema()[1] == 0:
-        mask = None
-    return background, mask
 
 
 def build(ctx: UiContext) -> FillTab:
@@ -94,18 +77,7 @@ def build(ctx: UiContext) -> FillTab:
 
     with gr.Tab("Fill", id="fill"), gr.Row():
         with gr.Column(scale=1):
-            editor = gr.ImageEditor(
-                label="Picture: paint over what to replace",
-                type="pil",
-                image_mode="RGBA",  # keeps the painted layers' transparency, which is the mask
-                sources=("upload", "clipboard"),
-                brush=BRUSH,
-                eraser=gr.Eraser(default_size=24),
-                layers=False,
-                transforms=(),
-                format="png",
-                elem_id="fill-editor",
-            )
+            editor = mask_editor("Picture: paint over what to replace", "fill-editor")
             # The `fill` endpoint's own image inputs: filled from the editor when Fill is clicked.
             image = gr.Image(type="filepath", format="png", image_mode=None, visible=False, label="image")
             mask = gr.Image(type="filepath", format="png", image_mode=None, visible=False, label="mask")

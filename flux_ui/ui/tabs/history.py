@@ -144,7 +144,8 @@ def build(ctx: UiContext) -> HistoryTab:
 
         Args:
             query: words the prompt must contain (case-insensitive); empty: every image.
-            task: text_to_image, image_to_image, kontext, redux, fill or control; empty: any.
+            task: text_to_image, image_to_image, kontext, redux, fill, control, flux2_edit or flux2_inpaint;
+                empty: any.
             model: a variant name such as dev or schnell; empty: any.
             lora: a LoRA name; empty: any.
             since: YYYY-MM-DD, first day included; empty: no limit.

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import gradio as gr
 
 from flux_ui.core.seeds import SEED_MAX
-from flux_ui.core.variants import get_variant, variants_for
+from flux_ui.core.variants import FLUX1, get_variant, variants_for
 from flux_ui.tasks.image_to_image import AUTO, DEFAULT_STRENGTH, SPEC, ImageToImageParams
 from flux_ui.ui import examples, fast_mode
 from flux_ui.ui.common import PRESETS, UiContext, image_event, reveal_seed, seed_used_box, variant_defaults
@@ -85,7 +85,7 @@ def build(ctx: UiContext) -> ImageToImageTab:
             examples.offer([image, prompt, strength], examples.IMAGE_TO_IMAGE)
             gr.Markdown(STRENGTH_NOTE)
             with gr.Row():
-                choices = [(v.label, v.name) for v in variants_for("text_to_image")]
+                choices = [(v.label, v.name) for v in variants_for("text_to_image", FLUX1)]
                 variant = gr.Dropdown(choices, value="dev", label="Model", elem_id="i2i-variant")
                 size = gr.Dropdown(
                     SIZES,

@@ -1,4 +1,4 @@
-"""The text-to-image tab: FLUX.1 [dev], [schnell] and Krea [dev]."""
+"""The text-to-image tab: FLUX.1 [dev], [schnell], Krea [dev] and the FLUX.2 models."""
 
 from __future__ import annotations
 
@@ -141,11 +141,13 @@ def build(ctx: UiContext) -> TextToImageTab:
 
         Args:
             prompt: what the image should show; <lora:NAME:WEIGHT> tags apply LoRAs (see /loras).
-            variant: dev, schnell or krea-dev.
+            variant: dev, schnell, krea-dev, or a FLUX.2 model: flux2-dev, flux2-klein-4b, flux2-klein-9b,
+                flux2-klein-base-4b, flux2-klein-base-9b.
             width: pixels, a multiple of 16.
             height: pixels, a multiple of 16.
             steps: denoising steps (dev 28, schnell 4).
-            guidance: distilled guidance (dev 3.5, Krea 4.5); ignored by schnell.
+            guidance: distilled guidance (dev 3.5, Krea 4.5, FLUX.2 [dev] 4), or [klein] base's CFG scale (4);
+                ignored by schnell and FLUX.2 [klein].
             seed: -1 for a random seed; image i of a batch uses seed + i.
             num_images: how many images to generate.
             fast: fast mode: about half the steps computed in full (cache-dit's step cache), softer detail.

@@ -12,7 +12,7 @@ from PIL import Image
 
 from flux_ui.core.errors import InvalidInput
 from flux_ui.core.seeds import SEED_MAX
-from flux_ui.core.variants import get_variant, variants_for
+from flux_ui.core.variants import FLUX1, get_variant, variants_for
 from flux_ui.media.images import load_image
 from flux_ui.media.metadata import parse_parameters, read_parameters
 from flux_ui.media.uploads import checked_upload
@@ -66,7 +66,7 @@ def parameters_of(path: str) -> tuple[str, str | None]:
     except (InvalidInput, OSError, ValueError, SyntaxError):  # no prompt to bring along is no failure
         return "", None
     name = fields.get("Variant")
-    if name not in {v.name for v in variants_for("text_to_image")}:
+    if name not in {v.name for v in variants_for("text_to_image", FLUX1)}:
         return "", None
     return fields.get("Prompt", ""), name
 
@@ -156,7 +156,7 @@ def build(ctx: UiContext) -> UpscaleTab:
                 elem_id="upscale-strength",
             )  # fmt: skip
             with gr.Row():
-                choices = [(v.label, v.name) for v in variants_for("text_to_image")]
+                choices = [(v.label, v.name) for v in variants_for("text_to_image", FLUX1)]
                 variant = gr.Dropdown(choices, value="dev", label="Model", elem_id="upscale-variant")
                 tiling = gr.Dropdown(list(TILINGS), value="auto", label="Tiles", elem_id="upscale-tiling")
             with gr.Row():

@@ -1,0 +1,119 @@
+"""Loading the FLUX.2 family's parts: its VAE (one for every FLUX.2 variant), its text encoders (Qwen3-4B for
+[klein] 4B, Qwen3-8B for [klein] 9B, Mistral Small 3.1 for [dev]; each shared by the variants that name it)
+with their tokenizers, and its transformers. Hub repos and local folders in diffusers layout, through
+`sources`, as for FLUX.1; everything comes back in RAM, in the settings' dtype; placing it is the registry's.
+
+Each part is read from the repo (or folder) of the variant that first needs it: every FLUX.2 repo ships the
+same VAE, and the repos of one [klein] size the same text encoder, so whichever is on disk serves.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import torch
+
+from flux_ui.core.errors import ModelUnavailableError
+from flux_ui.core.settings import Settings
+from flux_ui.core.variants import FLUX2, Variant
+from flux_ui.models import sources
+
+VAE = "flux2:vae"  # the registry's name for the FLUX.2 VAE
+
+
+def encoder_key(variant: Variant) -> str:
+    """The registry's name for `variant`'s text encoder, e.g. "flux2:text_encoder:qwen3-4b"."""
+    return f"flux2:text_encoder:{variant.text_encoder}"
+
+
+def part_names(variant: Variant) -> tuple[str, str]:
+    """The shared parts a FLUX.2 variant runs with: its text encoder and the VAE."""
+    return encoder_key(variant), VAE
+
+
+def _source(settings: Settings, variant: Variant) -> str:
+    if variant.family != FLUX2:
+        raise ValueError(f"variant: {variant.label} is not a FLUX.2 model")
+    src = sources.resolve_source(settings, variant.name, variant.repo_id)
+    if sources.is_file(src):
+        # diffusers reads FLUX.2 single files only for the transformer, and the VAE and text encoders would
+        # still need a folder; a folder (or the hub) serves all of them.
+        raise ModelUnavailableError(
+            f"{variant.label}",
+            src,
+            "single files are not read for FLUX.2 yet",
+            f"Point --model {variant.name}=FOLDER at a folder in diffusers layout (or let it come from "
+            f"{variant.repo_id}).",
+        )
+    return src
+
+
+def load_vae(settings: Settings, variant: Variant, counts: Counter[str]) -> torch.nn.Module:
+    """The FLUX.2 VAE (AutoencoderKLFlux2), from `variant`'s repo or folder."""
+    from diffusers import AutoencoderKLFlux2
+
+    src = _source(settings, variant)
+    counts[VAE] += 1
+    vae = sources.load(
+        "FLUX.2 VAE",
+        src,
+        f"--model {variant.name}=FOLDER",
+        lambda: AutoencoderKLFlux2.from_pretrained(src, subfolder="vae", torch_dtype=settings.dtype),
+    )
+    return vae.eval().requires_grad_(False)
+
+
+def load_text_encoder(settings: Settings, variant: Variant, counts: Counter[str]) -> tuple[torch.nn.Module, object]:
+    """`variant`'s text encoder and its tokenizer, from its repo or folder.
+
+    [dev]'s tokenizer/ folder holds Mistral's Pixtral processor; only its text half (the tokenizer, with the
+    chat template) is loaded: diffusers sends the processor text alone, and transformers' Pixtral image
+    processor needs torchvision, which the app does not install.
+    """
+    from transformers import AutoTokenizer, Mistral3ForConditionalGeneration, Qwen2Tokenizer, Qwen3ForCausalLM
+
+    src = _source(settings, variant)
+    key = encoder_key(variant)
+    setting = f"--model {variant.name}=FOLDER"
+    counts[key] += 1
+    mistral = variant.pipeline_class == "Flux2Pipeline"
+    model_cls = Mistral3ForConditionalGeneration if mistral else Qwen3ForCausalLM
+    model = sources.load(
+        f"{variant.label} text encoder",
+        src,
+        setting,
+        lambda: model_cls.from_pretrained(src, subfolder="text_encoder", dtype=settings.dtype),
+    )
+    tok_cls = AutoTokenizer if mistral else Qwen2Tokenizer
+    tokenizer = sources.load(
+        f"{variant.label} tokenizer", src, setting, lambda: tok_cls.from_pretrained(src, subfolder="tokenizer")
+    )
+    if getattr(tokenizer, "chat_template", None) is None:
+        raise ModelUnavailableError(
+            f"{variant.label} tokenizer",
+            src,
+            "it has no chat template, which the FLUX.2 pipelines format prompts with",
+            f"Download the repo's tokenizer/ folder whole, or point {setting} at a folder that has it.",
+        )
+    return model.eval().requires_grad_(False), tokenizer
+
+
+def load_transformer(settings: Settings, variant: Variant, counts: Counter[str]) -> torch.nn.Module:
+    """`variant`'s Flux2Transformer2DModel, in RAM, for inference."""
+    from diffusers import Flux2Transformer2DModel
+
+    src = _source(settings, variant)
+    counts[f"transformer:{variant.name}"] += 1
+    model = sources.load(
+        f"{variant.label} transformer",
+        src,
+        f"--model {variant.name}=FOLDER",
+        lambda: Flux2Transformer2DModel.from_pretrained(src, subfolder="transformer", torch_dtype=settings.dtype),
+    )
+    return model.eval().requires_grad_(False)
+
+
+def pipeline_kwargs(variant: Variant, pipeline_class: str) -> dict[str, object]:
+    """Arguments a FLUX.2 pipeline class takes besides its components: the [klein] pipelines are told
+    whether the model is step-distilled (then they skip classifier-free guidance)."""
+    return {} if pipeline_class == "Flux2Pipeline" else {"is_distilled": variant.distilled}
