@@ -199,3 +199,14 @@ def set_number(page, elem_id: str, value: int) -> None:
     box = page.locator(f"#{elem_id} input[type=number]")
     box.fill(str(value))
     box.press("Enter")
+
+
+def open_tab(page, name: str) -> None:
+    """Click the tab `name`, as a user does: from the tab bar, or from its "More tabs" menu where the bar
+    folds the tabs that do not fit (at 400 px, and at 1400 px for the last of the many tabs)."""
+    tab = page.get_by_role("tab", name=name, exact=True)
+    if tab.count() and tab.first.is_visible():
+        tab.first.click()
+        return
+    page.get_by_role("button", name="More tabs").click()
+    page.locator(".overflow-dropdown button", has_text=name).first.click()

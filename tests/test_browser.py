@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from conftest import set_number
+from conftest import open_tab, set_number
 
 
 def test_tiny_mode_is_announced(page):
@@ -55,7 +55,7 @@ def test_picking_a_lora_tags_the_prompt_and_shows_its_trigger_words(page):
 
 
 def test_models_tab_shows_residency_and_frees_memory(page):
-    page.get_by_role("tab", name="Models").click()
+    open_tab(page, "Models")
     panel = page.locator("#residency")
     panel.get_by_text("transformer dev (active)").wait_for(timeout=30_000)
     assert "Memory policy" in panel.inner_text() and "T5-XXL text encoder" in panel.inner_text()
@@ -64,4 +64,4 @@ def test_models_tab_shows_residency_and_frees_memory(page):
     page.wait_for_function(
         "() => !document.querySelector('#residency').innerText.includes('transformer dev')", timeout=30_000
     )
-    page.get_by_role("tab", name="Text to image").click()
+    open_tab(page, "Text to image")

@@ -9,7 +9,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from conftest import set_number
+from conftest import open_tab, set_number
 from PIL import Image
 
 SLOW = 120_000  # ms: generous, the CPU is shared
@@ -84,7 +84,7 @@ def shots() -> Path:
 def test_the_vqa_question_box_empties_when_sent(page, tmp_path):
     image = tmp_path / "sign.png"
     Image.new("RGB", (200, 120), (240, 200, 40)).save(image)
-    page.get_by_role("tab", name="Ask about an image").click()
+    open_tab(page, "Ask about an image")
     page.locator("#vqa-image input[type=file]").set_input_files(str(image))
     page.locator("#vqa-image img").first.wait_for(state="visible", timeout=60_000)
     page.locator("#vqa-question textarea").fill("What colour is it?")
@@ -92,7 +92,7 @@ def test_the_vqa_question_box_empties_when_sent(page, tmp_path):
     page.wait_for_function("() => document.querySelector('#vqa-question textarea').value === ''", timeout=30_000)
     page.locator("#vqa-chat [data-testid='user']", has_text="What colour is it?").wait_for(timeout=60_000)
     page.locator("#vqa-chat [data-testid='bot']").last.wait_for(timeout=SLOW)
-    page.get_by_role("tab", name="Text to image").click()
+    open_tab(page, "Text to image")
 
 
 @pytest.mark.parametrize("width", [1400, 400])

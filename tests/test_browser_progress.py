@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import time
 
-from conftest import set_number
+from conftest import open_tab, set_number
 
 SLOW = 120_000  # ms: generous, the CPU is shared
 LONG_STEPS = 100  # the most steps a run may have: long enough to watch and cancel
@@ -75,7 +75,7 @@ def test_the_preview_is_visible_mid_run_and_cancel_leaves_nothing_half_made(brow
     page.locator("#send-t2i-to-i2i").click()
     page.get_by_text("The gallery is empty").first.wait_for(timeout=30_000)
     assert page.locator("#i2i-image img").count() == 0
-    page.get_by_role("tab", name="Text to image").click()
+    open_tab(page, "Text to image")
 
     # With an image from a finished run, Cancel shows that image again.
     page.locator("#prompt textarea").fill("a small boat")

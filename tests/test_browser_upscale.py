@@ -3,7 +3,7 @@ result handed on with the gallery's buttons, redrawn, then upscaled with its own
 
 from __future__ import annotations
 
-from conftest import set_number
+from conftest import open_tab, set_number
 
 SLOW = 120_000  # ms: generous, the CPU is shared
 
@@ -15,7 +15,7 @@ def wait_text(page, elem_id: str, text: str) -> None:
 
 
 def make_image(page, seed: int) -> None:
-    page.get_by_role("tab", name="Text to image").click()
+    open_tab(page, "Text to image")
     page.locator("#prompt textarea").fill("a quiet harbour at noon")
     set_number(page, "width", 128)
     set_number(page, "height", 96)

@@ -4,7 +4,7 @@ file); "Seed used" stays hidden until a run has finished (Gradio would draw it a
 
 from __future__ import annotations
 
-from conftest import set_number
+from conftest import open_tab, set_number
 from PIL import Image
 
 from flux_ui.ui import examples
@@ -29,7 +29,7 @@ def test_every_example_file_exists_and_is_an_image():
 
 
 def test_a_clicked_example_fills_the_form_and_runs(page):
-    page.get_by_role("tab", name="Image to image").click()
+    open_tab(page, "Image to image")
     page.locator("#i2i-generate").wait_for(state="visible", timeout=30_000)
     assert page.locator("#i2i-seed-used").count() == 0 or not page.locator("#i2i-seed-used").is_visible()
     page.get_by_text("An oil painting of a cottage").first.click()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 
 import pytest
-from conftest import set_number
+from conftest import open_tab, set_number
 from PIL import Image, ImageDraw
 
 from flux_ui.media.metadata import parse_parameters, read_parameters
@@ -36,7 +36,7 @@ def saved(outputs, seed: int) -> str:
 
 
 def test_paint_a_mask_and_fill(page, app_server, picture):
-    page.get_by_role("tab", name="Fill").click()
+    open_tab(page, "Fill")
     editor = page.locator("#fill-editor")
     # The editor ignores uploads until its drawing canvas is laid out.
     page.wait_for_function("() => document.querySelector('#fill-editor canvas')?.width > 0")
@@ -63,14 +63,14 @@ def test_paint_a_mask_and_fill(page, app_server, picture):
 
 
 def test_fill_without_paint_says_what_is_missing(page):
-    page.get_by_role("tab", name="Fill").click()
+    open_tab(page, "Fill")
     page.locator("#fill-editor").get_by_role("button", name="Clear canvas").click()
     page.locator("#fill-run").click()
     page.get_by_text("image: is missing").first.wait_for(timeout=30_000)
 
 
 def test_source_shows_its_map_and_control_generates(page, app_server, picture):
-    page.get_by_role("tab", name="Control").click()
+    open_tab(page, "Control")
     page.locator("#control-image input[type=file]").set_input_files(picture)
     page.locator("#control-map img").wait_for(state="visible", timeout=60_000)  # computed on upload
     page.locator("#control-prompt textarea").fill("a robot made of gold")
@@ -85,7 +85,7 @@ def test_source_shows_its_map_and_control_generates(page, app_server, picture):
 
 
 def test_an_uploaded_map_is_used_instead(page, app_server, tmp_path):
-    page.get_by_role("tab", name="Control").click()
+    open_tab(page, "Control")
     custom = tmp_path / "edges.png"
     img = Image.new("RGB", (128, 96), "black")
     ImageDraw.Draw(img).rectangle((20, 20, 100, 70), outline="white", width=2)

@@ -200,7 +200,7 @@ def test_gradio_client_reaches_the_flux2_tasks(app_server, tmp_path):
         1,
         api_name="/flux2_edit",
     )
-    assert seed["value"] == 7 and len(gallery) == 1
+    assert seed == 7 and len(gallery) == 1
     assert Image.open(gallery[0]["image"]).size == (96, 64)
     gallery, seed, info = client.predict(
         image=handle_file(str(source)),
@@ -211,9 +211,9 @@ def test_gradio_client_reaches_the_flux2_tasks(app_server, tmp_path):
         seed=8,
         api_name="/flux2_inpaint",
     )
-    assert seed["value"] == 8 and Image.open(gallery[0]["image"]).size == (64, 64)
+    assert seed == 8 and Image.open(gallery[0]["image"]).size == (64, 64)
     gallery, seed, _ = client.predict(
         prompt="a fox", variant="flux2-dev", width=64, height=64, steps=2, seed=9, api_name="/text_to_image"
     )
-    assert seed["value"] == 9
+    assert seed == 9
     assert "Model: FLUX.2 [dev], Variant: flux2-dev" in Image.open(gallery[0]["image"]).text["parameters"]

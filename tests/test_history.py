@@ -9,6 +9,7 @@ from dataclasses import replace
 from datetime import date, timedelta
 
 import pytest
+from conftest import open_tab
 from PIL import Image
 
 from flux_ui.media.metadata import ImageMeta
@@ -261,7 +262,7 @@ def test_history_tab_shows_the_image_just_generated(page, app_server):
     page.locator("#generate").click()
     page.wait_for_function("() => document.querySelector('#info').innerText.includes('Seed 8642')", timeout=120_000)
 
-    page.get_by_role("tab", name="History").click()
+    open_tab(page, "History")
     thumb = page.locator("#history-gallery img").first
     thumb.wait_for(state="visible", timeout=60_000)
     assert "basalt" in page.locator("#history-gallery").inner_text()
@@ -277,7 +278,7 @@ def test_history_tab_shows_the_image_just_generated(page, app_server):
         "() => document.querySelector('#history-parameters textarea').value.includes('Seed: 8642')", timeout=30_000
     )
     assert "-8642.png" in page.locator("#history-details").inner_text()
-    page.get_by_role("tab", name="Text to image").click()
+    open_tab(page, "Text to image")
 
 
 def test_history_is_on_by_default_only_on_a_private_server(monkeypatch):

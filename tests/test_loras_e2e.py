@@ -23,7 +23,11 @@ def generate(client, prompt: str, variant: str = "dev", seed: int = 5):
     gallery, _, _ = client.predict(
         prompt=prompt, variant=variant, width=64, height=64, steps=2, seed=seed, api_name="/text_to_image"
     )
+    last_path[:] = [gallery[0]["image"]]
     return read(gallery[0]["image"])
+
+
+last_path: list[str] = []  # the file of the last image `generate` made
 
 
 def read(path: str):
@@ -42,7 +46,11 @@ def test_prompt_tag_applies_a_lora_and_is_recorded(client):
     base, _ = generate(client, "a red fox")
     image, meta = generate(client, "a red fox <lora:kohya-fox:0.5>")
     assert not np.array_equal(image, base)
-    assert meta.loras == (("kohya-fox", 0.5),) and meta.prompt == "a red fox <lora:kohya-fox:0.5>"
+    # The PNG's prompt carries the tag (other tools read LoRAs from it); read back, the LoRA is in
+    # `loras` and the prompt is the rest, so a form filled from it names the LoRA once.
+    with Image.open(last_path[0]) as img:
+        assert "a red fox <lora:kohya-fox:0.5>" in read_parameters(img)
+    assert meta.loras == (("kohya-fox", 0.5),) and meta.prompt == "a red fox"
     again, _ = generate(client, "a red fox")
     np.testing.assert_array_equal(again, base)
 

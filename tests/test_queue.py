@@ -160,6 +160,8 @@ def test_every_task_of_the_table_reads_the_shared_request_fields(settings):
         "redux_variation",
         "fill",
         "control",
+        "flux2_edit",
+        "flux2_inpaint",
         "vqa",
     ]
     png = Image.new("RGB", (96, 64), "gray")

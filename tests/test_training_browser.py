@@ -4,6 +4,7 @@ find the new LoRA in the Text to image tab's picker."""
 from __future__ import annotations
 
 import pytest
+from conftest import open_tab
 from PIL import Image, ImageDraw
 
 from tests.conftest import running_app
@@ -37,7 +38,7 @@ def test_upload_caption_train_and_pick(train_page, tmp_path):
         ImageDraw.Draw(img).ellipse((50, 50, 200, 200), fill=(240, 240, 40))
         files.append(str(tmp_path / f"{i}.png"))
         img.save(files[-1])
-    page.get_by_role("tab", name="Train a LoRA").click()
+    open_tab(page, "Train a LoRA")
     page.locator("#train-images input[type=file]").set_input_files(files)
     page.get_by_text("Caption with the VQA model").click()
     page.locator("#train-caption").click()
@@ -59,6 +60,6 @@ def test_upload_caption_train_and_pick(train_page, tmp_path):
     page.locator("#train-result").get_by_text("browser-lora").first.wait_for(timeout=180_000)
     assert (work / "loras" / "browser-lora.safetensors").is_file()
     assert page.locator("#train-samples-gallery img").count() >= 1
-    page.get_by_role("tab", name="Text to image").click()
+    open_tab(page, "Text to image")
     page.locator("#loras input").click()
     page.get_by_role("option", name="browser-lora").first.wait_for(timeout=10_000)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from conftest import open_tab
 from PIL import Image
 
 # Records the text of the newest answer bubble on every change of the chat, to see it grow.
@@ -21,7 +22,7 @@ def page(page, tmp_path_factory):
     """The shared page, on the VQA tab with an image uploaded."""
     image = tmp_path_factory.mktemp("vqa-browser") / "sign.png"
     Image.new("RGB", (200, 120), (240, 200, 40)).save(image)
-    page.get_by_role("tab", name="Ask about an image").click()
+    open_tab(page, "Ask about an image")
     page.locator("#vqa-image input[type=file]").set_input_files(str(image))
     page.locator("#vqa-image img").first.wait_for(state="visible", timeout=60_000)
     return page

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from flux_ui.media.metadata import ImageMeta, format_parameters, parse_parameters, read_parameters
+from flux_ui.media.metadata import ImageMeta, format_parameters, parse_parameters, prompt_without_tags, read_parameters
 
 log = logging.getLogger(__name__)
 DB_NAME = "history.sqlite"
@@ -144,7 +144,8 @@ def _row(path: str, created: float, parameters: str, user: str | None, task: str
         "created": created,
         "task": task or infer_task(fields),
         "model": fields.get("Variant", ""),
-        "prompt": fields.get("Prompt", ""),
+        # Our PNGs append the LoRAs as prompt tags for other tools; the record keeps the prompt as written.
+        "prompt": prompt_without_tags(fields.get("Prompt", ""), [n for n, _ in loras]),
         "seed": _number(fields.get("Seed"), int),
         "width": _number(width, int),
         "height": _number(height, int),

@@ -295,7 +295,9 @@ def refuse_foreign_files(demo: gr.Blocks) -> None:
     original = demo.preprocess_data
 
     async def preprocess_data(block_fn, inputs, *args, **kwargs):
-        names = [name for name, *_ in gr_utils.get_function_params(block_fn.fn)] if block_fn.fn else []
+        params = gr_utils.get_function_params(block_fn.fn) if block_fn.fn else []
+        names = [name for name, *_ in params]
+        inputs = with_trailing_defaults(block_fn, inputs, params)
         for i, value in enumerate(inputs):
             name = names[i] if i < len(names) else getattr(block_fn.inputs[i], "label", None) or f"input {i}"
 
@@ -314,6 +316,19 @@ def refuse_foreign_files(demo: gr.Blocks) -> None:
         return await original(block_fn, inputs, *args, **kwargs)
 
     demo.preprocess_data = preprocess_data
+
+
+def with_trailing_defaults(block_fn, inputs: list, params: list) -> list:
+    """`inputs` with the handler's defaults for trailing inputs a caller did not send.
+
+    Fields are only ever added at the end of an event's inputs (Kontext's extra references, fast mode);
+    a client written before one was added sends fewer values, and Gradio refuses those outright ("didn't
+    receive enough input values"). Where every missing parameter has a default, the call goes on as the
+    client meant it; otherwise Gradio's own error stands."""
+    missing = range(len(inputs), len(block_fn.inputs))
+    if not missing or len(params) < len(block_fn.inputs) or not all(params[i][1] for i in missing):
+        return inputs
+    return [*inputs, *(params[i][2] for i in missing)]
 
 
 def check_shape(block_fn, index: int, value: object, name: str) -> None:
