@@ -110,4 +110,4 @@ def test_simultaneous_requests_with_different_variants_and_loras(client):
         gallery, _, _ = job.result(timeout=300)
         image, meta = read(gallery[0]["image"])
         np.testing.assert_array_equal(image, expected[(variant, prompt)])
-        assert (meta.variant, meta.prompt, meta.loras) == (variant, prompt, parse_prompt(prompt)[1])
+        assert (meta.variant, meta.prompt, meta.loras) == (variant, parse_prompt(prompt)[0], parse_prompt(prompt)[1])

@@ -77,6 +77,7 @@ def build_app(registry, login: Login):
     from flux_ui.serving import a1111_api, openai_api
     from flux_ui.serving import rest as api
     from flux_ui.serving.jobs import Jobs
+    from flux_ui.serving.sessions import lazy_session_configs
     from flux_ui.ui.app import build_ui
     from flux_ui.ui.shortcuts import head
 
@@ -93,6 +94,7 @@ def build_app(registry, login: Login):
     openai_api.install(app, registry, login.credentials, jobs)
     a1111_api.install(app, registry, login.credentials, jobs)
     demo = build_ui(registry)
+    lazy_session_configs()  # a new session no longer builds every component's configuration up front
     demo.queue(max_size=settings.queue_size, default_concurrency_limit=4)
     # Gradio keeps a copy of the app's config (about 1,200 objects) for each session, and every API call
     # without a session hash is a new one: at its default of 10,000 kept sessions, a flood of such calls
