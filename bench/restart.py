@@ -97,8 +97,7 @@ def child(args) -> None:
     t0 = time.perf_counter()
     from dataclasses import replace
 
-    from flux_ui.core import policies
-    from flux_ui.core.settings import Settings
+    from flux_ui.core.settings import Settings, settings_from_args
     from flux_ui.models import compile_cache, speed
     from flux_ui.models.registry import Registry
     from flux_ui.tasks import preload
@@ -121,17 +120,12 @@ def child(args) -> None:
     if args.tiny:
         speed.FP8_MIN_FEATURES = 16  # the tiny layers count as large, as in the tests
         settings = Settings(tiny=True, tiny_dir=Path(args.work), memory_policy="fp8-24gb", speed="off")
-    else:
-        settings = Settings(speed=policies.resolve_profile("auto", "cuda"))
-    settings = replace(
-        settings,
-        model_root=Path(args.work),
-        shared_repo=REPO,
-        compile_cache=folder,
-        keep_float8=args.keep_float8,
-        outputs_dir=Path(args.scratch),
-        preview_every=0,
-    )
+        settings = replace(settings, model_root=Path(args.work), shared_repo=REPO, compile_cache=folder)
+        settings = replace(settings, keep_float8=args.keep_float8, outputs_dir=Path(args.scratch), preview_every=0)
+    else:  # the settings as `app.py` resolves them (device, dtype, memory policy, speed profile)
+        flags = ["--model-root", args.work, "--shared-repo", REPO, "--compile-cache", str(folder)]
+        flags += ["--outputs-dir", args.scratch, "--preview-every", "0"] + ["--keep-float8"] * args.keep_float8
+        settings = settings_from_args(flags)
     registry = Registry(settings)
     preload.preload(registry, warm=True)
     ready = time.perf_counter() - t0
@@ -142,6 +136,7 @@ def child(args) -> None:
     for thread in registry.float8_writes:  # not part of the start: the next start needs the file
         thread.join()
     row = {
+        "settings": {"device": settings.device, "speed": settings.speed, "policy": settings.memory_policy},
         "imports_s": round(imported, 2),
         "cache_entries_before": before,
         "cache_entries_after": compile_cache.entries(folder),
