@@ -42,6 +42,7 @@ class Settings:
     speed: str = "off"  # speed profile applied to loaded models: off, compile or fp8 (see flux_ui.models.speed)
     compile_cache: Path | None = None  # torch's compile caches; None: <outputs_dir>/.compile-cache
     preload: bool = False  # load and warm the default variant in the background at start-up
+    keep_float8: bool = False  # keep float8 transformers on disk in the compile-cache folder (models.float8_store)
     tiny: bool = False  # serve tiny random-weight models instead of real weights
     tiny_dir: Path = Path("models/tiny")  # where tiny models are written once, in hub layout
     model_root: Path | None = None  # folder of local models as <org>/<repo>, tried before the hub
@@ -292,6 +293,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=_env_flag("preload"),
         help="load and warm (compile) the default variant in the background at start-up",
     )
+    p.add_argument(
+        "--keep-float8",
+        action="store_true",
+        default=_env_flag("keep_float8"),
+        help="under the fp8 profile, keep each transformer's float8 conversion on disk (in the compile-cache "
+        "folder) so a restart reads half the bytes and skips the conversion",
+    )
     return p
 
 
@@ -438,6 +446,7 @@ def settings_from_args(argv: list[str] | None = None) -> Settings:
         lora_cache=a.lora_cache,
         compile_cache=None if a.compile_cache is None else Path(a.compile_cache).expanduser(),
         preload=a.preload,
+        keep_float8=a.keep_float8,
         host=a.host,
         port=a.port,
         share=a.share,

@@ -56,11 +56,14 @@ def load_shared(settings: Settings, counts: Counter[str]) -> SharedParts:
         if sources.is_file(src[part]):
             return from_file(settings, src[part])
         return sources.load(
-            f"{what} (shared)", src[part], setting, lambda: from_folder(src[part], subfolder=subfolder, dtype=dtype)
+            f"{what} (shared)",
+            src[part],
+            setting,
+            lambda: from_folder(src[part], subfolder=subfolder, dtype=dtype, **direct_to(settings)),
         )
 
-    def vae_from_folder(source, subfolder, dtype):
-        return AutoencoderKL.from_pretrained(source, subfolder=subfolder, torch_dtype=dtype)
+    def vae_from_folder(source, subfolder, dtype, **kwargs):
+        return AutoencoderKL.from_pretrained(source, subfolder=subfolder, torch_dtype=dtype, **kwargs)
 
     tokenizer, tokenizer_2 = _tokenizers(settings, counts, files_only=any(map(sources.is_file, src.values())))
     parts = SharedParts(
@@ -73,6 +76,18 @@ def load_shared(settings: Settings, counts: Counter[str]) -> SharedParts:
     for module in parts.modules().values():
         module.eval().requires_grad_(False)
     return parts
+
+
+def direct_to(settings: Settings) -> dict:
+    """Loader arguments that read a folder's weights straight to the GPU: where the policy keeps models
+    whole on a CUDA device. Read to RAM first, each model's first trip to the GPU also made its pinned
+    warm-tier copy (`Placement._move`): on an H200 with the page cache warm the text encoders and VAE
+    (9.8 GB) took 23 s that way, a 12 GB transformer read straight to the GPU 3.3 s. Read straight to the
+    GPU, the pinned copy is made only if the model is ever moved out. Policies that quantise or offload while placing still read to RAM."""
+    policy = settings.policy
+    if settings.device.startswith("cuda") and not (policy.fp8_at_load or policy.group_offload):
+        return {"device_map": settings.device}
+    return {}
 
 
 def _tokenizers(settings: Settings, counts: Counter[str], files_only: bool) -> tuple[object, object]:
@@ -133,7 +148,9 @@ def load_transformer(settings: Settings, variant: Variant, counts: Counter[str])
         f"{variant.label} transformer",
         src,
         f"--model {variant.name}=FOLDER",
-        lambda: FluxTransformer2DModel.from_pretrained(src, subfolder="transformer", torch_dtype=settings.dtype),
+        lambda: FluxTransformer2DModel.from_pretrained(
+            src, subfolder="transformer", torch_dtype=settings.dtype, **direct_to(settings)
+        ),
     )
     return model.eval().requires_grad_(False)
 

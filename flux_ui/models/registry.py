@@ -18,6 +18,7 @@ control task's (`flux_ui.tasks.control`), on the public methods here.
 from __future__ import annotations
 
 import logging
+import threading
 from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -30,7 +31,7 @@ from flux_ui.core.memory import WORKSPACE_BYTES, module_bytes
 from flux_ui.core.settings import Settings
 from flux_ui.core.turns import Line
 from flux_ui.core.variants import FLUX1, FLUX2, Variant, get_variant
-from flux_ui.models import flux2, hashes, loading, placement, sources, speed
+from flux_ui.models import float8_store, flux2, hashes, loading, placement, sources, speed
 from flux_ui.models.loading import SharedParts
 from flux_ui.models.loras.library import LoraLibrary, LoraRequest
 from flux_ui.models.placement import Placement
@@ -52,6 +53,7 @@ class Registry(Placement):
         self.loras = LoraLibrary(settings.lora_dirs, settings.hub_loras)  # the LoRAs a prompt can name
         self.line = Line()  # turns at the GPU for every surface's jobs, in arrival order
         self.startup = Startup()  # the phases of --preload (flux_ui.tasks.preload), for the UI and /status
+        self.float8_writes: list[threading.Thread] = []  # --keep-float8 files being written (tests wait on them)
 
     # -- loading ---------------------------------------------------------------------------------
 
@@ -201,10 +203,21 @@ class Registry(Placement):
             if name in self._transformers:
                 self._transformers.move_to_end(name)
             else:
-                model = self._load_transformer(variant)  # raises before the cache changes on failure
-                placement.prepare(self.settings.policy, "transformer", model, self.settings.device)
+                kept = float8_store.entry(self.settings, variant)
+                if kept is not None and kept.is_file():
+                    self.load_counts[f"transformer:{name}:float8"] += 1
+                    model = float8_store.load(kept, self.settings.device)
+                else:
+                    model = self._load_transformer(variant)  # raises before the cache changes on failure
+                    placement.prepare(self.settings.policy, "transformer", model, self.settings.device)
                 self._move(f"transformer:{name}", model, self.settings.device)
                 speed.optimize_transformer(model, self.settings.speed)
+                if (
+                    kept is not None
+                    and not kept.is_file()
+                    and (writing := float8_store.save_in_background(model, kept))
+                ):
+                    self.float8_writes.append(writing)
                 self._transformers[name] = model
                 self._evict_beyond(self.settings.transformer_cache)
             self._active = name
