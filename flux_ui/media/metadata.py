@@ -25,6 +25,9 @@ from flux_ui.core.seeds import SEED_MAX  # params imports settings/policies/spee
 from flux_ui.core.variants import VARIANTS
 
 PNG_KEY = "parameters"
+# The settings-line key of images made in fast mode ("15 of 28 steps in full (...)"); absent in exact mode.
+# A key of its own, as other UIs add theirs: A1111, Civitai and sd-parsers list or skip keys they do not know.
+FAST_MODE_KEY = "Fast mode"
 MAX_PARAMETERS_CHARS = 65_536  # A1111 prompts are rarely over 10 kB; the cap bounds the work a hostile PNG can cause
 MAX_STEPS = 1000
 MAX_IMAGE_SIDE = 16_384  # pixels; generous for images from other UIs (upscaled ones too), not a generation limit
