@@ -171,6 +171,12 @@ def from_a1111(text: str) -> Loaded:
     if len(p) == 1 or (len(p) == 2 and "Negative prompt" in p):
         return from_prompt_only(p["Prompt"])
     ours = p.get("Version", "").startswith("flux-ui ")
+    if ours and p.get("Steps") == "0" and "Hires upscaler" in p:
+        raise ValueError(
+            "image parameters: it is an upscale without a refine pass (strength 0) of a picture that recorded "
+            "no text-to-image generation (a photo, another tool's image, an edit), so there is no prompt, seed "
+            "or steps to fill the form with; upscales of text-to-image pictures made here carry theirs"
+        )
     sides = p.get("Size", "").split("x")
     if "Size" in p and len(sides) != 2:
         raise ValueError(f"image parameters: 'Size' is malformed ({shown(p['Size'])})")
