@@ -154,3 +154,51 @@ def test_bad_input_gets_a1111s_422_naming_the_field(http, path, body, field):
     assert r.status_code == 422, r.text
     (detail,) = r.json()["detail"]
     assert detail["loc"] == ["body", field] and detail["msg"]
+
+
+def test_txt2img_hires_fix_upscales_each_image(http):
+    from flux_ui.tiny.upscalers import TINY_UPSCALER
+
+    body = {
+        **TXT2IMG,
+        "enable_hr": True,
+        "hr_scale": 2,
+        "hr_upscaler": TINY_UPSCALER,
+        "denoising_strength": 0.5,
+        "hr_second_pass_steps": 2,
+        "seed": 11,
+    }
+    r = http.post("/sdapi/v1/txt2img", json=body)
+    assert r.status_code == 200, r.text
+    info = json.loads(r.json()["info"])
+    images = [decode(b) for b in r.json()["images"]]
+    assert [im.size for im in images] == [(128, 192)] * 2 and info["all_seeds"] == [11, 12]
+    for text in info["infotexts"]:
+        assert f"Hires upscaler: {TINY_UPSCALER}" in text and "Denoising strength: 0.5" in text
+        assert "Hires upscale: 2" in text and "diffusers-ink" in text  # the prompt's LoRA in the refine pass too
+    assert not {"enable_hr", "hr_scale", "hr_upscaler", "denoising_strength"} & set(info["ignored"])
+    # A1111's latent upscalers have no counterpart: Lanczos, and the answer says so.
+    r = http.post("/sdapi/v1/txt2img", json={**body, "n_iter": 1, "hr_upscaler": "Latent (nearest-exact)"})
+    info = json.loads(r.json()["info"])
+    assert "Hires upscaler: lanczos" in info["infotexts"][0]
+    assert any("Latent (nearest-exact)" in w and "Lanczos" in w for w in info["warnings"])
+
+
+@pytest.mark.parametrize(
+    "extra, field, words",
+    [
+        ({"hr_scale": 9}, "hr_scale", "out of range; use 1.5 to 4"),
+        ({"hr_upscaler": "4x-Nope"}, "hr_upscaler", "no upscaler model named '4x-Nope'"),
+        ({"hr_scale": 4, "width": 1024, "height": 1024}, "hr_scale", "over the limit of"),
+        ({"denoising_strength": 2}, "denoising_strength", "out of range"),
+    ],
+    ids=["scale", "upscaler", "megapixels", "strength"],
+)
+def test_hires_fields_are_checked_before_anything_runs(http, extra, field, words):
+    started = time.monotonic()
+    body = {"prompt": "x", "steps": 1, "width": 64, "height": 64, "enable_hr": True, **extra}
+    r = http.post("/sdapi/v1/txt2img", json=body)
+    assert r.status_code == 422, r.text
+    (detail,) = r.json()["detail"]
+    assert detail["loc"] == ["body", field] and words in detail["msg"], detail
+    assert time.monotonic() - started < 10  # refused up front, no first pass run

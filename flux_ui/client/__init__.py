@@ -118,7 +118,7 @@ class FluxUI:
         Images are PIL images, numpy arrays, file paths or encoded bytes. `resolution` is (width, height)
         or "WIDTHxHEIGHT", multiples of 16. None for steps and guidance takes the model's published
         defaults; seed -1 picks one at random, and image i of a batch uses seed + i. `fast` turns on fast mode
-        (text_to_image, image_to_image, kontext_edit; see `flux_ui.models.fast`). `on_step` (in this
+        (the FLUX.1 image tasks but upscale; see `flux_ui.models.fast`). `on_step` (in this
         process only) gets a `flux_ui.tasks.StepEvent` per denoising step, or, for vqa, each piece of the
         answer as text."""
         request = Request(
@@ -231,6 +231,7 @@ class FluxUI:
         guidance: float | None = None,
         seed: int = -1,
         num_images: int = 1,
+        fast: bool = False,
         on_step: Callable | None = None,
     ) -> Result:
         """Variations of `image` (and up to three more references, mixed by `strengths`, 0-2 each) with
@@ -247,6 +248,7 @@ class FluxUI:
             guidance=guidance,
             seed=seed,
             num_images=num_images,
+            fast=fast,
             on_step=on_step,
         )
 
@@ -264,6 +266,7 @@ class FluxUI:
         guidance: float | None = None,
         seed: int = -1,
         num_images: int = 1,
+        fast: bool = False,
         on_step: Callable | None = None,
     ) -> Result:
         """Repaint the white area of `mask` and/or extend the canvas by left/right/top/bottom pixels, with
@@ -282,6 +285,7 @@ class FluxUI:
             guidance=guidance,
             seed=seed,
             num_images=num_images,
+            fast=fast,
             on_step=on_step,
         )
 
@@ -297,6 +301,7 @@ class FluxUI:
         guidance: float | None = None,
         seed: int = -1,
         num_images: int = 1,
+        fast: bool = False,
         on_step: Callable | None = None,
     ) -> Result:
         """An image that follows the Canny edges or depth of `image` (or a ready `control_image`); `route`
@@ -313,6 +318,7 @@ class FluxUI:
             guidance=guidance,
             seed=seed,
             num_images=num_images,
+            fast=fast,
             on_step=on_step,
         )
 

@@ -25,6 +25,7 @@ from flux_ui.core.seeds import SEED_MAX
 from flux_ui.core.variants import VARIANTS
 from flux_ui.media import comfyui_graph
 from flux_ui.media.metadata import (
+    FAST_MODE_KEY,
     MAX_GUIDANCE,
     MAX_IMAGE_SIDE,
     MAX_STEPS,
@@ -41,7 +42,7 @@ OTHER_TOOLS_SEED = "A seed gives another picture in another tool (each draws its
 # A1111 / Forge keys that say nothing about how to regenerate an image here.
 _A1111_INFO = {"Model hash", "Version", "VAE", "VAE hash", "Lora hashes", "TI hashes", "Source hash", "Source size"}
 _A1111_INFO_PREFIX = ("Module ",)  # Forge's "Module 1: ae, Module 2: clip_l..."
-_A1111_MAPPED = {"Prompt", "Steps", "Distilled CFG Scale", "Seed", "Size", "Model", "Variant", "LoRAs"}
+_A1111_MAPPED = {"Prompt", "Steps", "Distilled CFG Scale", "Seed", "Size", "Model", "Variant", "LoRAs", FAST_MODE_KEY}
 _HIRES = re.compile(r"^(Hires|Denoising strength)")
 
 
@@ -58,6 +59,7 @@ class Loaded:
     width: int | None = None
     height: int | None = None
     loras: tuple[tuple[str, float], ...] = ()  # (name, weight); the form writes them as prompt tags
+    fast: bool | None = None  # made in fast mode (our images say either way; other tools' say nothing)
     notes: tuple[str, ...] = ()  # what could not be carried over, one sentence each
 
 
@@ -133,6 +135,7 @@ def _loaded(source: str, found: dict, notes: list[str]) -> Loaded:
         width=get("width", "Size width", 1, MAX_IMAGE_SIDE),
         height=get("height", "Size height", 1, MAX_IMAGE_SIDE),
         loras=tuple(loras),
+        fast=found.get("fast"),
     )
     missing = [
         label for key, label in (("seed", "seed"), ("steps", "steps"), ("width", "size")) if found.get(key) is None
@@ -168,6 +171,12 @@ def from_a1111(text: str) -> Loaded:
     if len(p) == 1 or (len(p) == 2 and "Negative prompt" in p):
         return from_prompt_only(p["Prompt"])
     ours = p.get("Version", "").startswith("flux-ui ")
+    if ours and p.get("Steps") == "0" and "Hires upscaler" in p:
+        raise ValueError(
+            "image parameters: it is an upscale without a refine pass (strength 0) of a picture that recorded "
+            "no text-to-image generation (a photo, another tool's image, an edit), so there is no prompt, seed "
+            "or steps to fill the form with; upscales of text-to-image pictures made here carry theirs"
+        )
     sides = p.get("Size", "").split("x")
     if "Size" in p and len(sides) != 2:
         raise ValueError(f"image parameters: 'Size' is malformed ({shown(p['Size'])})")
@@ -185,6 +194,7 @@ def from_a1111(text: str) -> Loaded:
         found.setdefault("loras", []).append((name, weight))
     if ours:  # our prompts carry the LoRAs' tags for other tools; the form gets them from "LoRAs" once
         found["prompt"] = prompt_without_tags(p["Prompt"], [n for n, _ in found.get("loras", [])])
+        found["fast"] = FAST_MODE_KEY in p  # our images without the key were made in exact mode
     hires = [f"{k}: {v}" for k, v in p.items() if _HIRES.match(k)]
     if any(k.startswith("Hires") for k in p):
         notes.append(f"Hires fix ({', '.join(hires)}) is not carried over: the form gets the first pass.")

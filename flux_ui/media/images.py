@@ -134,12 +134,15 @@ def open_image(
 def load_image(
     value: object, field: str, max_megapixels: float = MAX_INPUT_MEGAPIXELS, *, min_side: int = MIN_INPUT_SIDE
 ) -> Image.Image:
-    """`open_image`, then converted to 8-bit RGB (see `to_rgb`)."""
+    """`open_image`, then converted to 8-bit RGB (see `to_rgb`). The image's text chunks (a PNG's generation
+    parameters) stay in its `info`, whatever the conversion made anew, for tasks that carry them on."""
     upright = open_image(value, field, max_megapixels, min_side=min_side)
     try:
-        return to_rgb(upright)
+        rgb = to_rgb(upright)
     except ValueError as err:
         raise InvalidInput(field, f"colour mode {upright.mode} is not supported ({err})") from None
+    rgb.info.update({k: v for k, v in upright.info.items() if isinstance(v, str)})
+    return rgb
 
 
 def alpha_or_luminance(img: Image.Image) -> Image.Image:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from PIL import Image, PngImagePlugin
@@ -25,6 +25,9 @@ from flux_ui.core.seeds import SEED_MAX  # params imports settings/policies/spee
 from flux_ui.core.variants import VARIANTS
 
 PNG_KEY = "parameters"
+# The settings-line key of images made in fast mode ("15 of 28 steps in full (...)"); absent in exact mode.
+# A key of its own, as other UIs add theirs: A1111, Civitai and sd-parsers list or skip keys they do not know.
+FAST_MODE_KEY = "Fast mode"
 MAX_PARAMETERS_CHARS = 65_536  # A1111 prompts are rarely over 10 kB; the cap bounds the work a hostile PNG can cause
 MAX_STEPS = 1000
 MAX_IMAGE_SIDE = 16_384  # pixels; generous for images from other UIs (upscaled ones too), not a generation limit
@@ -289,6 +292,51 @@ def meta_from_parameters(text: str) -> ImageMeta:
         loras=tuple(loras),
         version=p.get("Version", "").removeprefix("flux-ui ") or "unknown",
     )
+
+
+# Keys an upscale writes about itself (tasks/upscale.py); an upscale that carries its input's generation
+# (`first_pass`) writes them afresh rather than keep an earlier upscale's.
+UPSCALE_KEYS = frozenset(
+    {
+        "Hires upscale",
+        "Hires upscaler",
+        "Hires resize",
+        "Hires tiles",
+        "Denoising strength",
+        "Source hash",
+        "Source size",
+    }
+)
+# Keys `format_parameters` writes from ImageMeta's own fields.
+_WRITTEN = frozenset(
+    {"Prompt", "Steps", "Sampler", "Schedule type", "CFG scale", "Distilled CFG Scale", "Seed", "Size"}
+)
+_WRITTEN |= {"Model hash", "Model", "Variant", "LoRAs", "Version"}
+
+
+def first_pass(text: str | None) -> ImageMeta | None:
+    """The text-to-image generation a `parameters` text of ours records, with its other keys (fast mode,
+    LoRA hashes) as `extra`: what an upscale without a refine pass carries on, so that its picture still says
+    how it was made (A1111 writes hires-fix images so: Size is the first pass, the Hires keys the rest).
+
+    An earlier upscale that carried one gives that one. None for other tools' images, for pictures that
+    were not made from text (image to image, Kontext, Fill... record a generation from another picture),
+    and for texts that do not parse."""
+    if not text:
+        return None
+    try:
+        fields = parse_parameters(text)
+        meta = meta_from_parameters(text)
+    except ValueError:
+        return None
+    variant = VARIANTS.get(meta.variant)
+    if not fields.get("Version", "").startswith("flux-ui ") or variant is None or variant.task != "text_to_image":
+        return None
+    carried = "Hires resize" in fields  # an upscale of ours that carries its first pass
+    if not carried and ("Source hash" in fields or "Denoising strength" in fields):
+        return None  # made from another picture
+    extra = {k: v for k, v in fields.items() if k not in _WRITTEN and k not in UPSCALE_KEYS}
+    return replace(meta, extra=extra, model_hash=fields.get("Model hash", ""), version=__version__)
 
 
 def png_info(meta: ImageMeta) -> PngImagePlugin.PngInfo:

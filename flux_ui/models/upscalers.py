@@ -14,6 +14,7 @@ import logging
 import pickle  # noqa: S403 - only for its error type: spandrel reads pickles with a restricted unpickler
 import sys
 import types
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -51,10 +52,55 @@ def find(settings: Settings) -> dict[str, Path]:
     """Upscaler name (the file name without its suffix, as ComfyUI lists them) -> file; the first of a
     name wins."""
     out: dict[str, Path] = {}
-    for folder in folders(settings):
-        for path in sorted(p for p in folder.rglob("*") if p.suffix.lower() in SUFFIXES and p.is_file()):
-            out.setdefault(path.stem, path)
+    for path in _files(settings):
+        out.setdefault(path.stem, path)
     return out
+
+
+def _files(settings: Settings) -> list[Path]:
+    """Every upscaler file of `folders`, in search order."""
+    return [
+        path
+        for folder in folders(settings)
+        for path in sorted(p for p in folder.rglob("*") if p.suffix.lower() in SUFFIXES and p.is_file())
+    ]
+
+
+def report(settings: Settings) -> list[dict]:
+    """Every upscaler file `find` lists, as the Models tab shows it: name (what the Upscale tab's menu and
+    the APIs call it), file, architecture and scale (spandrel's reading of its tensors), size in MB, and a
+    note: why it cannot be used, or which file of the same name it is shadowed by."""
+    chosen = find(settings)
+    rows = []
+    for path in _files(settings):
+        st = path.stat()
+        architecture, scale, problem = _read(path, st.st_size, st.st_mtime_ns)
+        shadowed = chosen.get(path.stem) != path
+        rows.append(
+            {
+                "name": path.stem,
+                "file": str(path),
+                "architecture": architecture,
+                "scale": scale,
+                "size_mb": round(st.st_size / 1e6, 1),
+                "note": problem or (f"not used: {chosen[path.stem]} has the same name" if shadowed else ""),
+            }
+        )
+    return rows
+
+
+@lru_cache(maxsize=256)
+def _read(path: Path, size: int, mtime_ns: int) -> tuple[str, int | None, str]:
+    """(architecture, scale, "") of the upscaler at `path`, or ("", None, why it cannot be used). Memoised
+    by size and modification time: spandrel has no header-only reading, so each file is loaded once (on
+    the CPU; an upscaler is tens of MB) and a rescan reads only new or changed files."""
+    try:
+        model = load(path)
+    except ValueError as err:
+        return "", None, str(err)
+    except Exception as err:  # noqa: BLE001 - a broken file is listed with its error, not a failed listing
+        return "", None, f"unreadable: {err}"
+    return model.architecture, model.scale, ""
 
 
 def spandrel():

@@ -134,7 +134,8 @@ def _row(path: str, created: float, parameters: str, user: str | None, task: str
         fields = parse_parameters(parameters) if parameters else {}
     except ValueError:
         fields = {}
-    width, _, height = fields.get("Size", "").partition("x")
+    # An upscale that carries its first pass records that in Size (as A1111 does) and its own size in Hires resize.
+    width, _, height = (fields.get("Hires resize") or fields.get("Size", "")).partition("x")
     loras = []
     for item in filter(None, (s.strip() for s in fields.get("LoRAs", "").split(","))):
         name, _, weight = item.rpartition(":")

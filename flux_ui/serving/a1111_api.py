@@ -3,7 +3,9 @@ SillyTavern, Krita plugins, bots, scripts) generate here:
 
 - `POST /sdapi/v1/txt2img`: `prompt` (with `<lora:NAME:WEIGHT>` tags), `seed`, `steps`, `width`, `height`,
   `batch_size` x `n_iter` images, `distilled_cfg_scale` (Forge's name for FLUX's guidance) or else
-  `cfg_scale` as the guidance, `override_settings.sd_model_checkpoint` for the model.
+  `cfg_scale` as the guidance, `override_settings.sd_model_checkpoint` for the model; `enable_hr` with
+  `hr_scale`, `hr_upscaler`, `denoising_strength`, `hr_second_pass_steps`, `hr_prompt`: hires fix, each
+  image handed to the upscale task (`a1111_hires`).
 - `POST /sdapi/v1/img2img`: `init_images[0]` and `prompt`; with a `mask` (white = repaint, or inverted with
   `inpainting_mask_invert`), FLUX.1 Fill [dev]; else the image-to-image task when the task table has one
   (with `denoising_strength`), else FLUX.1 Kontext [dev] with the prompt as the instruction.
@@ -13,7 +15,7 @@ SillyTavern, Krita plugins, bots, scripts) generate here:
 
 Responses are A1111's: `{"images": [base64 PNG...], "parameters": {...}, "info": "<JSON text>"}`, the info
 carrying the seeds and each image's parameters text (`infotexts`). Fields we do not support (samplers,
-hires fix, negative prompts: FLUX.1 has none) are ignored and listed in the info's `ignored`. A bad field
+negative prompts: FLUX.1 has none) are ignored and listed in the info's `ignored`. A bad field
 is answered 422 as A1111 answers one: `{"detail": [{"loc": ["body", FIELD], "msg", "type"}]}`.
 Auth is the REST API's: the API key (X-API-Key or Bearer), or the UI's login as HTTP Basic (A1111's
 --api-auth).
@@ -39,6 +41,7 @@ from flux_ui.media.images import open_image
 from flux_ui.media.metadata import format_parameters, png_info
 from flux_ui.models.registry import Registry
 from flux_ui.output.run import Outcome
+from flux_ui.serving import a1111_hires
 from flux_ui.serving.jobs import Failure, Jobs, run_outcome
 from flux_ui.serving.model_names import DEFAULT_VARIANT, resolve_variant, text_to_image_variants
 from flux_ui.serving.rest import authorized, decode_base64, unauthorized_message
@@ -77,6 +80,7 @@ class Plan:
     request: TaskRequest
     fields: dict[str, str]
     ignored: list[str]
+    hires: a1111_hires.Hires | None = None  # txt2img's hires fix: each image then upscaled
 
 
 def _common(body: dict, model: str, supported: set[str]) -> tuple[dict, dict[str, str], list[str]]:
@@ -105,8 +109,9 @@ def _common(body: dict, model: str, supported: set[str]) -> tuple[dict, dict[str
 
 
 def txt2img_plan(body: dict, model: str) -> Plan:
-    fields, names, ignored = _common(body, model, TXT2IMG_FIELDS)
-    return Plan("text_to_image", TaskRequest(**fields), names, ignored)
+    hires = a1111_hires.hires_of(body)
+    fields, names, ignored = _common(body, model, TXT2IMG_FIELDS | (a1111_hires.FIELDS if hires else set()))
+    return Plan("text_to_image", TaskRequest(**fields), names, ignored, hires)
 
 
 def img2img_plan(body: dict, model: str, max_upload_mb: float) -> Plan:
@@ -197,9 +202,17 @@ def router(registry: Registry, auth: tuple[str, str] | None, jobs: Jobs) -> APIR
             model = options["sd_model_checkpoint"]
         try:
             plan = img2img_plan(body, model, settings.max_upload_mb) if img2img else txt2img_plan(body, model)
+            if plan.hires is not None:
+                a1111_hires.check(registry, plan.hires, plan.request)
         except InvalidInput as err:
             return a1111_error(err.field, str(err).partition(": ")[2])
-        outcome = await run_outcome(jobs, registry, request, "a1111", plan.task, lambda: plan.request)
+        hires = plan.hires
+
+        def then(first: Outcome, job) -> Outcome:
+            return a1111_hires.second_pass(registry, hires, plan.request, first, job.on_event, job.stop.is_set)
+
+        then_run = then if hires is not None else None
+        outcome = await run_outcome(jobs, registry, request, "a1111", plan.task, lambda: plan.request, then_run)
         interrupted = isinstance(outcome, Failure) and outcome.kind == "interrupted"
         if isinstance(outcome, Failure) and not interrupted:
             if outcome.kind == "invalid":

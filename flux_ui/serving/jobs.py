@@ -135,14 +135,22 @@ class Failure:
 
 
 async def run_outcome(
-    jobs: Jobs, registry: Registry, request: Request, api: str, task: str, make: Callable[[], TaskRequest]
+    jobs: Jobs,
+    registry: Registry,
+    request: Request,
+    api: str,
+    task: str,
+    make: Callable[[], TaskRequest],
+    then: Callable[[Outcome, Running], Outcome] | None = None,
 ) -> Outcome | Failure:
     """`task` on the request `make()` builds (in the worker thread: decoding images is work too), through
-    the job path, delivered; every expected failure as a Failure rather than an exception."""
+    the job path, delivered; every expected failure as a Failure rather than an exception. `then` (the
+    outcome, the job) runs more work on the outcome in the same job (A1111's hires fix)."""
 
     def work(job: Running) -> Outcome | Failure:
         try:
-            return run_task(registry, task, make(), job.on_event, job.stop.is_set)
+            outcome = run_task(registry, task, make(), job.on_event, job.stop.is_set)
+            return outcome if then is None else then(outcome, job)
         except InvalidInput as err:
             return Failure(422, "invalid", str(err).partition(": ")[2], err.field)
         except ModelUnavailableError as err:

@@ -85,7 +85,9 @@ class GenerateRequest(BaseModel):
     bottom: StrictInt = 0
     max_new_tokens: StrictInt | None = None
     fast: StrictBool = Field(
-        False, description="text_to_image, image_to_image, kontext_edit: fast mode (cache-dit step cache); default off"
+        False,
+        description="text_to_image, image_to_image, kontext_edit, redux_variation, fill, control: fast mode "
+        "(cache-dit step cache); default off",
     )
 
 

@@ -123,7 +123,7 @@ class Request:
     top: object = 0
     bottom: object = 0
     max_new_tokens: object | None = None
-    fast: object = False  # fast mode (text to image, image to image, Kontext): see flux_ui.models.fast
+    fast: object = False  # fast mode (the FLUX.1 image tasks but upscale): see flux_ui.models.fast
 
 
 _NUMBERED = re.compile(r"(image|strength)_(\d+)")

@@ -16,7 +16,7 @@ import torch
 from flux_ui.core.policies import tile_vae
 from flux_ui.core.seeds import batch_seed
 from flux_ui.core.variants import FLUX1, FLUX2, Variant
-from flux_ui.media.metadata import ImageMeta
+from flux_ui.media.metadata import FAST_MODE_KEY, ImageMeta
 from flux_ui.models import fast
 from flux_ui.models.registry import Registry
 from flux_ui.tasks import GeneratedImage, StepCallback, step_callback
@@ -81,7 +81,7 @@ def generate_batch(
     family = batch.variant.family
     extra = dict(batch.extra)
     if batch.fast:
-        extra["Fast mode"] = fast.describe(steps_run)
+        extra[FAST_MODE_KEY] = fast.describe(steps_run)
     outputs = []
     # Fast mode's step cache is on the pipeline for this request only; it is removed when the block ends.
     with fast.fast_mode(pipe, steps_run) if batch.fast else nullcontext():

@@ -27,6 +27,7 @@ from flux_ui.models.registry import Registry
 from flux_ui.tasks import Request, StepCallback, TaskResult, TaskSpec
 from flux_ui.tasks.batch import Batch, generate_batch
 from flux_ui.tasks.params import (
+    check_fast,
     check_float,
     check_guidance,
     check_int,
@@ -65,6 +66,7 @@ class ControlParams:
     guidance: object | None = None  # distilled guidance; None: 30 for Canny, 10 for Depth, as published
     seed: object = -1  # -1 picks a random seed; image i of a batch uses seed + i
     num_images: object = 1
+    fast: object = False  # fast mode: fewer full transformer evaluations (flux_ui.models.fast)
 
 
 @dataclass(frozen=True)
@@ -83,6 +85,7 @@ class ControlJob:
     guidance: float
     seed: int
     num_images: int
+    fast: bool = False  # fast mode (flux_ui.models.fast)
 
 
 def _check_choice(field: str, value: object, choices) -> str:
@@ -121,6 +124,7 @@ def validate_control(p: ControlParams, settings: Settings) -> ControlJob:
         guidance=check_guidance(p.guidance, variant.default_guidance),
         seed=check_seed(p.seed),
         num_images=check_num_images(p.num_images, settings),
+        fast=check_fast(p.fast, settings),
     )
 
 
@@ -247,6 +251,7 @@ def control(
         size=size,
         loras=((lora.name, params.lora_scale),) if use_lora else (),
         extra=extra,
+        fast=params.fast,
     )
     inputs = {"control_image": cmap}
     if use_lora:
@@ -280,6 +285,7 @@ def from_request(r: Request) -> ControlParams:
         guidance=r.guidance,
         seed=r.seed,
         num_images=r.num_images,
+        fast=r.fast,
     )
 
 

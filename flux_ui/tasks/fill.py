@@ -21,6 +21,7 @@ from flux_ui.tasks import Request, StepCallback, TaskResult, TaskSpec
 from flux_ui.tasks.batch import Batch, generate_batch
 from flux_ui.tasks.params import (
     MAX_SIDE,
+    check_fast,
     check_guidance,
     check_int,
     check_num_images,
@@ -56,6 +57,7 @@ class FillParams:
     guidance: object | None = None  # distilled guidance; None: 30, as published
     seed: object = -1  # -1 picks a random seed; image i of a batch uses seed + i
     num_images: object = 1
+    fast: object = False  # fast mode: fewer full transformer evaluations (flux_ui.models.fast)
 
 
 @dataclass(frozen=True)
@@ -73,6 +75,7 @@ class FillJob:
     guidance: float
     seed: int
     num_images: int
+    fast: bool = False  # fast mode (flux_ui.models.fast)
 
     @property
     def outpaint(self) -> tuple[int, int, int, int]:
@@ -131,6 +134,7 @@ def validate_fill(p: FillParams, settings: Settings) -> FillJob:
         guidance=check_guidance(p.guidance, variant.default_guidance),
         seed=check_seed(p.seed),
         num_images=check_num_images(p.num_images, settings),
+        fast=check_fast(p.fast, settings),
     )
 
 
@@ -181,6 +185,7 @@ def fill(
         num_images=params.num_images,
         size=canvas.size,
         extra=extra,
+        fast=params.fast,
     )
     with registry.pipeline(variant.name) as pipe:
         load = time.perf_counter() - start
@@ -200,7 +205,18 @@ def fill(
 
 def from_request(r: Request) -> FillParams:
     return FillParams(
-        r.image, r.prompt, r.mask, r.left, r.right, r.top, r.bottom, r.steps, r.guidance, r.seed, r.num_images
+        r.image,
+        r.prompt,
+        r.mask,
+        r.left,
+        r.right,
+        r.top,
+        r.bottom,
+        r.steps,
+        r.guidance,
+        r.seed,
+        r.num_images,
+        fast=r.fast,
     )
 
 

@@ -37,6 +37,7 @@ from flux_ui.models.registry import Registry
 from flux_ui.tasks import Request, StepCallback, TaskResult, TaskSpec
 from flux_ui.tasks.batch import Batch, generate_batch
 from flux_ui.tasks.params import (
+    check_fast,
     check_guidance,
     check_num_images,
     check_number,
@@ -70,6 +71,7 @@ class ReduxParams:
     guidance: object | None = None  # distilled guidance
     seed: object = -1  # -1 picks a random seed; variation i uses seed + i
     num_images: object = 1  # variations, made one after another
+    fast: object = False  # fast mode: fewer full transformer evaluations (flux_ui.models.fast)
 
 
 @dataclass(frozen=True)
@@ -87,6 +89,7 @@ class ReduxJob:
     guidance: float
     seed: int
     num_images: int
+    fast: bool = False  # fast mode (flux_ui.models.fast)
 
 
 def validate_redux(p: ReduxParams, settings: Settings) -> ReduxJob:
@@ -124,6 +127,7 @@ def validate_redux(p: ReduxParams, settings: Settings) -> ReduxJob:
         guidance=check_guidance(p.guidance, variant.default_guidance),
         seed=check_seed(p.seed),
         num_images=check_num_images(p.num_images, settings),
+        fast=check_fast(p.fast, settings),
     )
 
 
@@ -177,6 +181,7 @@ def redux_variation(
         num_images=params.num_images,
         size=size,
         extra=extra,
+        fast=params.fast,
     )
     with registry.pipeline(variant.name) as prior, registry.pipeline(base.name) as pipe:
         timings["load"] = time.perf_counter() - start
@@ -211,6 +216,7 @@ def from_request(r: Request) -> ReduxParams:
         guidance=r.guidance,
         seed=r.seed,
         num_images=r.num_images,
+        fast=r.fast,
     )
 
 

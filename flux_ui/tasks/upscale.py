@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -35,7 +35,7 @@ from flux_ui.core.seeds import resolve_seed
 from flux_ui.core.settings import Settings
 from flux_ui.core.variants import FLUX1, VARIANTS, get_variant, variants_for
 from flux_ui.media.images import image_hash, load_image
-from flux_ui.media.metadata import ImageMeta
+from flux_ui.media.metadata import ImageMeta, first_pass, read_parameters
 from flux_ui.media.tiles import Blender, Box, layout
 from flux_ui.models import sources, upscalers
 from flux_ui.models.loras.library import LoraLibrary, LoraRequest, parse_prompt
@@ -95,6 +95,9 @@ class UpscaleJob:
     seed: int
     tiled: bool  # whether the refine pass runs in tiles
     loras: LoraRequest
+    # Upscale only (strength 0): the text-to-image generation the input's parameters record, if it is one of
+    # ours (`metadata.first_pass`); the output records it, so its parameters still say how it was made.
+    first_pass: ImageMeta | None = None
 
     @property
     def steps_run(self) -> int:
@@ -164,7 +167,8 @@ def validate_upscale(p: UpscaleParams, settings: Settings, library: LoraLibrary 
     tiled = p.tiling == "on" or (p.tiling == "auto" and width * height > TILE_ABOVE_MP * 1_000_000)
     if strength == 0:  # upscale only: the refine pass's prompt, model, steps and LoRAs are not used
         seed = check_seed(p.seed)
-        return UpscaleJob(image, "", scale, name, path, 0.0, "dev", width, height, 0, None, seed, False, ())
+        made = first_pass(read_parameters(image))
+        return UpscaleJob(image, "", scale, name, path, 0.0, "dev", width, height, 0, None, seed, False, (), made)
     hint = "describe the image (the refine pass redraws it from this prompt), or set strength 0 to upscale only"
     if isinstance(p.prompt, str) and not p.prompt.strip():
         raise InvalidInput("prompt", f"is empty; {hint}")
@@ -313,6 +317,8 @@ def upscale(
         loras=params.loras,
         extra=extra,
     )
+    if params.strength == 0 and params.first_pass is not None:
+        meta = carried(params, extra)
     timings["total"] = time.perf_counter() - start
     log.info(
         "upscale %dx%d -> %dx%d with %s, strength %g, %s: %.2f s",
@@ -325,6 +331,17 @@ def upscale(
         timings["total"],
     )
     return TaskResult(images=[GeneratedImage(big, meta, notes)], seed=seed, timings=timings)
+
+
+def carried(params: UpscaleJob, extra: dict[str, str]) -> ImageMeta:
+    """The metadata of an upscale without a refine pass whose input records its generation: that
+    generation (prompt, model, seed, steps, first-pass Size...), then the upscale's keys, the scale counted
+    from the first pass (two 2x upscales say 4) and the image's own size as "Hires resize"."""
+    made = params.first_pass
+    assert made is not None  # noqa: S101 - the caller checks it
+    scale = params.scale if made.width == params.image.width else round(params.width / made.width, 2)
+    hires = {"Hires upscale": f"{scale:g}", "Hires resize": f"{params.width}x{params.height}"}
+    return replace(made, extra={**made.extra, **extra, **hires})
 
 
 def from_request(r: Request) -> UpscaleParams:
@@ -343,11 +360,12 @@ def from_request(r: Request) -> UpscaleParams:
 
 
 def describe(result: TaskResult) -> str:
-    meta = result.images[0].meta
-    x = meta.extra
+    image, x = result.images[0].image, result.images[0].meta.extra
     how = f"refined at strength {x['Denoising strength']}" if "Hires tiles" in x else "no refine pass"
     tiles = f" · tiles {x['Hires tiles']}" if "Hires tiles" in x else ""
-    return f"Output {meta.width}×{meta.height} from the {x['Source size']} input · {x['Hires upscaler']} · {how}{tiles}"
+    return (
+        f"Output {image.width}×{image.height} from the {x['Source size']} input · {x['Hires upscaler']} · {how}{tiles}"
+    )
 
 
 SPEC = TaskSpec(

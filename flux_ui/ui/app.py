@@ -5,17 +5,19 @@ from __future__ import annotations
 import gradio as gr
 
 from flux_ui import __version__
-from flux_ui.models import files
+from flux_ui.models import files, upscalers
 from flux_ui.models.registry import Registry
 from flux_ui.ui import residency
 from flux_ui.ui.common import GPU, UiContext, refuse_foreign_files
 
 
-def _models_tab(ctx: UiContext) -> None:
+def _models_tab(ctx: UiContext) -> list:
     """The residency panel: what is loaded where, memory in use, the policy; and a button that frees memory.
+    Then the model files and the upscaler files found, scanned again when the tab opens and on Rescan.
 
     The API endpoints (`/status`, `/free_memory`) return the raw status JSON, as before; the readable
-    panel is rendered from that JSON in a follow-up event that is not part of the API.
+    panel is rendered from that JSON in a follow-up event that is not part of the API. Returns the events
+    after which the upscaler list is fresh (for the Upscale tab's menu).
     """
 
     def status():
@@ -26,6 +28,12 @@ def _models_tab(ctx: UiContext) -> None:
         """Every model file in the --models-dir folders: what it was recognised as (by its tensors), its
         format and size, what it is used for, or why it was skipped. Scans again."""
         return files.report(files.scan(ctx.settings.models_dirs, fresh=True))
+
+    def upscaler_files() -> list[dict]:
+        """Every upscaler model file found (upscale_models/ or ESRGAN/ below a --models-dir folder): its name
+        (as the Upscale tab and the APIs call it), file, architecture and scale as spandrel reads them, size
+        in MB, and why it cannot be used, if so. Scans again."""
+        return upscalers.report(ctx.settings)
 
     def free_memory():
         """Drop cached transformers and auxiliary models (the shared encoders and VAE stay)."""
@@ -46,6 +54,9 @@ def _models_tab(ctx: UiContext) -> None:
             files_panel = gr.Markdown(elem_id="model-files")
             files_json = gr.JSON(visible=False)
             rescan_btn = gr.Button("Rescan model files", elem_id="model-files-rescan")
+        with gr.Accordion("Upscaler models found (upscale_models/, ESRGAN/)", open=False):
+            upscalers_panel = gr.Markdown(elem_id="upscaler-files")
+            upscalers_json = gr.JSON(visible=False)
         with gr.Accordion("Raw status (JSON)", open=False):
             status_json = gr.JSON(label="Registry")
     render = {"fn": residency.markdown, "inputs": status_json, "outputs": panel, "api_visibility": "private"}
@@ -55,6 +66,15 @@ def _models_tab(ctx: UiContext) -> None:
     show_files = {"fn": residency.files_markdown, "inputs": files_json, "outputs": files_panel}
     rescan_btn.click(model_files, None, files_json, api_name="model_files").then(**show_files, api_visibility="private")
     tab.select(model_files, None, files_json, api_visibility="private").then(**show_files, api_visibility="private")
+    show_upscalers = {"fn": residency.upscalers_markdown, "inputs": upscalers_json, "outputs": upscalers_panel}
+    return [
+        rescan_btn.click(upscaler_files, None, upscalers_json, api_name="upscaler_files").then(
+            **show_upscalers, api_visibility="private"
+        ),
+        tab.select(upscaler_files, None, upscalers_json, api_visibility="private").then(
+            **show_upscalers, api_visibility="private"
+        ),
+    ]
 
 
 def _startup_line(registry: Registry) -> None:
@@ -112,7 +132,7 @@ def build_ui(registry: Registry) -> gr.Blocks:
             ctx.tabs["train"] = train.build(ctx)
             if ctx.settings.history:
                 ctx.tabs["history"] = history.build(ctx)
-            _models_tab(ctx)
+            upscaler_scans = _models_tab(ctx)
         handoff.wire(ctx, tabs)  # after every tab exists: each gallery gets buttons for the tabs present
         # "Suggest an edit" in VQA: the instruction becomes the Kontext tab's instruction.
         vqa_tab, kontext_tab = ctx.tabs["vqa"], ctx.tabs["kontext"]
@@ -123,5 +143,11 @@ def build_ui(registry: Registry) -> gr.Blocks:
         t2i = ctx.tabs["t2i"]
         for done in ctx.tabs["train"].done:
             done.success(t2i.refresh_loras, None, t2i.loras, api_visibility="private")
+        # The Models tab's scan of the upscaler folders refreshes the Upscale tab's menu.
+        upscale_tab = ctx.tabs["upscale"]
+        for scan in upscaler_scans:
+            scan.then(
+                upscale_tab.refresh_upscalers, upscale_tab.upscaler, upscale_tab.upscaler, api_visibility="private"
+            )
     refuse_foreign_files(demo)
     return demo

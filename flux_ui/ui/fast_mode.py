@@ -1,4 +1,5 @@
-"""The fast-mode checkbox the image tabs share (text to image, image to image, Kontext)."""
+"""The fast-mode checkbox the FLUX.1 image tabs share (text to image, image to image, Kontext, Redux, Fill,
+Control)."""
 
 from __future__ import annotations
 

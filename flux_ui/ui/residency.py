@@ -99,3 +99,18 @@ def files_markdown(rows: list[dict]) -> str:
         note = str(r["note"]).replace("|", "\\|")
         lines.append(f"| `{name}` | {r['recognised as']} | {r['format']} | {size} | {r['used for'] or '—'} | {note} |")
     return "\n".join(lines)
+
+
+def upscalers_markdown(rows: list[dict]) -> str:
+    """The upscaler files found (rows from `models.upscalers.report`), as a table."""
+    if not rows:
+        return (
+            "No upscaler models found: put them in `upscale_models/` (ComfyUI) or `ESRGAN/` (Forge, A1111) below "
+            "a --models-dir folder. The Upscale tab resizes with Lanczos meanwhile."
+        )
+    lines = ["| name | architecture | scale | size | note |", "|---|---|---|---|---|"]
+    for r in rows:
+        scale = f"{r['scale']}x" if r["scale"] else "—"
+        note = str(r["note"]).replace("|", "\\|") or "—"
+        lines.append(f"| `{r['name']}` | {r['architecture'] or '—'} | {scale} | {r['size_mb']:.1f} MB | {note} |")
+    return "\n".join(lines)

@@ -16,7 +16,7 @@ from flux_ui.core.seeds import SEED_MAX
 from flux_ui.core.variants import CONTROL_LORAS, get_variant
 from flux_ui.media.control_maps import CANNY_HIGH, CANNY_LOW
 from flux_ui.tasks.control import MODES, SPEC, ControlParams, control_map, output_size, validate_control
-from flux_ui.ui import examples
+from flux_ui.ui import examples, fast_mode
 from flux_ui.ui.common import UiContext, image_event, invalid, reveal_seed, seed_used_box
 from flux_ui.ui.handoff import track_selection
 
@@ -74,6 +74,7 @@ def build(ctx: UiContext) -> ControlTab:
         seed: int = -1,
         num_images: int = 1,
         map_from_source: bool = False,
+        fast: bool = False,
         request: gr.Request = None,
         progress: gr.Progress = gr.Progress(),
     ):
@@ -92,6 +93,7 @@ def build(ctx: UiContext) -> ControlTab:
             guidance: distilled guidance (Canny 30, Depth 10, as published).
             seed: -1 for a random seed; image i of a batch uses seed + i.
             num_images: how many images to generate.
+            fast: fast mode: about half the steps computed in full (cache-dit's step cache), softer detail.
         """
         # In the UI the map shown may be the one computed from the source (not an upload): then it is
         # computed again here, so that the metadata records the source and the thresholds.
@@ -108,6 +110,7 @@ def build(ctx: UiContext) -> ControlTab:
             guidance,
             seed,
             num_images,
+            fast,
         )
         done = yield from ctx.run_images(SPEC, raw, request, progress, others=3)
         if done is not None:  # None: cancelled, and already shown
@@ -197,6 +200,7 @@ def build(ctx: UiContext) -> ControlTab:
             with gr.Row():
                 seed = gr.Number(value=-1, label=f"Seed (-1 = random, up to {SEED_MAX})", elem_id="control-seed")
                 num_images = gr.Slider(1, settings.max_images, value=1, step=1, label="Images")
+            fast = fast_mode.checkbox(settings, "control-fast")
             with gr.Row():
                 generate_btn = gr.Button("Generate", variant="primary", elem_id="control-generate")
                 cancel_btn = gr.Button("Cancel", variant="stop", elem_id="control-cancel")
@@ -244,7 +248,7 @@ def build(ctx: UiContext) -> ControlTab:
     run = gr.on(
         [generate_btn.click, prompt.submit],
         generate,
-        [image, prompt, mode, route, cmap, low, high, scale, steps, guidance, seed, num_images, map_from_source],
+        [image, prompt, mode, route, cmap, low, high, scale, steps, guidance, seed, num_images, map_from_source, fast],
         [gallery, cmap, last_seed, info],
         api_name="control",
         **image_event(settings),

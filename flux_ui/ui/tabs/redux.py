@@ -9,7 +9,7 @@ import gradio as gr
 from flux_ui.core.seeds import SEED_MAX
 from flux_ui.core.variants import get_variant
 from flux_ui.tasks.redux import MAX_REFERENCES, MAX_SCALE, SPEC, ReduxParams
-from flux_ui.ui import examples
+from flux_ui.ui import examples, fast_mode
 from flux_ui.ui.common import CUSTOM, MAX_SLIDER_SIDE, PRESETS, UiContext, image_event, reveal_seed, seed_used_box
 from flux_ui.ui.handoff import track_selection
 
@@ -54,6 +54,7 @@ def build(ctx: UiContext) -> ReduxTab:
         guidance: float = VARIANT.default_guidance,
         seed: int = -1,
         num_images: int = 1,
+        fast: bool = False,
         request: gr.Request = None,
         progress: gr.Progress = gr.Progress(),
     ):
@@ -71,6 +72,7 @@ def build(ctx: UiContext) -> ReduxTab:
             guidance: distilled guidance (2.5 by default).
             seed: -1 for a random seed; variation i uses seed + i.
             num_images: how many variations to make.
+            fast: fast mode: about half the steps computed in full (cache-dit's step cache), softer detail.
         """
         slots = (image_1, image_2, image_3, image_4)
         raw = ReduxParams(
@@ -86,6 +88,7 @@ def build(ctx: UiContext) -> ReduxTab:
             guidance=guidance,
             seed=seed,
             num_images=num_images,
+            fast=fast,
         )
         done = yield from ctx.run_images(SPEC, raw, request, progress, noun="variation")
         if done is not None:  # None: cancelled, and already shown
@@ -136,6 +139,7 @@ def build(ctx: UiContext) -> ReduxTab:
             with gr.Row():
                 seed = gr.Number(value=-1, label=f"Seed (-1 = random, up to {SEED_MAX})", elem_id="redux-seed")
                 num_images = gr.Slider(1, settings.max_images, value=1, step=1, label="Variations")
+            fast = fast_mode.checkbox(settings, "redux-fast")
             with gr.Row():
                 generate_btn = gr.Button("Make variations", variant="primary", elem_id="redux-generate")
                 cancel_btn = gr.Button("Cancel", variant="stop", elem_id="redux-cancel")
@@ -150,7 +154,20 @@ def build(ctx: UiContext) -> ReduxTab:
         selected = track_selection(gallery)  # inside the tab: a component between tabs confuses the tab bar
 
     preset.input(on_preset, preset, [width, height], api_visibility="private")
-    inputs = [*images, *strengths, prompt, prompt_scale, pooled_scale, width, height, steps, guidance, seed, num_images]
+    inputs = [
+        *images,
+        *strengths,
+        prompt,
+        prompt_scale,
+        pooled_scale,
+        width,
+        height,
+        steps,
+        guidance,
+        seed,
+        num_images,
+        fast,
+    ]
     run = gr.on(
         [generate_btn.click, prompt.submit],
         variations,

@@ -9,9 +9,11 @@ from PIL import Image
 
 from flux_ui.core.errors import InvalidInput
 from flux_ui.core.seeds import SEED_MAX
+from flux_ui.core.settings import Settings
 from flux_ui.core.variants import Variant, get_variant, variants_for
 from flux_ui.media.foreign_metadata import read_loaded
 from flux_ui.media.uploads import checked_upload
+from flux_ui.models import fast
 from flux_ui.models.loras.library import LoraInfo, tagged_names, with_tags
 from flux_ui.tasks.text_to_image import SPEC, TextToImageParams
 from flux_ui.ui import examples, fast_mode
@@ -56,11 +58,12 @@ def text_to_image_variant(name: str) -> Variant:
     return get_variant(variant.base or "dev")
 
 
-def form_values(file: str | None) -> tuple:
+def form_values(file: str | None, settings: Settings) -> tuple:
     """Read the generation parameters embedded in a PNG (ours, A1111 / Forge, ComfyUI, SwarmUI, InvokeAI, or
     a prompt alone) and return them as the form's values: prompt, variant, width, height, steps, guidance,
-    seed, aspect preset, variant note, and the notes on what could not be carried over. A field the image
-    does not say is left as it is (gr.skip()). gr.Error if it carries none, or a malformed value."""
+    seed, aspect preset, variant note, fast mode, and the notes on what could not be carried over. A field
+    the image does not say is left as it is (gr.skip()): fast mode is set only from our own images, which
+    say either way. gr.Error if it carries none, or a malformed value."""
     if not file:
         raise invalid(ValueError("image: upload a PNG made by FLUX UI or another SD UI"))
     try:
@@ -90,6 +93,11 @@ def form_values(file: str | None) -> tuple:
     def kept(value):
         return gr.skip() if value is None else value
 
+    fast_mode_on = loaded.fast
+    if fast_mode_on and (reason := fast.unavailable(settings)):
+        notes.append(f"It was made in fast mode, which {reason}; it is left off (the exact image is made).")
+        fast_mode_on = False
+
     source = f"Loaded from a {loaded.source} image." if loaded.source != "prompt only" else ""
     return (
         prompt,
@@ -101,6 +109,7 @@ def form_values(file: str | None) -> tuple:
         kept(loaded.seed),
         CUSTOM if loaded.width is not None else gr.skip(),
         variant_note(variant.name) if variant is not None else gr.skip(),
+        kept(fast_mode_on),
         "\n".join([source, *(f"- {n}" for n in notes)]).strip(),
     )
 
@@ -168,7 +177,7 @@ def build(ctx: UiContext) -> TextToImageTab:
 
     def receive_parameters(path: str):
         """A hand-off fills the form as loading the file does, and shows guidance only where it applies."""
-        values = list(form_values(path))
+        values = list(form_values(path, settings))
         if isinstance(values[1], str):
             values[5] = gr.update(value=values[5], visible=get_variant(values[1]).uses_guidance)
         return tuple(values)
@@ -187,11 +196,11 @@ def build(ctx: UiContext) -> TextToImageTab:
         return PRESETS.get(label, (gr.skip(), gr.skip()))
 
     def check_parameters(file: str | None) -> None:
-        form_values(file)  # raises gr.Error naming what is wrong with the file
+        form_values(file, settings)  # raises gr.Error naming what is wrong with the file
 
     def load_parameters(file: str | None):
         """Read the generation parameters embedded in a PNG and return them as form values."""
-        return form_values(file)
+        return form_values(file, settings)
 
     def on_pick(picked: list[str] | None, text: str):
         """The picker rewrites the prompt's LoRA tags: picking adds <lora:NAME:1>, unpicking removes it."""
@@ -283,7 +292,7 @@ def build(ctx: UiContext) -> TextToImageTab:
     )
     reveal_seed(run, last_seed)
     cancel_btn.click(ctx.cancel, None, None, queue=False, api_visibility="private")  # see run_images
-    form = [*inputs[:-2], preset, note, params_notes]  # up to the seed: images and fast mode are not parameters
+    form = [*inputs[:-2], preset, note, fast, params_notes]  # the number of images is not a parameter
     # The file is checked first, in an event with no outputs: Gradio marks every output of a failed event
     # with a red "Error" pill that stays until that output changes again; the toast says what is wrong.
     params_file.upload(check_parameters, params_file, None, show_progress="hidden", api_visibility="private").success(

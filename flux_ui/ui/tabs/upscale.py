@@ -5,6 +5,7 @@ not image to image's, and a hand-off here brings the picture's own prompt and mo
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import gradio as gr
@@ -50,6 +51,8 @@ class UpscaleTab:
     """Components other tabs hand images to."""
 
     receive: Receiver  # a hand-off: the picture, with its prompt and model when it carries them
+    upscaler: gr.Dropdown  # the upscaler menu
+    refresh_upscalers: Callable[[str], dict]  # current choice -> the menu's update from a fresh scan
     gallery: gr.Gallery
     selected: gr.State  # index of the result the user clicked
     send_row: gr.Row  # where the hand-off buttons go
@@ -71,6 +74,18 @@ def parameters_of(path: str) -> tuple[str, str | None]:
     return fields.get("Prompt", ""), name
 
 
+def upscaler_menu(settings, current: str = AUTO) -> dict:
+    """The upscaler menu's choices and help from a scan of the folders; `current` stays chosen if it is
+    still there, else "auto"."""
+    found = list(upscalers.find(settings))
+    choices = [AUTO, LANCZOS, *found]
+    return {
+        "choices": choices,
+        "value": current if current in choices else AUTO,
+        "info": f"{len(found)} model(s) found" if found else "no model found: Lanczos",
+    }
+
+
 def size_note(image: object, scale: object, settings) -> str:
     """The output size a request would get, said before anything runs."""
     path = image.get("path") if isinstance(image, dict) else image
@@ -88,7 +103,6 @@ def size_note(image: object, scale: object, settings) -> str:
 def build(ctx: UiContext) -> UpscaleTab:
     settings = ctx.settings
     dev = get_variant("dev")
-    found = list(upscalers.find(settings))
 
     def upscale_image(
         image: dict | str | None,
@@ -143,13 +157,7 @@ def build(ctx: UiContext) -> UpscaleTab:
                 scale = gr.Slider(
                     MIN_SCALE, MAX_SCALE, value=DEFAULT_SCALE, step=0.25, label="Scale", elem_id="upscale-scale"
                 )
-                upscaler = gr.Dropdown(
-                    [AUTO, LANCZOS, *found],
-                    value=AUTO,
-                    label="Upscaler",
-                    info=f"{len(found)} model(s) found" if found else "no model found: Lanczos",
-                    elem_id="upscale-upscaler",
-                )
+                upscaler = gr.Dropdown(**upscaler_menu(settings), label="Upscaler", elem_id="upscale-upscaler")
             note = gr.Markdown(size_note(None, DEFAULT_SCALE, settings), elem_id="upscale-size-note")
             strength = gr.Slider(
                 0.0, 1.0, value=DEFAULT_STRENGTH, step=0.01, label="Refine strength (0: upscale only)",
@@ -197,5 +205,10 @@ def build(ctx: UiContext) -> UpscaleTab:
         api_visibility="private",
     )
     return UpscaleTab(
-        receive=Receiver([image, prompt, variant], receive), gallery=gallery, selected=selected, send_row=send_row
+        receive=Receiver([image, prompt, variant], receive),
+        upscaler=upscaler,
+        refresh_upscalers=lambda current: gr.update(**upscaler_menu(settings, current)),
+        gallery=gallery,
+        selected=selected,
+        send_row=send_row,
     )
