@@ -72,6 +72,7 @@ class Settings:
     lora_dirs: tuple[Path, ...] = ()  # folders searched (recursively) for .safetensors LoRAs, first wins
     hub_loras: tuple[str, ...] = ()  # LoRAs on the hub: "owner/repo" or "owner/repo/file.safetensors"
     lora_cache: int = 8  # LoRA adapters kept loaded per model (LRU); more are dropped and re-read when needed
+    train_dirs: tuple[Path, ...] = ()  # folders whose image folders training may read (none: uploads only)
     host: str = "127.0.0.1"  # address the server binds to
     port: int = 7860  # port the server listens on
     share: bool = False  # open a public share link
@@ -281,6 +282,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--lora-cache", type=int, default=int(_env("lora_cache", "8")))
     p.add_argument(
+        "--train-dir",
+        action="append",
+        default=[s for s in _env("train_dirs", "").split(os.pathsep) if s],
+        metavar="FOLDER",
+        help="a folder on this server whose image folders the Train tab may read; repeatable (default: none)",
+    )
+    p.add_argument(
         "--compile-cache",
         default=_env("compile_cache", "") or None,
         metavar="FOLDER",
@@ -436,6 +444,7 @@ def settings_from_args(argv: list[str] | None = None) -> Settings:
         lora_dirs=lora_dirs(a.lora_dir, a.tiny, Path(a.tiny_dir)),
         hub_loras=tuple(a.lora),
         lora_cache=a.lora_cache,
+        train_dirs=tuple(dict.fromkeys(Path(d).expanduser() for d in a.train_dir)),
         compile_cache=None if a.compile_cache is None else Path(a.compile_cache).expanduser(),
         preload=a.preload,
         host=a.host,

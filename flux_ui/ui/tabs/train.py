@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import gradio as gr
 
 from flux_ui.core.errors import Cancelled, InvalidInput
-from flux_ui.tasks.training.captions import CAPTION_TEMPLATE, caption_images
+from flux_ui.tasks.training.captions import CAPTION_TEMPLATE, caption_images, images_to_caption
 from flux_ui.tasks.training.params import MIN_IMAGES, RUN_FILE, TrainParams, validate_training
 from flux_ui.tasks.training.presets import PRESETS, default_preset
 from flux_ui.tasks.training.run import TrainEvent, TrainResult, train_lora
@@ -125,6 +125,7 @@ def build(ctx: UiContext) -> TrainTab:
         sample_every: float = 0,
         checkpoint_every: float = 250,
         seed: float = 0,
+        folder: str = "",
         request: gr.Request = None,
     ):
         """Train a LoRA on FLUX.1 [dev] from your images; it is saved as NAME.safetensors in the LoRA folder.
@@ -143,6 +144,8 @@ def build(ctx: UiContext) -> TrainTab:
             sample_every: steps between sample images (0: only at the end).
             checkpoint_every: steps between checkpoints (0: only when cancelled).
             seed: the run's seed.
+            folder: instead of images, a folder on the server inside a --train-dir folder (absolute, or
+                relative to the first); NAME.txt beside NAME.png is that image's caption.
 
         Returns:
             Progress, the loss per step, the sample images, and where the LoRA was saved.
@@ -162,6 +165,7 @@ def build(ctx: UiContext) -> TrainTab:
             sample_every=sample_every,
             checkpoint_every=checkpoint_every,
             seed=seed,
+            folder=folder or "",
         )
         yield from run(raw, request)
 
@@ -174,13 +178,18 @@ def build(ctx: UiContext) -> TrainTab:
         """
         yield from run(TrainParams(name=name or "", steps=steps, resume=True), request)
 
-    def caption(images: list | None, template: str, request: gr.Request = None):
+    def caption(images: list | None, template: str, folder: str = "", request: gr.Request = None):
         """Caption every training image with the VQA model; the captions appear one line per image.
 
         Args:
             images: the training images.
             template: the instruction the VQA model gets for each image.
+            folder: instead of images, a folder on the server (see train_lora); its images in file-name order.
         """
+        try:
+            images = images_to_caption(images, folder, settings)
+        except InvalidInput as err:
+            raise invalid(err) from None
         written: list[str] = []
 
         def show(item):
@@ -205,8 +214,17 @@ def build(ctx: UiContext) -> TrainTab:
                 file_types=["image"],
                 elem_id="train-images",
             )
+            allowed = ", ".join(f"`{d}`" for d in settings.train_dirs)
+            folder = gr.Textbox(
+                "",  # a value: clients that send no folder get this default
+                label="…or a folder on this server (its images in file-name order; NAME.txt is NAME.png's caption)",
+                info=f"inside {allowed}" if allowed else None,
+                placeholder=str(settings.train_dirs[0]) if settings.train_dirs else None,
+                visible=bool(settings.train_dirs),  # off unless --train-dir names folders
+                elem_id="train-folder",
+            )
             captions = gr.Textbox(
-                label="Captions, one line per image in upload order (the trigger word is added in front)",
+                label="Captions, one line per image in upload (or file-name) order; the trigger word is added in front",
                 lines=6,
                 elem_id="train-captions",
             )
@@ -255,10 +273,10 @@ def build(ctx: UiContext) -> TrainTab:
     gpu = {**gpu_event(settings), "show_progress": "minimal"}
     outputs = [status, plot, samples, result]
     inputs = [images, captions, trigger, name, preset, steps, learning_rate, rank, resolution]
-    inputs += [sample_prompts, sample_every, checkpoint_every, seed]
+    inputs += [sample_prompts, sample_every, checkpoint_every, seed, folder]
     train_ev = train_btn.click(train, inputs, outputs, api_name="train_lora", **gpu)
     resume_ev = resume_btn.click(resume, [name, steps], outputs, api_name="resume_training", **gpu)
-    caption_ev = caption_btn.click(caption, [images, template], captions, api_name="caption_images", **gpu)
+    caption_ev = caption_btn.click(caption, [images, template, folder], captions, api_name="caption_images", **gpu)
     cancel_btn.click(
         ctx.cancel, None, None, cancels=[caption_ev], queue=False, api_visibility="private"
     )  # training and resume stop after their step, with a checkpoint (see UiContext.cancel)
