@@ -85,6 +85,7 @@ class Settings:
     safety_model: str = DEFAULT_SAFETY_MODEL  # repo id or folder of that image classifier
     safety_threshold: float = 0.85  # flag at or above this probability of the "nsfw" label
     on_space: bool = False  # running on a Hugging Face Space (SPACE_ID is set): the Space decides access
+    zero_gpu: bool = False  # on a ZeroGPU Space (SPACES_ZERO_GPU, as the `spaces` package reads it): no training
 
     @property
     def max_pixels(self) -> int:
@@ -458,4 +459,5 @@ def settings_from_args(argv: list[str] | None = None) -> Settings:
         safety_model=a.safety_model,
         safety_threshold=a.safety_threshold,
         on_space=bool(os.environ.get("SPACE_ID")),
+        zero_gpu=os.environ.get("SPACES_ZERO_GPU", "").lower() in ("1", "t", "true"),
     )

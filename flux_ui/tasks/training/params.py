@@ -23,7 +23,7 @@ from flux_ui.media.server_folders import CAPTION_SUFFIX
 from flux_ui.models.loras.library import SAFE_SUFFIX, LoraLibrary
 from flux_ui.tasks.params import MIN_SIDE, check_float, check_int, check_range, check_seed, check_text
 from flux_ui.tasks.training import folder as server_folder
-from flux_ui.tasks.training.presets import DEFAULT_PRESET, Preset, check_preset
+from flux_ui.tasks.training.presets import DEFAULT_PRESET, Preset, check_preset, compiles
 
 MIN_IMAGES = 4  # fewer teach the LoRA one picture, not a subject or a style
 MAX_IMAGES = 500
@@ -38,6 +38,14 @@ MAX_SAMPLE_STEPS = 50
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 RUNS_SUBDIR = "training"  # below the outputs folder: one folder per run
 RUN_FILE = "run.json"
+# Why a ZeroGPU Space does not train (README, "Hugging Face Space"): a ZeroGPU call holds the GPU for a
+# duration asked up front and taken from the visitor's daily quota, in a forked process that the live loss
+# plot, the sample images and Cancel cannot reach.
+ZERO_GPU_REFUSAL = (
+    "training is not offered on a ZeroGPU Space: a run takes 5 to 30 minutes of GPU time, more than a visitor's "
+    "ZeroGPU call and daily quota allow; run the app on a dedicated GPU (a Space with GPU hardware, or your own "
+    "machine)"
+)
 
 
 @dataclass(frozen=True)
@@ -60,6 +68,7 @@ class TrainParams:
     checkpoint_every: object = 250  # steps between checkpoints; 0: only when cancelled
     seed: object = 0
     resume: object = False  # continue the run called `name` from its last checkpoint
+    compile: object | None = None  # compile the training step (CUDA only); None: the preset's, on CUDA
 
 
 @dataclass(frozen=True)
@@ -84,6 +93,7 @@ class TrainJob:
     run_dir: Path  # images, run.json, checkpoints
     resume: bool
     folder: Path | None = None  # the server folder the images came from (None: uploaded)
+    compile: bool = False  # compile the step's transformer blocks (model.compile_blocks)
 
     @property
     def prompts(self) -> tuple[str, ...]:
@@ -107,6 +117,7 @@ class TrainJob:
             "batch": self.preset.batch,
             "gradient_checkpointing": self.preset.checkpointing,
             "optimizer": self.preset.optimizer,
+            "compile": self.compile,
             "sample_prompts": list(self.sample_prompts),
             "sample_every": self.sample_every,
             "sample_steps": self.sample_steps,
@@ -259,6 +270,7 @@ def _saved(settings: Settings, name: str) -> TrainParams:
         sample_prompts="\n".join(saved["sample_prompts"]),
         checkpoint_every=saved["checkpoint_every"],
         resume=True,
+        compile=saved.get("compile"),  # absent from runs saved before the option
         **{k: saved[k] for k in keys},
     )
 
@@ -270,6 +282,8 @@ def validate_training(
     memory to check the preset against, measured when None); raise InvalidInput on the first bad one.
 
     Resuming (`p.resume`) takes the run's saved settings and images; `steps` may be raised to train on."""
+    if settings.zero_gpu:
+        raise InvalidInput("preset", ZERO_GPU_REFUSAL)
     resume = bool(p.resume)
     name, output = check_name(p.name, settings, library, resume)
     if resume:
@@ -309,6 +323,12 @@ def validate_training(
         low = resolution // 16 * 16
         raise InvalidInput("resolution", f"{resolution} is not a multiple of 16; use {low} or {low + 16}")
     steps = int(_number("steps", p.steps, preset.steps, 1, MAX_STEPS, True))
+    if p.compile is not None and not isinstance(p.compile, bool):
+        raise InvalidInput("compile", f"expected true or false, got {p.compile!r}")
+    if p.compile and not compiles(settings.device):
+        raise InvalidInput(
+            "compile", f"the compiled step runs on CUDA GPUs only, not on {settings.device}; turn it off"
+        )
     return TrainJob(
         name=name,
         trigger=trigger,
@@ -328,4 +348,5 @@ def validate_training(
         run_dir=run_dir(settings, name),
         resume=resume,
         folder=None if source is None else source.path,
+        compile=preset.compile and compiles(settings.device) if p.compile is None else p.compile,
     )
