@@ -1,15 +1,20 @@
 """GPU benchmark: one LoRA training step of FLUX.1 [dev] per preset, full-size transformer with random weights.
 
-For each preset of `flux_ui.tasks.training.presets` (12, 16, 24, 80+ GB) at 512 and 1024 px: seconds per
-step and peak memory, under the preset's own memory cap (`torch.cuda.set_per_process_memory_fraction`, so
-a 16 GB preset that fits here fits a 16 GiB card), and the time 1,000 steps at 512 px take. The step is the
-app's own (`flux_ui.tasks.training.model`: NF4 or bf16 base, PEFT LoRA on the attention and MLP projections,
-the flow-matching loss, 8-bit AdamW or AdamW, gradient checkpointing as the preset says, bf16 autocast,
-cuDNN attention off); batches are random latents and 512-token T5 embeddings, which cost what cached real
-ones cost. The 80+ GB preset's step (bf16 base, AdamW, no checkpointing) is diffusers' FLUX LoRA script's
-step, the baseline; a last row tries it with regional torch.compile.
+For each preset of `flux_ui.tasks.training.presets` (12, 16, 24 GB on a 4-bit base, 24 GB on a float8 base,
+80+ GB on bf16) at 512 and 1024 px: seconds per step and peak memory, under the preset's own memory cap
+(`torch.cuda.set_per_process_memory_fraction`, so a 16 GB preset that fits here fits a 16 GiB card), and
+the time 1,000 steps at 512 px take. The step is the app's own (`flux_ui.tasks.training.model`: NF4,
+float8 or bf16 base, PEFT LoRA on the attention and MLP projections, the flow-matching loss, 8-bit AdamW or
+AdamW, gradient checkpointing as the preset says, bf16 autocast, cuDNN attention off); batches are random
+latents and 512-token T5 embeddings, which cost what cached real ones cost. The 80+ GB preset's eager step
+(bf16 base, AdamW, no checkpointing) is diffusers' FLUX LoRA script's step, the baseline.
 
-    python bench/train.py --out train.json           # on one H200, about 4 minutes
+Each preset runs eager; then the bf16 and float8 bases again with the app's compiled step
+(`model.compile_blocks`: regional torch.compile, the 80+ GB preset's default on CUDA), both sizes;
+`first_step_s` holds the compile. The float8 compiled rows are skipped past OPTIONAL_UNTIL_S seconds;
+`--bases float8` measures that base alone (eager and compiled).
+
+    python bench/train.py --out train.json           # on one H200, about 6 minutes
     python bench/train.py --tiny --out tiny.json     # a tiny transformer on the CPU: checks it runs
 
 Needs diffusers, peft and bitsandbytes (NF4 layers, 8-bit AdamW). The JSON is rewritten after every row.
@@ -36,6 +41,7 @@ from flux_ui.tasks.training.run import no_cudnn_attention  # noqa: E402
 log = logging.getLogger("bench")
 GIB = 2**30
 WARMUP, STEPS = 2, 5
+OPTIONAL_UNTIL_S = 240  # on the GPU the float8 compiled rows start only before this (the run must end by 7 min)
 T5_TOKENS = 512
 # The tiny architecture of the tests (flux_ui.tiny.models), for --tiny.
 TINY = {
@@ -92,7 +98,8 @@ def cap(gib: float | None) -> None:
 
 
 def measure(transformer, preset, size: int, device: str, dtype: torch.dtype, tiny: bool) -> dict:
-    """s/step and peak memory of the preset's step at `size` px, LoRA added here and removed after."""
+    """s/step (median after WARMUP steps), the first step's seconds and peak memory of the preset's step at
+    `size` px, LoRA added here and removed after."""
     latent = size // 8 // (8 if tiny else 1)  # tiny: 8x smaller pictures, the same code
     text_dim, pooled_dim = (32, 32) if tiny else (4096, 768)
     b = preset.batch
@@ -127,7 +134,7 @@ def measure(transformer, preset, size: int, device: str, dtype: torch.dtype, tin
                 opt.zero_grad(set_to_none=True)
                 times.append(sync() - start)
         step = sorted(times[WARMUP:])[len(times[WARMUP:]) // 2]
-        row = {"s_per_step": round(step, 3), "loss": round(float(loss), 4)}
+        row = {"s_per_step": round(step, 3), "first_step_s": round(times[0], 1), "loss": round(float(loss), 4)}
         if cuda:
             row["peak_allocated_gib"] = round(torch.cuda.max_memory_allocated() / GIB, 2)
             row["peak_reserved_gib"] = round(torch.cuda.max_memory_reserved() / GIB, 2)
@@ -142,12 +149,49 @@ def measure(transformer, preset, size: int, device: str, dtype: torch.dtype, tin
             torch.cuda.empty_cache()
 
 
+def free() -> None:
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def run_rows(transformer, presets, label: str, device: str, dtype: torch.dtype, tiny: bool, rows: list) -> None:
+    """One row per preset and size (512, 1024), each under the preset's memory cap."""
+    for preset in presets:
+        for size in (512, 1024):
+            cap(None if tiny else preset.memory_gib)
+            row = {"preset": preset.name, "step": label, "summary": preset.summary, "size": size}
+            row["cap_gib"] = preset.memory_gib
+            row |= measure(transformer, preset, size, device, dtype, tiny)
+            if size == 512 and "s_per_step" in row:
+                row["min_for_1000_steps"] = round(row["s_per_step"] * 1000 / 60, 1)
+            rows.append(row)
+            log.info("%s", row)
+            save("rows", rows)
+    cap(None)
+
+
+def compiled_rows(transformer, presets, device: str, dtype: torch.dtype, tiny: bool, rows: list) -> None:
+    """The same rows with the app's compiled step (tiny: graph capture only, `aot_eager`, on the CPU)."""
+    backend = "aot_eager" if tiny else "inductor"
+    try:
+        model.compile_blocks(transformer, backend=backend)
+        run_rows(transformer, presets, f"compiled ({backend})", device, dtype, tiny, rows)
+    except Exception as err:  # noqa: BLE001 - optional rows: report why they did not run, keep the rest
+        rows.append({"preset": ", ".join(p.name for p in presets), "step": "compiled", "error": f"{err}"[:300]})
+        log.info("%s", rows[-1])
+        save("rows", rows)
+    finally:
+        torch._dynamo.reset()
+
+
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     p = argparse.ArgumentParser()
     p.add_argument("--out", required=True)
     p.add_argument("--tiny", action="store_true", help="the tests' tiny transformer on the CPU")
-    p.add_argument("--no-compile", action="store_true", help="skip the compiled 80+ GB row")
+    p.add_argument("--no-compile", action="store_true", help="skip the compiled rows")
+    p.add_argument("--bases", default="nf4,bf16,float8", help="which bases to measure, comma-separated")
     args = p.parse_args()
     global OUT
     OUT = Path(args.out)
@@ -166,52 +210,28 @@ def main() -> None:
     }
     for k, v in info.items():
         save(k, v)
-    rows = []
+    rows: list = []
     begin = time.perf_counter()
-    nf4 = [p for p in PRESETS.values() if p.base == "nf4"]
-    bf16 = [p for p in PRESETS.values() if p.base == "bf16"]
-    transformer = build(device, args.tiny)
-    if nf4:
-        start = sync()
-        model.quantize_nf4(transformer, device, dtype)  # in place: the 4-bit presets share this base
-        gc.collect()
-        if not args.tiny:
-            torch.cuda.empty_cache()
-        save("nf4_quantize_s", round(sync() - start, 1))
-    for group, base in ((nf4, "nf4"), (bf16, "bf16")):
-        if base == "bf16" and nf4:
-            del transformer
-            gc.collect()
-            if not args.tiny:
-                torch.cuda.empty_cache()
-            cap(None)
-            transformer = build(device, args.tiny)
-        for preset in group:
-            for size in (512, 1024):
-                cap(None if args.tiny else preset.memory_gib)
-                row = {"preset": preset.name, "summary": preset.summary, "size": size, "cap_gib": preset.memory_gib}
-                row |= measure(transformer, preset, size, device, dtype, args.tiny)
-                if size == 512 and "s_per_step" in row:
-                    row["min_for_1000_steps"] = round(row["s_per_step"] * 1000 / 60, 1)
-                rows.append(row)
-                log.info("%s", row)
-                save("rows", rows)
-    cap(None)
-    if not args.tiny and not args.no_compile and bf16:
-        preset = bf16[-1]
-        start = sync()
-        try:
-            transformer.compile_repeated_blocks(fullgraph=False)
-            row = {"preset": preset.name + " + regional compile", "size": 512, "cap_gib": preset.memory_gib}
-            row |= measure(transformer, preset, 512, device, dtype, args.tiny)
-            row["with_compile_s"] = round(sync() - start, 1)
-            if "s_per_step" in row:
-                row["min_for_1000_steps"] = round(row["s_per_step"] * 1000 / 60, 1)
-        except Exception as err:  # noqa: BLE001 - an optional row: report why it did not run, keep the rest
-            row = {"preset": preset.name + " + regional compile", "error": f"{type(err).__name__}: {err}"[:300]}
-        rows.append(row)
-        log.info("%s", row)
-        save("rows", rows)
+    bases = [b.strip() for b in args.bases.split(",") if b.strip()]
+    for base in bases:  # nf4 first: the 4-bit presets share one quantised base
+        group = [p for p in PRESETS.values() if p.base == base]
+        if not group:
+            continue
+        transformer = build(device, args.tiny)
+        if base != "bf16":
+            start = sync()
+            quantize = model.quantize_nf4 if base == "nf4" else model.quantize_float8
+            quantize(transformer, device, dtype) if base == "nf4" else quantize(transformer, device)
+            free()
+            save(f"{base}_quantize_s", round(sync() - start, 1))
+        run_rows(transformer, group, "eager", device, dtype, args.tiny, rows)
+        late = base == "float8" and not args.tiny and time.perf_counter() - begin > OPTIONAL_UNTIL_S
+        if base != "nf4" and not args.no_compile and not late:
+            compiled_rows(transformer, group, device, dtype, args.tiny, rows)
+        elif late:
+            save("skipped", f"float8 compiled rows: {time.perf_counter() - begin:.0f} s had passed")
+        del transformer
+        free()
     save("total_s", round(time.perf_counter() - begin, 1))
     print(json.dumps(RESULT, indent=2))
 

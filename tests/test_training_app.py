@@ -3,6 +3,7 @@ LoRA in the library and usable in a prompt at once; a bad field refused at once;
 
 from __future__ import annotations
 
+import json
 import time
 
 import pytest
@@ -20,7 +21,8 @@ def app(tiny_dir, tmp_path_factory):
     # 2-core machine two threads made a training step 50 times slower.
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("OMP_NUM_THREADS", "1")
-        with running_app(tiny_dir, work, "--lora-dir", str(work / "loras")) as (url, _):
+        args = ("--lora-dir", str(work / "loras"), "--train-dir", str(work / "datasets"))
+        with running_app(tiny_dir, work, *args) as (url, _):
             yield Client(url, verbose=False), work
 
 
@@ -70,6 +72,23 @@ def test_caption_train_and_use(app, images):
         "ohwx <lora:client-lora:1>", "dev", 64, 64, 2, 3.5, 1, 1, api_name="/text_to_image"
     )
     assert gallery
+
+
+def test_train_from_a_server_folder_with_caption_files(app, images):
+    client, work = app
+    folder = work / "datasets" / "discs"
+    folder.mkdir(parents=True)
+    for i, path in enumerate(images):
+        Image.open(path).save(folder / f"{i:02d}.png")
+        (folder / f"{i:02d}.txt").write_text(f"a red square, view {i}")
+    status, plot, samples, result = train(client, [], "folder-lora", folder="discs", sample_prompts="")
+    assert "folder-lora" in result and len(plot["data"]) == 3
+    run = json.loads((work / "outputs" / "training" / "folder-lora" / "run.json").read_text())
+    assert run["captions"][2] == "a red square, view 2" and run["source_folder"] == str(folder.resolve())
+    with pytest.raises(AppError, match="folder: '/etc' is outside the folders training may read"):
+        train(client, [], "outside", folder="/etc")
+    with pytest.raises(AppError, match="folder: has caption files"):
+        client.predict([], "Describe it.", "discs", api_name="/caption_images")
 
 
 def test_a_bad_field_is_refused_at_once(app, images):

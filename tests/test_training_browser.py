@@ -54,7 +54,7 @@ def test_upload_caption_train_and_pick(train_page, tmp_path):
     page.get_by_role("option", name="80+ GB").click()
     fill(page, "train-steps", "3")
     fill(page, "train-resolution", "64")
-    page.get_by_text("Samples and checkpoints").click()
+    page.get_by_text("Samples, checkpoints and compile").click()
     fill(page, "train-samples", "a photo")
     page.locator("#train-start").click()
     page.locator("#train-result").get_by_text("browser-lora").first.wait_for(timeout=180_000)

@@ -73,6 +73,7 @@ class Settings:
     lora_dirs: tuple[Path, ...] = ()  # folders searched (recursively) for .safetensors LoRAs, first wins
     hub_loras: tuple[str, ...] = ()  # LoRAs on the hub: "owner/repo" or "owner/repo/file.safetensors"
     lora_cache: int = 8  # LoRA adapters kept loaded per model (LRU); more are dropped and re-read when needed
+    train_dirs: tuple[Path, ...] = ()  # folders whose image folders training may read (none: uploads only)
     host: str = "127.0.0.1"  # address the server binds to
     port: int = 7860  # port the server listens on
     share: bool = False  # open a public share link
@@ -85,6 +86,7 @@ class Settings:
     safety_model: str = DEFAULT_SAFETY_MODEL  # repo id or folder of that image classifier
     safety_threshold: float = 0.85  # flag at or above this probability of the "nsfw" label
     on_space: bool = False  # running on a Hugging Face Space (SPACE_ID is set): the Space decides access
+    zero_gpu: bool = False  # on a ZeroGPU Space (SPACES_ZERO_GPU, as the `spaces` package reads it): no training
 
     @property
     def max_pixels(self) -> int:
@@ -282,6 +284,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--lora-cache", type=int, default=int(_env("lora_cache", "8")))
     p.add_argument(
+        "--train-dir",
+        action="append",
+        default=[s for s in _env("train_dirs", "").split(os.pathsep) if s],
+        metavar="FOLDER",
+        help="a folder on this server whose image folders the Train tab may read; repeatable (default: none)",
+    )
+    p.add_argument(
         "--compile-cache",
         default=_env("compile_cache", "") or None,
         metavar="FOLDER",
@@ -444,6 +453,7 @@ def settings_from_args(argv: list[str] | None = None) -> Settings:
         lora_dirs=lora_dirs(a.lora_dir, a.tiny, Path(a.tiny_dir)),
         hub_loras=tuple(a.lora),
         lora_cache=a.lora_cache,
+        train_dirs=tuple(dict.fromkeys(Path(d).expanduser() for d in a.train_dir)),
         compile_cache=None if a.compile_cache is None else Path(a.compile_cache).expanduser(),
         preload=a.preload,
         keep_float8=a.keep_float8,
@@ -458,4 +468,5 @@ def settings_from_args(argv: list[str] | None = None) -> Settings:
         safety_model=a.safety_model,
         safety_threshold=a.safety_threshold,
         on_space=bool(os.environ.get("SPACE_ID")),
+        zero_gpu=os.environ.get("SPACES_ZERO_GPU", "").lower() in ("1", "t", "true"),
     )

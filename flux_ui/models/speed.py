@@ -55,6 +55,31 @@ def _fp8_filter(module: torch.nn.Module, fqn: str) -> bool:
 FP8_MAX = 448.0  # largest finite float8_e4m3fn value
 
 
+def _rowwise_fp8_matmul(x2: torch.Tensor, weight_fp8: torch.Tensor, weight_scale: torch.Tensor) -> torch.Tensor:
+    """(tokens, in) @ W.T in float8: each token scaled to float8 by its largest value, into x2's dtype."""
+    scale = x2.abs().amax(dim=1, keepdim=True).float().clamp(min=1e-12) / FP8_MAX  # (tokens, 1)
+    x8 = (x2 / scale).clamp(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn)
+    return torch._scaled_mm(x8, weight_fp8.t(), scale_a=scale, scale_b=weight_scale, out_dtype=x2.dtype)
+
+
+class _Float8MatmulInputGrad(torch.autograd.Function):
+    """The float8 matmul with a backward pass for its input (the weights are frozen): training a LoRA on
+    the layers before a float8 layer needs the gradient through it. PyTorch has no derivative for
+    `torch._scaled_mm`; the input's gradient is grad @ W with W dequantised to the gradient's dtype (bf16
+    under autocast), one layer's worth at a time."""
+
+    @staticmethod
+    def forward(ctx, x2: torch.Tensor, weight_fp8: torch.Tensor, weight_scale: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(weight_fp8, weight_scale)
+        return _rowwise_fp8_matmul(x2, weight_fp8, weight_scale)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        weight_fp8, weight_scale = ctx.saved_tensors
+        weight = weight_fp8.to(grad.dtype) * weight_scale.reshape(-1, 1).to(grad.dtype)  # (out, in)
+        return grad @ weight, None, None
+
+
 class Float8RowwiseLinear(torch.nn.Module):
     """A linear layer with float8 (e4m3) weights scaled per output row and activations scaled per token
     on the fly, multiplied by `torch._scaled_mm` into bf16.
@@ -90,11 +115,16 @@ class Float8RowwiseLinear(torch.nn.Module):
         return layer
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.is_autocast_enabled(x.device.type):
+            # As autocast casts a Linear's input; training's LayerNorms hand float32 on, and row-wise scaled
+            # `_scaled_mm` writes only bf16 on CUDA.
+            x = x.to(torch.get_autocast_dtype(x.device.type))
         shape = x.shape
         x2 = x.reshape(-1, shape[-1])
-        scale = x2.abs().amax(dim=1, keepdim=True).float().clamp(min=1e-12) / FP8_MAX  # (tokens, 1)
-        x8 = (x2 / scale).clamp(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn)
-        out = torch._scaled_mm(x8, self.weight_fp8.t(), scale_a=scale, scale_b=self.weight_scale, out_dtype=x.dtype)
+        if x2.requires_grad and torch.is_grad_enabled():  # training a LoRA around it: see the Function
+            out = _Float8MatmulInputGrad.apply(x2, self.weight_fp8, self.weight_scale)
+        else:
+            out = _rowwise_fp8_matmul(x2, self.weight_fp8, self.weight_scale)
         if self.bias is not None:
             out = out + self.bias
         return out.reshape(*shape[:-1], self.out_features)

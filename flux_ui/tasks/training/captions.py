@@ -10,7 +10,10 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from flux_ui.core.errors import Cancelled, InvalidInput
+from flux_ui.core.settings import Settings
 from flux_ui.models.registry import Registry
+from flux_ui.tasks.training import folder as server_folder
+from flux_ui.tasks.training.params import MAX_IMAGES, MIN_IMAGE_SIDE
 from flux_ui.tasks.vqa import VqaParams, answer_question, clean_reply, validate_vqa
 
 CAPTION_TEMPLATE = (
@@ -49,3 +52,21 @@ def caption_images(
         if on_caption is not None:
             on_caption(i, captions[-1])
     return captions
+
+
+def images_to_caption(images: list[object] | None, folder: object, settings: Settings) -> list[object]:
+    """What the VQA model captions: the uploaded `images`, or the images of the server `folder` (in file-name
+    order, the order its captions are typed in). A folder with caption files is trained on those, so it is
+    refused here, naming the fix."""
+    if not server_folder.given(folder):
+        return list(images or [])
+    if images:
+        raise InvalidInput("folder", "give the images either as uploads or as a folder, not both; clear one")
+    source = server_folder.read_folder(folder, settings, 1, MAX_IMAGES, MIN_IMAGE_SIDE)
+    if source.captioned:
+        raise InvalidInput(
+            "folder",
+            f"has caption files for {source.captioned} of its {len(source.images)} images, which training uses; "
+            "remove them to write new captions",
+        )
+    return list(source.images)

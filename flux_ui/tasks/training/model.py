@@ -1,4 +1,4 @@
-"""The model side of training: the frozen base transformer (bf16, or 4-bit NF4 for small cards), the PEFT
+"""The model side of training: the frozen base transformer (bf16, float8 or 4-bit NF4 for small cards), the PEFT
 LoRA on its attention and MLP projections, the optimizer, and the flow-matching loss of one batch.
 
 The loss follows diffusers' `examples/dreambooth/train_dreambooth_lora_flux.py`: noise and clean latents are
@@ -9,6 +9,7 @@ weighted by `compute_loss_weighting_for_sd3`.
 from __future__ import annotations
 
 import logging
+import warnings
 
 import torch
 
@@ -76,18 +77,56 @@ def quantize_nf4(model: torch.nn.Module, device: str, compute_dtype: torch.dtype
     return len(names)
 
 
+def quantize_float8(model: torch.nn.Module, device: str) -> int:
+    """Replace the blocks' Linear layers by float8 ones (`Float8RowwiseLinear`, the fp8 speed profile's
+    layer: weights scaled per output row, activations per token, multiplied by `torch._scaled_mm`), each
+    moved to `device` and quantised there, and move the rest there; return the layers done. The layer
+    passes gradients to its input, so LoRAs before it train; torchao, the library for this, is no
+    dependency of the app."""
+    from flux_ui.models.speed import Float8RowwiseLinear
+
+    names = block_linears(model)
+    for parent_name, attr in names:
+        parent = model.get_submodule(parent_name)
+        linear = getattr(parent, attr)
+        bias = None if linear.bias is None else linear.bias.to(device)
+        setattr(parent, attr, Float8RowwiseLinear(linear.weight.to(device), bias))
+        del linear, bias  # the bf16 layer goes now, not at the end of the loop
+    model.to(device)
+    return len(names)
+
+
 def add_lora(model: torch.nn.Module, rank: int) -> list[torch.nn.Parameter]:
-    """A PEFT LoRA of `rank` (alpha = rank) on TARGET_MODULES, its parameters in float32 (the base stays in
-    its dtype); returns them. Gaussian init of A and zero B, as diffusers' script: the LoRA starts as a no-op."""
+    """A PEFT LoRA of `rank` (alpha = rank) on TARGET_MODULES, its parameters in float32 on the model's device
+    (the base stays in its dtype); returns them. Gaussian init of A and zero B, as diffusers' script: the
+    LoRA starts as a no-op."""
     from peft import LoraConfig
+    from peft.tuners.lora.layer import Linear as LoraLinear
+
+    from flux_ui.models.speed import Float8RowwiseLinear
 
     model.requires_grad_(False)
+    device = next(model.parameters()).device
     config = LoraConfig(r=rank, lora_alpha=rank, init_lora_weights="gaussian", target_modules=TARGET_MODULES)
-    model.add_adapter(config, adapter_name=ADAPTER)
+    # PEFT wraps nn.Linear and the quantised layers it knows; a float8 layer (see quantize_float8) gets its
+    # plain LoRA Linear through PEFT's custom-module dispatch, which reads in/out_features from the layer.
+    config._register_custom_module({Float8RowwiseLinear: LoraLinear})
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Unsupported layer type", category=UserWarning)
+        model.add_adapter(config, adapter_name=ADAPTER)
     params = [p for p in model.parameters() if p.requires_grad]
     for p in params:
-        p.data = p.data.float()
+        p.data = p.data.to(device, torch.float32)  # PEFT cannot tell a float8 layer's device; it is the model's
     return params
+
+
+def compile_blocks(model: torch.nn.Module, backend: str = "inductor") -> None:
+    """Regional torch.compile of the repeated blocks (diffusers' `compile_repeated_blocks`: one compile per
+    block type, shared by its 57 instances), LoRA layers inside; the backward pass is compiled with them.
+    Not fullgraph: a 4-bit base's bitsandbytes layers may break the graph. Compiles at the first step
+    (about a minute for FLUX.1 at full size), again at the first step of a second bucket size (then for any
+    size) and for the sample images (no gradients)."""
+    model.compile_repeated_blocks(fullgraph=False, backend=backend)
 
 
 def lora_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:

@@ -19,9 +19,11 @@ from flux_ui.core.errors import InvalidInput
 from flux_ui.core.seeds import SEED_MAX
 from flux_ui.core.settings import Settings
 from flux_ui.media.images import load_image
+from flux_ui.media.server_folders import CAPTION_SUFFIX
 from flux_ui.models.loras.library import SAFE_SUFFIX, LoraLibrary
 from flux_ui.tasks.params import MIN_SIDE, check_float, check_int, check_range, check_seed, check_text
-from flux_ui.tasks.training.presets import DEFAULT_PRESET, Preset, check_preset
+from flux_ui.tasks.training import folder as server_folder
+from flux_ui.tasks.training.presets import DEFAULT_PRESET, Preset, check_preset, compiles
 
 MIN_IMAGES = 4  # fewer teach the LoRA one picture, not a subject or a style
 MAX_IMAGES = 500
@@ -36,14 +38,23 @@ MAX_SAMPLE_STEPS = 50
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 RUNS_SUBDIR = "training"  # below the outputs folder: one folder per run
 RUN_FILE = "run.json"
+# Why a ZeroGPU Space does not train (README, "Hugging Face Space"): a ZeroGPU call holds the GPU for a
+# duration asked up front and taken from the visitor's daily quota, in a forked process that the live loss
+# plot, the sample images and Cancel cannot reach.
+ZERO_GPU_REFUSAL = (
+    "training is not offered on a ZeroGPU Space: a run takes 5 to 30 minutes of GPU time, more than a visitor's "
+    "ZeroGPU call and daily quota allow; run the app on a dedicated GPU (a Space with GPU hardware, or your own "
+    "machine)"
+)
 
 
 @dataclass(frozen=True)
 class TrainParams:
     """A training run as sent: images in any form `load_image` reads, numbers possibly as floats."""
 
-    images: object = ()  # the training images (at least MIN_IMAGES)
+    images: object = ()  # the training images (at least MIN_IMAGES); or none, and a `folder`
     captions: object = ()  # one per image ("" for none); the trigger word is put in front of each
+    folder: object = ""  # a folder on the server (inside --train-dir) holding the images, instead of `images`
     trigger: object = ""  # the word that calls up what the LoRA learnt, e.g. "ohwx"
     name: object = ""  # file name of the LoRA, without .safetensors
     preset: object = DEFAULT_PRESET
@@ -57,6 +68,7 @@ class TrainParams:
     checkpoint_every: object = 250  # steps between checkpoints; 0: only when cancelled
     seed: object = 0
     resume: object = False  # continue the run called `name` from its last checkpoint
+    compile: object | None = None  # compile the training step (CUDA only); None: the preset's, on CUDA
 
 
 @dataclass(frozen=True)
@@ -80,6 +92,8 @@ class TrainJob:
     output: Path  # the LoRA file to write
     run_dir: Path  # images, run.json, checkpoints
     resume: bool
+    folder: Path | None = None  # the server folder the images came from (None: uploaded)
+    compile: bool = False  # compile the step's transformer blocks (model.compile_blocks)
 
     @property
     def prompts(self) -> tuple[str, ...]:
@@ -93,6 +107,7 @@ class TrainJob:
             "trigger": self.trigger,
             "captions": list(self.captions),
             "images": [image_file(i) for i in range(len(self.images))],
+            "source_folder": None if self.folder is None else str(self.folder),
             "preset": self.preset.name,
             "base": self.preset.base,
             "steps": self.steps,
@@ -102,6 +117,7 @@ class TrainJob:
             "batch": self.preset.batch,
             "gradient_checkpointing": self.preset.checkpointing,
             "optimizer": self.preset.optimizer,
+            "compile": self.compile,
             "sample_prompts": list(self.sample_prompts),
             "sample_every": self.sample_every,
             "sample_steps": self.sample_steps,
@@ -152,39 +168,73 @@ def check_name(value: object, settings: Settings, library: LoraLibrary | None, r
     return name, output
 
 
+def _check_caption(where: str, caption: object, trigger: str, tokenizers: tuple) -> str:
+    if not isinstance(caption, str):
+        raise InvalidInput(where, f"expected text, got {type(caption).__name__}")
+    caption = check_text(where, caption.strip())
+    if not caption and not trigger:
+        raise InvalidInput(where, "is empty and there is no trigger word; write a caption or set a trigger word")
+    text = with_trigger(trigger, caption)
+    for encoder, tokenizer in zip(("CLIP", "T5"), tokenizers, strict=True):
+        limit = tokenizer.model_max_length
+        n = len(tokenizer(text, truncation=False).input_ids)
+        if n > limit:
+            words = len(text.split())
+            keep = max(1, words * limit // n - 1)
+            raise InvalidInput(
+                where,
+                f"is {n} {encoder} tokens long with the trigger word, over its limit of {limit}; "
+                f"shorten it to about {keep} words",
+            )
+    return caption
+
+
 def check_captions(
-    captions: object, trigger: str, count: int, tokenizers: tuple, field: str = "captions"
+    captions: object,
+    trigger: str,
+    count: int,
+    tokenizers: tuple,
+    field: str = "captions",
+    files: tuple[str, ...] | None = None,
 ) -> tuple[str, ...]:
     """One caption per image, each (with the trigger word) within CLIP's 77 and T5's 512 tokens: past them
-    the encoders stop reading, and the LoRA would learn from words the model never sees."""
-    if captions is None or captions == "":
-        captions = [""] * count
+    the encoders stop reading, and the LoRA would learn from words the model never sees. `files`: the
+    caption files the captions were read from, named in a refusal instead of `field[i]`."""
+    if captions is None or captions == "" or (isinstance(captions, list | tuple) and not captions):
+        captions = [""] * count  # none given: the trigger word alone
     if isinstance(captions, str) or not isinstance(captions, list | tuple):
         raise InvalidInput(field, f"expected one caption per image, got {type(captions).__name__}")
     if len(captions) != count:
         raise InvalidInput(field, f"has {len(captions)} captions for {count} images; give one per image")
     out = []
     for i, caption in enumerate(captions):
-        where = f"{field}[{i}]"
-        if not isinstance(caption, str):
-            raise InvalidInput(where, f"expected text, got {type(caption).__name__}")
-        caption = check_text(where, caption.strip())
-        if not caption and not trigger:
-            raise InvalidInput(where, "is empty and there is no trigger word; write a caption or set a trigger word")
-        text = with_trigger(trigger, caption)
-        for encoder, tokenizer in zip(("CLIP", "T5"), tokenizers, strict=True):
-            limit = tokenizer.model_max_length
-            n = len(tokenizer(text, truncation=False).input_ids)
-            if n > limit:
-                words = len(text.split())
-                keep = max(1, words * limit // n - 1)
-                raise InvalidInput(
-                    where,
-                    f"is {n} {encoder} tokens long with the trigger word, over its limit of {limit}; "
-                    f"shorten it to about {keep} words",
-                )
-        out.append(caption)
+        try:
+            out.append(_check_caption(f"{field}[{i}]", caption, trigger, tokenizers))
+        except InvalidInput as err:
+            if files is None:
+                raise
+            raise InvalidInput(field, f"{files[i]} {str(err).split(': ', 1)[1]}") from None
     return tuple(out)
+
+
+def check_folder_captions(source: server_folder.FolderSet, captions: object) -> tuple[object, tuple[str, ...] | None]:
+    """The captions of a folder's images: its caption files where it has any (an image without one gets
+    the trigger word alone, as kohya's scripts do), else those typed or written by the VQA model. Returns
+    (captions, the files they came from or None)."""
+    if not source.captioned:
+        return captions, None
+    typed = [captions] if isinstance(captions, str) else list(captions or [])
+    if any(isinstance(c, str) and c.strip() for c in typed):
+        raise InvalidInput(
+            "captions",
+            f"the folder has caption files for {source.captioned} of its {len(source.images)} images (NAME.txt "
+            "beside NAME.png); leave captions empty to train on them, or remove those files to type captions here",
+        )
+    files = tuple(
+        f"{n} (no caption file)" if c is None else Path(n).with_suffix(CAPTION_SUFFIX).name
+        for n, c in zip(source.names, source.captions, strict=True)
+    )
+    return [c or "" for c in source.captions], files
 
 
 def check_images(images: object, settings: Settings) -> tuple[Image.Image, ...]:
@@ -220,6 +270,7 @@ def _saved(settings: Settings, name: str) -> TrainParams:
         sample_prompts="\n".join(saved["sample_prompts"]),
         checkpoint_every=saved["checkpoint_every"],
         resume=True,
+        compile=saved.get("compile"),  # absent from runs saved before the option
         **{k: saved[k] for k in keys},
     )
 
@@ -231,6 +282,8 @@ def validate_training(
     memory to check the preset against, measured when None); raise InvalidInput on the first bad one.
 
     Resuming (`p.resume`) takes the run's saved settings and images; `steps` may be raised to train on."""
+    if settings.zero_gpu:
+        raise InvalidInput("preset", ZERO_GPU_REFUSAL)
     resume = bool(p.resume)
     name, output = check_name(p.name, settings, library, resume)
     if resume:
@@ -243,8 +296,19 @@ def validate_training(
     trigger = check_text("trigger", p.trigger.strip())
     if len(trigger) > 64 or "," in trigger:
         raise InvalidInput("trigger", "is one short word or phrase (at most 64 characters, no commas), e.g. ohwx")
-    images = check_images(p.images, settings)
-    captions = check_captions(p.captions, trigger, len(images), tokenizers)
+    source = None
+    if server_folder.given(p.folder):
+        if p.images:
+            raise InvalidInput("folder", "give the images either as uploads or as a folder, not both; clear one")
+        source = server_folder.read_folder(p.folder, settings, MIN_IMAGES, MAX_IMAGES, MIN_IMAGE_SIDE)
+        images = source.images
+        raw_captions, files = check_folder_captions(source, p.captions)
+        captions = check_captions(
+            raw_captions, trigger, len(images), tokenizers, "folder" if files else "captions", files
+        )
+    else:
+        images = check_images(p.images, settings)
+        captions = check_captions(p.captions, trigger, len(images), tokenizers)
     if not isinstance(p.sample_prompts, str):
         raise InvalidInput(
             "sample_prompts", f"expected text (one prompt per line), got {type(p.sample_prompts).__name__}"
@@ -259,6 +323,12 @@ def validate_training(
         low = resolution // 16 * 16
         raise InvalidInput("resolution", f"{resolution} is not a multiple of 16; use {low} or {low + 16}")
     steps = int(_number("steps", p.steps, preset.steps, 1, MAX_STEPS, True))
+    if p.compile is not None and not isinstance(p.compile, bool):
+        raise InvalidInput("compile", f"expected true or false, got {p.compile!r}")
+    if p.compile and not compiles(settings.device):
+        raise InvalidInput(
+            "compile", f"the compiled step runs on CUDA GPUs only, not on {settings.device}; turn it off"
+        )
     return TrainJob(
         name=name,
         trigger=trigger,
@@ -277,4 +347,6 @@ def validate_training(
         output=output,
         run_dir=run_dir(settings, name),
         resume=resume,
+        folder=None if source is None else source.path,
+        compile=preset.compile and compiles(settings.device) if p.compile is None else p.compile,
     )

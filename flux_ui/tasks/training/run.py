@@ -3,10 +3,11 @@
 1. Other models leave the GPU (`registry.make_room`); the shared encoders and VAE come to it.
 2. Captions, sample prompts and images are encoded once (`data`); then the text encoders leave too.
 3. A fresh copy of the [dev] transformer (never the one inference uses: training changes its layers) is
-   placed as the preset says: bf16, or 4-bit NF4; a PEFT LoRA goes on its projections (`model`).
-4. Steps: a batch from one bucket, the flow-matching loss under bf16 autocast on CUDA, AdamW (8-bit where
-   bitsandbytes runs); a checkpoint every N steps, sample images every N steps, and `should_stop` checked
-   after each step. A stop saves a checkpoint first, so Resume continues from there.
+   placed as the preset says: bf16, float8 or 4-bit NF4; a PEFT LoRA goes on its projections (`model`).
+4. Steps: a batch from one bucket, the flow-matching loss under bf16 autocast on CUDA (the blocks compiled
+   where the run asks), AdamW (8-bit where bitsandbytes runs); a checkpoint every N steps, sample images
+   every N steps, and `should_stop` checked after each step. A stop saves a checkpoint first, so Resume
+   continues from there.
 5. The LoRA is written (`export`) and the LoRA library rescanned, so the picker lists it at once.
 
 The caller holds the GPU's turn (`registry.line`); the registry's lock is not held, so status and other
@@ -140,6 +141,9 @@ def _transformer(registry: Registry, job: TrainJob) -> torch.nn.Module:
     if job.preset.base == "nf4":
         n = model.quantize_nf4(transformer, settings.device, settings.dtype)
         log.info("training base: %d linear layers in 4-bit NF4", n)
+    elif job.preset.base == "float8":
+        n = model.quantize_float8(transformer, settings.device)
+        log.info("training base: %d linear layers in float8", n)
     else:
         transformer.to(settings.device)
     if job.preset.checkpointing:
@@ -205,6 +209,8 @@ def train_lora(
                 torch.manual_seed(job.seed)
                 params = model.add_lora(transformer, job.rank)
             opt = model.optimizer(params, job.preset.optimizer, job.learning_rate, device)
+            if job.compile:
+                model.compile_blocks(transformer)
             step, losses = _load_checkpoint(job, transformer, opt)
             if step:
                 emit(TrainEvent("resumed", step, job.steps, losses[-1] if losses else None, history=tuple(losses)))

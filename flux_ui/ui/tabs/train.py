@@ -14,9 +14,9 @@ from dataclasses import dataclass
 import gradio as gr
 
 from flux_ui.core.errors import Cancelled, InvalidInput
-from flux_ui.tasks.training.captions import CAPTION_TEMPLATE, caption_images
-from flux_ui.tasks.training.params import MIN_IMAGES, RUN_FILE, TrainParams, validate_training
-from flux_ui.tasks.training.presets import PRESETS, default_preset
+from flux_ui.tasks.training.captions import CAPTION_TEMPLATE, caption_images, images_to_caption
+from flux_ui.tasks.training.params import MIN_IMAGES, RUN_FILE, ZERO_GPU_REFUSAL, TrainParams, validate_training
+from flux_ui.tasks.training.presets import PRESETS, compiles, default_preset
 from flux_ui.tasks.training.run import TrainEvent, TrainResult, train_lora
 from flux_ui.ui.common import UiContext, gpu_event, invalid
 
@@ -125,6 +125,8 @@ def build(ctx: UiContext) -> TrainTab:
         sample_every: float = 0,
         checkpoint_every: float = 250,
         seed: float = 0,
+        folder: str = "",
+        compile: bool | None = None,
         request: gr.Request = None,
     ):
         """Train a LoRA on FLUX.1 [dev] from your images; it is saved as NAME.safetensors in the LoRA folder.
@@ -143,6 +145,10 @@ def build(ctx: UiContext) -> TrainTab:
             sample_every: steps between sample images (0: only at the end).
             checkpoint_every: steps between checkpoints (0: only when cancelled).
             seed: the run's seed.
+            folder: instead of images, a folder on the server inside a --train-dir folder (absolute, or
+                relative to the first); NAME.txt beside NAME.png is that image's caption.
+            compile: compile the training step (CUDA only; about a minute once, then faster steps); None:
+                the preset's choice.
 
         Returns:
             Progress, the loss per step, the sample images, and where the LoRA was saved.
@@ -162,6 +168,8 @@ def build(ctx: UiContext) -> TrainTab:
             sample_every=sample_every,
             checkpoint_every=checkpoint_every,
             seed=seed,
+            folder=folder or "",
+            compile=compile,
         )
         yield from run(raw, request)
 
@@ -174,13 +182,18 @@ def build(ctx: UiContext) -> TrainTab:
         """
         yield from run(TrainParams(name=name or "", steps=steps, resume=True), request)
 
-    def caption(images: list | None, template: str, request: gr.Request = None):
+    def caption(images: list | None, template: str, folder: str = "", request: gr.Request = None):
         """Caption every training image with the VQA model; the captions appear one line per image.
 
         Args:
             images: the training images.
             template: the instruction the VQA model gets for each image.
+            folder: instead of images, a folder on the server (see train_lora); its images in file-name order.
         """
+        try:
+            images = images_to_caption(images, folder, settings)
+        except InvalidInput as err:
+            raise invalid(err) from None
         written: list[str] = []
 
         def show(item):
@@ -199,14 +212,25 @@ def build(ctx: UiContext) -> TrainTab:
 
     with gr.Tab("Train a LoRA", id="train"), gr.Row():
         with gr.Column(scale=1):
+            if settings.zero_gpu:
+                gr.Markdown(f"**Not on this Space**: {ZERO_GPU_REFUSAL}.", elem_id="train-zero-gpu")
             images = gr.File(
                 label=f"Training images (at least {MIN_IMAGES})",
                 file_count="multiple",
                 file_types=["image"],
                 elem_id="train-images",
             )
+            allowed = ", ".join(f"`{d}`" for d in settings.train_dirs)
+            folder = gr.Textbox(
+                "",  # a value: clients that send no folder get this default
+                label="…or a folder on this server (its images in file-name order; NAME.txt is NAME.png's caption)",
+                info=f"inside {allowed}" if allowed else None,
+                placeholder=str(settings.train_dirs[0]) if settings.train_dirs else None,
+                visible=bool(settings.train_dirs),  # off unless --train-dir names folders
+                elem_id="train-folder",
+            )
             captions = gr.Textbox(
-                label="Captions, one line per image in upload order (the trigger word is added in front)",
+                label="Captions, one line per image in upload (or file-name) order; the trigger word is added in front",
                 lines=6,
                 elem_id="train-captions",
             )
@@ -229,12 +253,18 @@ def build(ctx: UiContext) -> TrainTab:
                 learning_rate = gr.Number(p.learning_rate, label="Learning rate", elem_id="train-lr")
                 rank = gr.Number(p.rank, label="Rank", precision=0, elem_id="train-rank")
                 resolution = gr.Number(p.resolution, label="Resolution (px)", precision=0, elem_id="train-resolution")
-            with gr.Accordion("Samples and checkpoints", open=False):
+            with gr.Accordion("Samples, checkpoints and compile", open=False):
                 sample_prompts = gr.Textbox(label="Sample prompts, one per line", lines=2, elem_id="train-samples")
                 with gr.Row():
                     sample_every = gr.Number(250, label="Samples every N steps", precision=0)
                     checkpoint_every = gr.Number(250, label="Checkpoint every N steps", precision=0)
                     seed = gr.Number(0, label="Seed", precision=0)
+                compile_step = gr.Checkbox(
+                    p.compile and compiles(settings.device),
+                    label="Compile the training step (CUDA only: about a minute at the first step, then faster steps)",
+                    interactive=compiles(settings.device),
+                    elem_id="train-compile",
+                )
             with gr.Row():
                 train_btn = gr.Button("Train", variant="primary", elem_id="train-start")
                 cancel_btn = gr.Button("Cancel", variant="stop", elem_id="train-cancel")
@@ -248,17 +278,18 @@ def build(ctx: UiContext) -> TrainTab:
     def on_preset(name: str):
         p = PRESETS.get(name)
         if p is None:
-            return (gr.skip(),) * 5
-        return p.summary, p.steps, p.learning_rate, p.rank, p.resolution
+            return (gr.skip(),) * 6
+        return p.summary, p.steps, p.learning_rate, p.rank, p.resolution, p.compile and compiles(settings.device)
 
-    preset.change(on_preset, preset, [preset_note, steps, learning_rate, rank, resolution], api_visibility="private")
+    preset_fields = [preset_note, steps, learning_rate, rank, resolution, compile_step]
+    preset.change(on_preset, preset, preset_fields, api_visibility="private")
     gpu = {**gpu_event(settings), "show_progress": "minimal"}
     outputs = [status, plot, samples, result]
     inputs = [images, captions, trigger, name, preset, steps, learning_rate, rank, resolution]
-    inputs += [sample_prompts, sample_every, checkpoint_every, seed]
+    inputs += [sample_prompts, sample_every, checkpoint_every, seed, folder, compile_step]
     train_ev = train_btn.click(train, inputs, outputs, api_name="train_lora", **gpu)
     resume_ev = resume_btn.click(resume, [name, steps], outputs, api_name="resume_training", **gpu)
-    caption_ev = caption_btn.click(caption, [images, template], captions, api_name="caption_images", **gpu)
+    caption_ev = caption_btn.click(caption, [images, template, folder], captions, api_name="caption_images", **gpu)
     cancel_btn.click(
         ctx.cancel, None, None, cancels=[caption_ev], queue=False, api_visibility="private"
     )  # training and resume stop after their step, with a checkpoint (see UiContext.cancel)
