@@ -148,7 +148,7 @@ def image_encoder(settings: Settings, source: str) -> torch.nn.Module:
             model = SiglipVisionModel(config)
         return _fill(model, state).to(settings.dtype)
 
-    return sources.load_file(what, path, setting, load)
+    return sources.load_file(what, path, setting, load, settings)
 
 
 def image_embedder(settings: Settings, source: str) -> torch.nn.Module:
@@ -167,4 +167,4 @@ def image_embedder(settings: Settings, source: str) -> torch.nn.Module:
             )
         return _fill(model, state).to(settings.dtype)
 
-    return sources.load_file(what, path, setting, load)
+    return sources.load_file(what, path, setting, load, settings)

@@ -81,7 +81,7 @@ def transformer(settings: Settings, variant: Variant, source: str) -> torch.nn.M
 
     path, what, setting = Path(source).expanduser(), f"{variant.label} transformer", f"--model {variant.name}=FILE"
     found = _identify(what, path, setting, "transformer")
-    hashes.start(path)  # the images' `Model hash`, read beside the load (see `hashes`)
+    hashes.start(path, fresh=settings.verify_weights)  # the images' `Model hash`, read beside the load (see `hashes`)
     if found.family != variant_family(variant):
         raise ModelUnavailableError(
             what,
@@ -119,7 +119,7 @@ def transformer(settings: Settings, variant: Variant, source: str) -> torch.nn.M
             **extra,
         )
 
-    return _complete(sources.load_file(what, path, setting, load), what, path, setting)
+    return _complete(sources.load_file(what, path, setting, load, settings), what, path, setting)
 
 
 def vae(settings: Settings, source: str) -> torch.nn.Module:
@@ -139,7 +139,7 @@ def vae(settings: Settings, source: str) -> torch.nn.Module:
             local_files_only=True,
         )
 
-    return _complete(sources.load_file(what, path, setting, load), what, path, setting)
+    return _complete(sources.load_file(what, path, setting, load, settings), what, path, setting)
 
 
 def clip(settings: Settings, source: str) -> torch.nn.Module:
@@ -167,7 +167,7 @@ def clip(settings: Settings, source: str) -> torch.nn.Module:
             local_files_only=True,
         )
 
-    return _complete(sources.load_file(what, path, setting, load), what, path, setting)
+    return _complete(sources.load_file(what, path, setting, load, settings), what, path, setting)
 
 
 def t5(settings: Settings, source: str) -> torch.nn.Module:
@@ -201,4 +201,4 @@ def t5(settings: Settings, source: str) -> torch.nn.Module:
         model.tie_weights()
         return model
 
-    return _complete(sources.load_file(what, path, setting, load), what, path, setting)
+    return _complete(sources.load_file(what, path, setting, load, settings), what, path, setting)

@@ -171,7 +171,9 @@ def control_lora_pipeline(registry: Registry, mode: str) -> Iterator[object]:
 
     def read() -> dict:
         if sources.is_file(src):  # --models-dir or --model NAME=FILE: a bad file is named with the reason
-            return sources.load_file(lora.label, Path(src), setting, lambda: control_lora.read(src, lora.weight_name))
+            return sources.load_file(
+                lora.label, Path(src), setting, lambda: control_lora.read(src, lora.weight_name), settings
+            )
         return control_lora.read(src, lora.weight_name)
 
     with (

@@ -5,7 +5,7 @@ from __future__ import annotations
 import gradio as gr
 
 from flux_ui import __version__
-from flux_ui.models import files
+from flux_ui.models import files, verify
 from flux_ui.models.registry import Registry
 from flux_ui.ui import residency
 from flux_ui.ui.common import GPU, UiContext, refuse_foreign_files
@@ -24,8 +24,10 @@ def _models_tab(ctx: UiContext) -> None:
 
     def model_files() -> list[dict]:
         """Every model file in the --models-dir folders: what it was recognised as (by its tensors), its
-        format and size, what it is used for, or why it was skipped. Scans again."""
-        return files.report(files.scan(ctx.settings.models_dirs, fresh=True))
+        format and size, what it is used for, or why it was skipped; under --verify-weights, each file's
+        sha256 check. Scans again."""
+        rows = files.report(files.scan(ctx.settings.models_dirs, fresh=True))
+        return verify.annotate(rows, ctx.settings.verify_weights)
 
     def free_memory():
         """Drop cached transformers and auxiliary models (the shared encoders and VAE stay)."""
