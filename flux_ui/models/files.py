@@ -58,7 +58,7 @@ FAMILIES = {
     "fill": "FLUX.1 Fill",
     "control": "FLUX.1 Canny/Depth",
 }
-NF4_NOTE = "4-bit weights unpacked when loaded: it costs the GPU what a bf16 file does (float8's with an fp8 policy)"
+NF4_NOTE = "kept in 4 bits on a CUDA GPU (about a quarter of bf16); unpacked to bf16 on the CPU"
 DTYPE_FORMATS = {"BF16": "bf16", "F16": "fp16", "F32": "fp32", "F8_E4M3": "fp8", "F8_E5M2": "fp8"}
 
 

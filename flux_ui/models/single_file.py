@@ -18,7 +18,7 @@ import torch
 from flux_ui.core.errors import ModelUnavailableError
 from flux_ui.core.settings import DEFAULT_SHARED_REPO, Settings
 from flux_ui.core.variants import Variant
-from flux_ui.models import files, float8_file, hashes, layouts, quantized, sources
+from flux_ui.models import files, float8_file, hashes, layouts, nf4_file, quantized, sources
 
 CONFIGS = Path(__file__).resolve().parents[2] / "assets" / "configs"  # the shipped configs, in hub layout
 # The repo whose configuration describes each transformer family (see files.FAMILIES), and the shared
@@ -96,6 +96,8 @@ def transformer(settings: Settings, variant: Variant, source: str) -> torch.nn.M
     def load():
         if float8_file.wanted(settings, found):  # float8 weights straight from the file (see float8_file)
             return float8_file.transformer(path, found, config, settings.dtype)
+        if nf4_file.wanted(settings, found):  # 4-bit weights kept in 4 bits on CUDA (see nf4_file)
+            return nf4_file.transformer(path, found, config, settings.dtype)
         if gguf:  # kept quantised: diffusers' GGUF layers dequantise each weight as it is used
             state = quantized.gguf_tensors(path, found.parts["transformer"])
             extra = {"quantization_config": quantized.gguf_config(settings.dtype)}
