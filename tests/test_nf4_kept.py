@@ -73,3 +73,26 @@ def test_on_cuda_the_app_keeps_nf4_in_4_bits(settings, nf4_file_path):
     model = Registry(s).transformer("dev")
     layers = [m for m in model.modules() if isinstance(m, bnb.nn.Linear4bit)]
     assert layers and all(m.weight.device.type == "cuda" and m.weight.dtype == torch.uint8 for m in layers)
+
+
+def test_the_app_runs_a_transformer_kept_in_4_bits(settings, nf4_file_path, monkeypatch):
+    """Through the registry and the pipeline (placement, the speed profiles' checks), as on CUDA: forced on
+    here, the image is the unpacked path's within one level of 255: the same weights, but under these float32
+    settings bitsandbytes' CPU layers compute in the dtype the weights were stored in (bf16; 0.5% apart from a
+    float32 linear in a one-layer check), where the GPU settings are bf16 throughout (exact, above)."""
+    import bitsandbytes as bnb
+    import numpy as np
+
+    from flux_ui.tasks.text_to_image import TextToImageParams, text_to_image, validate_text_to_image
+
+    def image(registry):
+        p = TextToImageParams(prompt="a red fox", variant="dev", width=64, height=64, steps=2, seed=3)
+        return np.asarray(text_to_image(registry, validate_text_to_image(p, registry.settings)).images[0].image)
+
+    s = replace(settings, model_paths={"dev": str(nf4_file_path)})
+    unpacked = image(Registry(s))
+    monkeypatch.setattr(nf4_file, "wanted", lambda settings, found: found.format == "nf4")
+    registry = Registry(s)
+    kept = image(registry)
+    assert any(isinstance(m, bnb.nn.Linear4bit) for m in registry.transformer("dev").modules())
+    assert np.abs(kept.astype(int) - unpacked.astype(int)).max() <= 1
