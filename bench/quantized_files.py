@@ -1,16 +1,19 @@
 """GPU check of the quantised transformer files: the full-size FLUX.1 [dev] transformer (random weights,
 built from the shipped config) written as a diffusers folder (the baseline), as ComfyUI's scaled fp8 file,
 as a GGUF Q8_0 file (city96's layout) and as Forge's NF4 file, each read back through the app's loader
-from local disk (page cache dropped first) and run for a few denoising steps at 1024x1024.
+from local disk (page cache dropped first) and run for a few denoising steps at 1024x1024, in one run.
 
     python bench/quantized_files.py --out quantized_files.json [--work /tmp/quantized-files] [--formats fp8,gguf]
     python bench/quantized_files.py --tiny --out /tmp/q.json     # the tiny model on the CPU: checks the script
 
-Per row: file size, write and load seconds, host RAM added by the load (sampled), peak GPU memory, and
-seconds per step (median of 5 after 2 warm-up steps; x 28 for an image's transformer time), in the settings
-each format is meant for: bf16 eager for the folder; the fp8-24gb policy for the fp8 file (its float8
-values go to the float8 layers as they are: the RAM row shows whether a bf16 copy was made); GGUF kept
-quantised (each layer dequantised as it runs); NF4 unpacked to bf16. Extra wheels: gguf, bitsandbytes.
+Per row: file size, write and load seconds, host RAM added by the load (sampled), GPU memory the loaded
+weights take and the peak, and seconds per step (median of 5 after 2 warm-up steps; x 28 for an image's
+transformer time), in the settings each format is meant for: bf16 eager for the folder; the fp8-24gb policy
+for the fp8 file (its float8 values go to the float8 layers as they are: the RAM row shows whether a bf16 copy
+was made); GGUF kept quantised (each layer dequantised as it runs); NF4 kept in 4 bits (bitsandbytes'
+Linear4bit on the file's packed weights, the app's path on CUDA) and, for comparison, unpacked to bf16 (the
+app's CPU path).
+Extra wheels: gguf, bitsandbytes. About 5 minutes on an H200 with all formats.
 Goals (issue): GGUF Q8_0 within 1.4x and NF4 within 1.6x of bf16 eager per step; fp8 at the fp8 layers'
 speed with no bf16 copy. Files are written and deleted one at a time; JSON is written after every row.
 """
@@ -100,7 +103,7 @@ def main() -> None:
 
     from flux_ui.core.settings import Settings
     from flux_ui.core.variants import get_variant
-    from flux_ui.models import single_file
+    from flux_ui.models import files, nf4_file, single_file
     from flux_ui.models.layouts import diffusers_to_bfl
     from flux_ui.tiny.files import fp8_scaled
     from flux_ui.tiny.quantized_files import nf4_state
@@ -108,7 +111,7 @@ def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--out", required=True)
     p.add_argument("--work", default="/tmp/quantized-files")
-    p.add_argument("--formats", default="folder,fp8,gguf,nf4")
+    p.add_argument("--formats", default="folder,fp8,gguf,nf4,nf4-bf16")
     p.add_argument("--tiny", action="store_true", help="the tiny model on the CPU (checks the script)")
     a = p.parse_args()
     work = Path(a.work)
@@ -169,10 +172,12 @@ def main() -> None:
                 times.append(time.perf_counter() - start)
         return statistics.median(times)
 
-    def measure(name: str, path: Path, write_s: float, run_settings, load) -> None:
+    def measure(name: str, path: Path, write_s: float, run_settings, load, keep: bool = False) -> None:
+        base = 0
         if cuda:
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats()
+            base = torch.cuda.memory_allocated()
         row = {"format": name, "file_gb": round(_size(path) / 1e9, 2), "write_s": round(write_s, 1)}
         row["page_cache_dropped"] = drop_caches() if cuda else False
         start = time.perf_counter()
@@ -183,6 +188,8 @@ def main() -> None:
             torch.cuda.synchronize()
         row["load_s"] = round(time.perf_counter() - start, 1)
         row["ram_added_gib"] = ram.added_gib
+        if cuda:
+            row["gpu_weights_gib"] = round((torch.cuda.memory_allocated() - base) / 2**30, 2)
         row["step_s"] = round(step_seconds(model), 4)
         row["image_transformer_s_28_steps"] = round(row["step_s"] * 28, 2)
         if cuda:
@@ -191,7 +198,8 @@ def main() -> None:
         out["rows"].append(row)
         save()
         print(json.dumps(row), flush=True)
-        shutil.rmtree(path) if path.is_dir() else path.unlink()
+        if not keep:
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
 
     formats = a.formats.split(",")
     if "folder" in formats:
@@ -232,10 +240,23 @@ def main() -> None:
         out["q8_0_equals_gguf_package"] = bool((q8_0(sample.to(device)).cpu().numpy() == reference).all())
         write_gguf(path, bfl, device)
         measure("GGUF Q8_0 file, kept quantised", path, time.perf_counter() - start, settings, lambda s: file(s, path))
-    if "nf4" in formats:
+    nf4 = [f for f in ("nf4", "nf4-bf16") if f in formats]
+    if nf4:
         path, start = work / "flux1-dev-bnb-nf4-v2.safetensors", time.perf_counter()
         save_file({k: v.contiguous() for k, v in per_tensor(nf4_state).items()}, path)
-        measure("NF4 file, unpacked to bf16", path, time.perf_counter() - start, settings, lambda s: file(s, path))
+        write_s = time.perf_counter() - start
+        found = files.identify(path)
+        assert not cuda or nf4_file.wanted(settings, found)  # the app keeps it in 4 bits on this GPU
+
+        def kept(s):  # called directly so that --tiny runs it on the CPU too
+            return nf4_file.transformer(path, found, single_file.config_folder(s, "dev"), s.dtype)
+
+        def unpacked(s):  # the app's CPU path: "cpu" only steers the loader, the model then goes to the GPU
+            return file(replace(s, device="cpu"), path)
+
+        for f in nf4:
+            name, load = ("NF4 file, kept in 4 bits", kept) if f == "nf4" else ("NF4 file, unpacked to bf16", unpacked)
+            measure(name, path, write_s, settings, load, keep=f != nf4[-1])
 
 
 def _size(path: Path) -> int:

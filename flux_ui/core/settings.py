@@ -48,6 +48,8 @@ class Settings:
     model_root: Path | None = None  # folder of local models as <org>/<repo>, tried before the hub
     model_paths: dict[str, str] = field(default_factory=dict)  # variant name (or "shared") -> repo id, folder or file
     models_dirs: tuple[Path, ...] = ()  # ComfyUI / Forge / A1111 roots or models folders, scanned for single files
+    verify_weights: bool = False  # check each single model file's sha256 before use (flux_ui.models.verify)
+    weights_manifest: Path | None = None  # sha256sum-style list of the expected hashes, consulted first
     shared_repo: str = DEFAULT_SHARED_REPO  # source of the T5/CLIP encoders and the VAE
     outputs_dir: Path = Path("outputs")  # generated PNGs land in dated subfolders here
     history: bool = True  # index saved images in <outputs_dir>/history.sqlite and show the History tab
@@ -209,6 +211,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="a ComfyUI or Forge/A1111 install (or its models folder) whose single files to use; repeatable",
     )
     p.add_argument(
+        "--verify-weights",
+        nargs="?",
+        const="on",
+        default=_env("verify_weights", ""),
+        metavar="MANIFEST",
+        help="check each single model file's sha256 before use and refuse a mismatch: against MANIFEST "
+        "(sha256sum lines) if given, the hub's record, or the file's first use",
+    )
+    p.add_argument(
         "--shared-repo",
         default=_env("shared_repo", DEFAULT_SHARED_REPO),
         help="encoders+VAE repo",
@@ -310,6 +321,17 @@ def build_parser() -> argparse.ArgumentParser:
         "folder) so a restart reads half the bytes and skips the conversion",
     )
     return p
+
+
+def verify_manifest(value: str) -> Path | None:
+    """The manifest named by --verify-weights MANIFEST, or None for the plain flag; a manifest that does not
+    exist is refused here, not at the first load."""
+    if value.lower() in ("", "0", "1", "on", "off", "true", "false", "yes", "no"):
+        return None
+    path = Path(value).expanduser()
+    if not path.is_file():
+        raise ValueError(f"--verify-weights: the manifest {value!r} does not exist; give a file of sha256sum lines")
+    return path
 
 
 def parse_model_paths(items: list[str]) -> dict[str, str]:
@@ -434,6 +456,8 @@ def settings_from_args(argv: list[str] | None = None) -> Settings:
         model_root=Path(a.tiny_dir) if a.tiny else (Path(a.model_root) if a.model_root else None),
         model_paths=parse_model_paths(a.model),
         models_dirs=tuple(dict.fromkeys(Path(d).expanduser() for d in a.models_dir)),
+        verify_weights=a.verify_weights.lower() not in ("", "0", "off", "false", "no"),
+        weights_manifest=verify_manifest(a.verify_weights),
         shared_repo=a.shared_repo,
         outputs_dir=Path(a.outputs_dir),
         history=default_history(a) if a.history is None else a.history,

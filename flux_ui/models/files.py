@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from flux_ui.models import quantized
+from flux_ui.models import quantized, tool_files
 from flux_ui.models.layouts import BFL_PREFIX
 
 log = logging.getLogger(__name__)
@@ -39,6 +39,8 @@ SUBFOLDERS = (
     "text_encoder",  # Forge
     "loras",  # ComfyUI
     "Lora",  # Forge / A1111
+    "style_models",  # ComfyUI: FLUX.1 Redux
+    "clip_vision",  # ComfyUI (and Forge's ControlNet extension): SigLIP for Redux
 )
 SUFFIXES = (".safetensors", ".sft", ".gguf", ".ckpt", ".pt", ".pth")  # what counts as a model file
 
@@ -56,7 +58,7 @@ FAMILIES = {
     "fill": "FLUX.1 Fill",
     "control": "FLUX.1 Canny/Depth",
 }
-NF4_NOTE = "4-bit weights unpacked when loaded: it costs the GPU what a bf16 file does (float8's with an fp8 policy)"
+NF4_NOTE = "kept in 4 bits on a CUDA GPU (about a quarter of bf16); unpacked to bf16 on the CPU"
 DTYPE_FORMATS = {"BF16": "bf16", "F16": "fp16", "F32": "fp32", "F8_E4M3": "fp8", "F8_E5M2": "fp8"}
 
 
@@ -65,7 +67,7 @@ class FoundFile:
     """One model file and what it was recognised as."""
 
     path: Path
-    kind: str  # "transformer", "checkpoint" (all-in-one), "vae", "clip_l", "t5xxl" or "skipped"
+    kind: str  # "transformer", "checkpoint" (all-in-one), "vae", "clip_l", "t5xxl", a tool_files.KINDS or "skipped"
     size: int  # bytes on disk
     format: str = ""  # weight format: bf16, fp16, fp32, fp8, fp8-scaled, gguf-Q8_0 (-Q4_K...), nf4 ("" unknown)
     family: str | None = None  # transformer family, a key of FAMILIES
@@ -229,8 +231,6 @@ def _what_else(header) -> str:
     names = list(header)
     if any(("lora_" in n or ".lora." in n or "lokr_" in n or "hada_" in n) for n in names):
         return "a LoRA (LoRAs are found through --lora-dir)"
-    if any(n.startswith("redux_") for n in names):
-        return "a FLUX.1 Redux image embedder: single Redux files are not supported yet"
     if any(n.startswith("model.diffusion_model.input_blocks.") for n in names):
         return "a Stable Diffusion checkpoint, not FLUX.1"
     first = names[0] if names else "none"
@@ -240,6 +240,11 @@ def _what_else(header) -> str:
 def classify(path: Path, size: int, header: dict[str, tuple[str, tuple[int, ...]]]) -> FoundFile:
     """What a file with this header holds; see the module docstring."""
     fmt = _weight_format(header)
+    if tool := tool_files.identify(header, path.name):  # Redux, SigLIP, control LoRAs
+        if "skip" in tool:
+            return FoundFile(path, "skipped", size, fmt, reason=tool["skip"])
+        parts = {tool["kind"]: tool["prefix"]}
+        return FoundFile(path, tool["kind"], size, fmt, variant=tool["variant"], parts=parts, note=tool["note"])
     found = {"transformer": _transformer(header, path.name), "vae": _vae(header)}
     found["clip_l"], found["t5xxl"] = _clip(header), _t5(header)
     parts = {k: v["prefix"] for k, v in found.items() if v and "skip" not in v}
@@ -351,15 +356,16 @@ def _walk(folders: tuple[Path, ...]) -> list[FoundFile]:
 
 
 def variant_files(found: Iterable[FoundFile]) -> dict[str, Path]:
-    """variant name -> the first usable file that serves it."""
+    """variant name (or control LoRA name, see `tool_files`) -> the first usable file that serves it."""
     out: dict[str, Path] = {}
     for f in found:
-        if f.usable and f.variant and "transformer" in f.parts:
+        if f.usable and f.variant and ("transformer" in f.parts or f.kind in tool_files.KINDS):
             out.setdefault(f.variant, f.path)
     return out
 
 
-SHARED_PARTS = {"vae": "vae", "clip": "clip_l", "t5": "t5xxl"}  # --model name of a shared part -> file part
+# --model name of a shared part -> file part (SigLIP: Redux's image encoder, found beside the FLUX.1 parts)
+SHARED_PARTS = {"vae": "vae", "clip": "clip_l", "t5": "t5xxl", "siglip": "siglip"}
 
 
 def shared_files(found: Iterable[FoundFile]) -> dict[str, Path]:

@@ -31,6 +31,7 @@ _CHUNK = 2**20
 
 _lock = threading.Lock()
 _futures: dict[tuple, Future] = {}  # (kind, resolved path, size, mtime_ns) -> its sha256, done or running
+_fresh: set[tuple] = set()  # keys of _futures hashed from the file itself, not taken from the cache file
 _pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="file-hash")  # one disk reader at a time
 
 
@@ -68,10 +69,10 @@ def _write_cache(key: str, value: str) -> None:
         log.warning("could not record a file hash in %s: %s", path, err)
 
 
-def _compute(kind: str, path: Path, size: int, mtime_ns: int) -> str:
+def _compute(kind: str, path: Path, size: int, mtime_ns: int, fresh: bool = False) -> str:
     key = f"{kind}:{path}:{size}:{mtime_ns}"
     big = size >= HASH_CACHE_MIN_BYTES
-    if big and (known := _read_cache().get(key)):
+    if big and not fresh and (known := _read_cache().get(key)):
         return known
     if big:
         log.info("hashing %s (%.1f GB) once, for the images' metadata", path.name, size / 1e9)
@@ -81,15 +82,18 @@ def _compute(kind: str, path: Path, size: int, mtime_ns: int) -> str:
     return value
 
 
-def start(path: Path | str, kind: str = "model") -> Future:
+def start(path: Path | str, kind: str = "model", fresh: bool = False) -> Future:
     """The sha256 of a file ("model": the whole file; "lora": its tensor data), computed in the background
-    once per path, size and modification time; returns its Future at once."""
+    once per path, size and modification time; returns its Future at once. With `fresh` (--verify-weights)
+    the file is read even if the cache file knows its hash: corruption changes neither size nor time."""
     path = Path(path).resolve()
     st = path.stat()
     key = (kind, path, st.st_size, st.st_mtime_ns)
     with _lock:
-        if key not in _futures:
-            _futures[key] = _pool.submit(_compute, kind, path, st.st_size, st.st_mtime_ns)
+        if key not in _futures or (fresh and key not in _fresh):
+            _futures[key] = _pool.submit(_compute, kind, path, st.st_size, st.st_mtime_ns, fresh)
+            if fresh:
+                _fresh.add(key)
         return _futures[key]
 
 

@@ -15,7 +15,7 @@ import torch
 from flux_ui.core.errors import ModelUnavailableError
 from flux_ui.core.settings import Settings
 from flux_ui.core.variants import Variant
-from flux_ui.models import single_file, sources
+from flux_ui.models import installs, single_file, sources
 
 
 @dataclass
@@ -83,7 +83,8 @@ def direct_to(settings: Settings) -> dict:
     whole on a CUDA device. Read to RAM first, each model's first trip to the GPU also made its pinned
     warm-tier copy (`Placement._move`): on an H200 with the page cache warm the text encoders and VAE
     (9.8 GB) took 23 s that way, a 12 GB transformer read straight to the GPU 3.3 s. Read straight to the
-    GPU, the pinned copy is made only if the model is ever moved out. Policies that quantise or offload while placing still read to RAM."""
+    GPU, the pinned copy is made only if the model is ever moved out. Policies that quantise or offload
+    while placing still read to RAM."""
     policy = settings.policy
     if settings.device.startswith("cuda") and not (policy.fp8_at_load or policy.group_offload):
         return {"device_map": settings.device}
@@ -92,7 +93,8 @@ def direct_to(settings: Settings) -> dict:
 
 def _tokenizers(settings: Settings, counts: Counter[str], files_only: bool) -> tuple[object, object]:
     """The CLIP and T5 tokenizers, from the shared repo or folder. With `files_only` (the encoders are single
-    files, which carry no tokenizer) they are read from disk only: the hub cache or a local folder."""
+    files, which carry no tokenizer) they are read from disk only: the hub cache or a local folder, else the
+    ComfyUI or Forge install the --models-dir folders belong to (see `installs`)."""
     from transformers import CLIPTokenizer, T5TokenizerFast
 
     src = sources.resolve_source(settings, "shared", settings.shared_repo)
@@ -107,16 +109,20 @@ def _tokenizers(settings: Settings, counts: Counter[str], files_only: bool) -> t
                 sources.load(f"{what} (shared)", src, setting, lambda c=cls, s=sub: c.from_pretrained(src, subfolder=s))
             )
             continue
-        if not _tokenizer_on_disk(src, sub):
+        if _tokenizer_on_disk(src, sub):
+            out.append(cls.from_pretrained(src, subfolder=sub, local_files_only=True))
+        elif folder := installs.tokenizer_folder(settings.models_dirs, sub):  # a ComfyUI or Forge install's
+            out.append(installs.load_tokenizer(cls, folder, sub))
+        else:
             raise ModelUnavailableError(
                 f"{what} (shared)",
                 src,
-                "the text encoders are single files, which carry no tokenizer, and it is not on disk",
+                "the text encoders are single files, which carry no tokenizer, and it is neither on disk nor "
+                "in a ComfyUI or Forge install at or above --models-dir",
                 f"Download the tokenizers once (huggingface-cli download {settings.shared_repo} --include "
-                f"'tokenizer/*' 'tokenizer_2/*'), or point {setting} at a folder that has tokenizer/ and "
-                "tokenizer_2/.",
+                f"'tokenizer/*' 'tokenizer_2/*'), point --models-dir at the ComfyUI or Forge install, or point "
+                f"{setting} at a folder that has tokenizer/ and tokenizer_2/.",
             )
-        out.append(cls.from_pretrained(src, subfolder=sub, local_files_only=True))
     return out[0], out[1]
 
 

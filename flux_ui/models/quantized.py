@@ -62,9 +62,12 @@ def gguf_config(dtype: torch.dtype):
 
 
 def is_prequantized(model: torch.nn.Module) -> bool:
-    """Whether `model`'s weights are held quantised by a diffusers quantizer (a GGUF file): they are not plain
+    """Whether `model`'s weights are held quantised by a diffusers quantizer (a GGUF file) or bitsandbytes
+    (an NF4 file kept in 4 bits, `nf4_file`): they are not plain
     floats, so the speed profiles' float8 conversion and torch.compile leave it alone."""
-    return getattr(model, "hf_quantizer", None) is not None
+    if getattr(model, "hf_quantizer", None) is not None:
+        return True
+    return any(type(m).__name__ == "Linear4bit" for m in model.modules())  # an NF4 file kept in 4 bits
 
 
 # -- float8 (ComfyUI's fp8 and _fp8_scaled files) --------------------------------------------------------

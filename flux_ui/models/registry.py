@@ -31,7 +31,7 @@ from flux_ui.core.memory import WORKSPACE_BYTES, module_bytes
 from flux_ui.core.settings import Settings
 from flux_ui.core.turns import Line
 from flux_ui.core.variants import FLUX1, FLUX2, Variant, get_variant
-from flux_ui.models import float8_store, flux2, hashes, loading, placement, sources, speed
+from flux_ui.models import float8_store, flux2, hashes, loading, placement, redux_files, sources, speed
 from flux_ui.models.loading import SharedParts
 from flux_ui.models.loras.library import LoraLibrary, LoraRequest
 from flux_ui.models.placement import Placement
@@ -108,43 +108,12 @@ class Registry(Placement):
             return self._family_parts[key], self._flux2_tokenizers[key], self._family_parts[flux2.VAE]
 
     def _prior_parts(self, variant: Variant) -> dict[str, object]:
-        """Redux's SigLIP image encoder, its image processor and the Redux embedder, as auxiliary entries."""
-        from diffusers import ReduxImageEncoder
-        from transformers import SiglipImageProcessorPil, SiglipVisionModel
-
-        src = self._source(variant.name, variant.repo_id)
-        dtype = self.settings.dtype
-
-        def part(sub: str, what: str, loader: Callable[[], object]) -> object:
-            return self.aux(
-                f"{variant.name}:{sub}", f"{variant.label} {what}", src, f"--model {variant.name}=FOLDER", loader
-            )
-
+        """Redux's SigLIP image encoder, its image processor and the Redux embedder, as auxiliary entries, each
+        from a folder or repo in hub layout or from a single file (see `redux_files`)."""
+        parts = redux_files.prior_parts(self.settings, variant, self._source(variant.name, variant.repo_id))
         return {
-            "image_encoder": part(
-                "image_encoder",
-                "image encoder (SigLIP)",
-                lambda: (
-                    SiglipVisionModel.from_pretrained(src, subfolder="image_encoder", dtype=dtype)
-                    .eval()
-                    .requires_grad_(False)
-                ),
-            ),
-            # The PIL backend: it needs no torchvision and matches the processor the model was trained with.
-            "feature_extractor": part(
-                "feature_extractor",
-                "image processor",
-                lambda: SiglipImageProcessorPil.from_pretrained(src, subfolder="feature_extractor"),
-            ),
-            "image_embedder": part(
-                "image_embedder",
-                "image embedder",
-                lambda: (
-                    ReduxImageEncoder.from_pretrained(src, subfolder="image_embedder", torch_dtype=dtype)
-                    .eval()
-                    .requires_grad_(False)
-                ),
-            ),
+            name: self.aux(f"{variant.name}:{name}", f"{variant.label} {p.what}", p.source, p.setting, p.load)
+            for name, p in parts.items()
         }
 
     def fresh_transformer(self, name: str) -> torch.nn.Module:

@@ -18,7 +18,7 @@ import torch
 from flux_ui.core.errors import ModelUnavailableError
 from flux_ui.core.settings import DEFAULT_SHARED_REPO, Settings
 from flux_ui.core.variants import Variant
-from flux_ui.models import files, float8_file, hashes, layouts, quantized, sources
+from flux_ui.models import files, float8_file, hashes, layouts, nf4_file, quantized, sources
 
 CONFIGS = Path(__file__).resolve().parents[2] / "assets" / "configs"  # the shipped configs, in hub layout
 # The repo whose configuration describes each transformer family (see files.FAMILIES), and the shared
@@ -81,7 +81,7 @@ def transformer(settings: Settings, variant: Variant, source: str) -> torch.nn.M
 
     path, what, setting = Path(source).expanduser(), f"{variant.label} transformer", f"--model {variant.name}=FILE"
     found = _identify(what, path, setting, "transformer")
-    hashes.start(path)  # the images' `Model hash`, read beside the load (see `hashes`)
+    hashes.start(path, fresh=settings.verify_weights)  # the images' `Model hash`, read beside the load (see `hashes`)
     if found.family != variant_family(variant):
         raise ModelUnavailableError(
             what,
@@ -96,6 +96,8 @@ def transformer(settings: Settings, variant: Variant, source: str) -> torch.nn.M
     def load():
         if float8_file.wanted(settings, found):  # float8 weights straight from the file (see float8_file)
             return float8_file.transformer(path, found, config, settings.dtype)
+        if nf4_file.wanted(settings, found):  # 4-bit weights kept in 4 bits on CUDA (see nf4_file)
+            return nf4_file.transformer(path, found, config, settings.dtype)
         if gguf:  # kept quantised: diffusers' GGUF layers dequantise each weight as it is used
             state = quantized.gguf_tensors(path, found.parts["transformer"])
             extra = {"quantization_config": quantized.gguf_config(settings.dtype)}
@@ -119,7 +121,7 @@ def transformer(settings: Settings, variant: Variant, source: str) -> torch.nn.M
             **extra,
         )
 
-    return _complete(sources.load_file(what, path, setting, load), what, path, setting)
+    return _complete(sources.load_file(what, path, setting, load, settings), what, path, setting)
 
 
 def vae(settings: Settings, source: str) -> torch.nn.Module:
@@ -139,7 +141,7 @@ def vae(settings: Settings, source: str) -> torch.nn.Module:
             local_files_only=True,
         )
 
-    return _complete(sources.load_file(what, path, setting, load), what, path, setting)
+    return _complete(sources.load_file(what, path, setting, load, settings), what, path, setting)
 
 
 def clip(settings: Settings, source: str) -> torch.nn.Module:
@@ -167,7 +169,7 @@ def clip(settings: Settings, source: str) -> torch.nn.Module:
             local_files_only=True,
         )
 
-    return _complete(sources.load_file(what, path, setting, load), what, path, setting)
+    return _complete(sources.load_file(what, path, setting, load, settings), what, path, setting)
 
 
 def t5(settings: Settings, source: str) -> torch.nn.Module:
@@ -201,4 +203,4 @@ def t5(settings: Settings, source: str) -> torch.nn.Module:
         model.tie_weights()
         return model
 
-    return _complete(sources.load_file(what, path, setting, load), what, path, setting)
+    return _complete(sources.load_file(what, path, setting, load, settings), what, path, setting)

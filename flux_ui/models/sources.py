@@ -26,7 +26,7 @@ from huggingface_hub.errors import (
 
 from flux_ui.core.errors import ModelUnavailableError
 from flux_ui.core.settings import Settings
-from flux_ui.models import files
+from flux_ui.models import files, verify
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -221,11 +221,16 @@ def load(what: str, source: str, setting: str, loader: Callable[[], T]) -> T:
 FILE_ERRORS = (OSError, ValueError, KeyError, RuntimeError, IndexError)
 
 
-def load_file(what: str, path: Path, setting: str, loader: Callable[[], T]) -> T:
+def load_file(what: str, path: Path, setting: str, loader: Callable[[], T], settings: Settings | None = None) -> T:
     """Run `loader()` on a single file and turn any failure into a ModelUnavailableError that names the file
-    and the reason; `what` and `setting` as for `load`."""
+    and the reason; `what` and `setting` as for `load`. Under --verify-weights (`settings`), the file's
+    sha256 is checked first and a file that does not match is refused (see `verify`)."""
     from safetensors import SafetensorError
 
+    if settings is not None and settings.verify_weights:
+        verdict = verify.check(path, settings.weights_manifest)
+        if verdict.status == "mismatch":
+            raise ModelUnavailableError(what, str(path), verdict.describe(), verdict.fix())
     log.info("loading %s from the file %s", what, path)
     try:
         return loader()

@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 from PIL import Image
 
@@ -169,13 +170,18 @@ def control_lora_pipeline(registry: Registry, mode: str) -> Iterator[object]:
             f"BFL's control LoRAs do not work with {blocker}; use route 'full' "
             f"(the FLUX.1 {mode.capitalize()} [dev] transformer)",
         )
-    src = sources.resolve_source(settings, lora.name, lora.repo_id)
+    src = sources.resolve_source(settings, lora.name, lora.repo_id)  # a folder, repo, or the file itself
+    setting = f"--model {lora.name}=FOLDER or FILE"
 
     def read() -> dict:
+        if sources.is_file(src):  # --models-dir or --model NAME=FILE: a bad file is named with the reason
+            return sources.load_file(
+                lora.label, Path(src), setting, lambda: control_lora.read(src, lora.weight_name), settings
+            )
         return control_lora.read(src, lora.weight_name)
 
     with (
-        registry.lend_aux(f"lora:{lora.name}", lora.label, src, f"--model {lora.name}=FOLDER", read) as state_dict,
+        registry.lend_aux(f"lora:{lora.name}", lora.label, src, setting, read) as state_dict,
         registry.pipeline(lora.base, pipeline_class="FluxControlPipeline") as pipe,
     ):
         before = control_lora.snapshot(pipe.transformer, lora.name)

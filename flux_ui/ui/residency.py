@@ -89,15 +89,23 @@ def markdown(status: dict) -> str:
 
 
 def files_markdown(rows: list[dict]) -> str:
-    """The model files found in the --models-dir folders, as a table (rows from `models.files.report`)."""
+    """The model files found in the --models-dir folders, as a table (rows from `models.files.report`);
+    under --verify-weights with a column for each file's sha256 check, and files that failed it named first."""
     if not rows:
         return "No `--models-dir` folders given, or no model files in them."
-    lines = ["| file | recognised as | format | size | used for | note |", "|---|---|---|---|---|---|"]
+    checked = any("verified" in r for r in rows)
+    head = ["file", "recognised as", "format", "size", "used for", "note"] + (["sha256 check"] if checked else [])
+    lines = [f"| {' | '.join(head)} |", "|" + "---|" * len(head)]
     for r in rows:
         name = r["file"].rsplit("/", 1)[-1].replace("|", "\\|")
         size = f"{r['size_mb'] / 1000:.1f} GB" if r["size_mb"] >= 100 else f"{r['size_mb']:.1f} MB"
         note = str(r["note"]).replace("|", "\\|")
-        lines.append(f"| `{name}` | {r['recognised as']} | {r['format']} | {size} | {r['used for'] or '—'} | {note} |")
+        cells = [f"`{name}`", r["recognised as"], r["format"], size, r["used for"] or "—", note]
+        lines.append(f"| {' | '.join(cells + ([r.get('verified', '')] if checked else []))} |")
+    bad = [r["file"].rsplit("/", 1)[-1] for r in rows if str(r.get("verified", "")).startswith("MISMATCH")]
+    if bad:
+        names = ", ".join(f"`{b}`" for b in bad)
+        lines.insert(0, f"**Refused: {len(bad)} file(s) do not match their expected sha256: {names}.**\n")
     return "\n".join(lines)
 
 

@@ -13,10 +13,13 @@ the control adapter.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+
+from flux_ui.models import layouts
 
 log = logging.getLogger(__name__)
 
@@ -40,8 +43,11 @@ _DIFFUSERS_FINAL_DOWN = "transformer.norm_out.linear.lora_A.weight"
 
 
 def _lora_file(source: str, weight_name: str) -> str:
-    """The LoRA file in a local folder, or downloaded from the hub into the shared cache."""
+    """The LoRA file itself (--models-dir, --model NAME=FILE), the file in a local folder, or downloaded from
+    the hub into the shared cache."""
     folder = Path(source).expanduser()
+    if folder.is_file():
+        return str(folder)
     if folder.is_dir():
         return str(folder / weight_name)
     from huggingface_hub import hf_hub_download
@@ -61,11 +67,75 @@ def read(source: str, weight_name: str) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
 
     raw = load_file(_lora_file(source, weight_name))
+    if "img_in.lora_B.weight" in raw and raw["img_in.lora_B.weight"].shape[0] != layouts.FLUX1_WIDTH:
+        return bfl_to_diffusers(raw)
     down = raw.get(_BFL_FINAL_DOWN)
     state_dict = FluxControlPipeline.lora_state_dict(dict(raw))  # converts (and empties) the copy
     if down is not None and _DIFFUSERS_FINAL_DOWN in state_dict:
         state_dict[_DIFFUSERS_FINAL_DOWN] = down
     return state_dict
+
+
+def _targets(layer: str, width: int) -> list[tuple[str, Callable[[torch.Tensor], torch.Tensor]]]:
+    """The diffusers layers a BFL layer's LoRA feeds, each with what its up matrix (and bias) keeps of the
+    BFL one's rows: all of them, one of the fused projection's parts, or the final layer's halves swapped."""
+    whole = lambda t: t  # noqa: E731
+    if layer == layouts.FINAL_MOD[0]:
+        return [(layouts.FINAL_MOD[1], layouts._swap_halves)]
+    if layer in layouts.TOP_RENAMES:
+        return [(layouts.TOP_RENAMES[layer], whole)]
+    kind, index, rest = layer.split(".", 2)
+    if kind == "double_blocks":
+        block = f"transformer_blocks.{index}."
+        if rest in layouts.DOUBLE_FUSED:
+            parts = layouts.DOUBLE_FUSED[rest]
+            return [(block + p, lambda t, i=i: t.chunk(3, dim=0)[i]) for i, p in enumerate(parts)]
+        return [(block + layouts.DOUBLE_RENAMES[rest], whole)]
+    block = f"single_transformer_blocks.{index}."
+    if rest == "linear1":
+
+        def part(t: torch.Tensor, i: int) -> torch.Tensor:
+            return t.split((width, width, width, t.shape[0] - 3 * width), dim=0)[i]
+
+        return [(block + p, lambda t, i=i: part(t, i)) for i, p in enumerate(layouts.SINGLE_FUSED)]
+    return [(block + layouts.SINGLE_RENAMES[rest], whole)]
+
+
+_NORMS = {  # BFL block kind -> (its q/k norm scales -> diffusers names, diffusers block kind)
+    "double_blocks": (layouts.DOUBLE_NORMS, "transformer_blocks"),
+    "single_blocks": (layouts.SINGLE_NORMS, "single_transformer_blocks"),
+}
+
+
+def bfl_to_diffusers(raw: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A control LoRA in BFL's layer names -> the state dict diffusers' Flux LoRA loader takes
+    (`transformer.`-prefixed diffusers names), for a transformer of any width.
+
+    The same mapping as diffusers' `_convert_bfl_flux_control_lora_to_diffusers` (which hard-codes FLUX.1's
+    19 + 38 blocks and width of 3072, so a file of another width, the tiny test models', cannot pass through
+    it), on the transformer key table of `layouts`: a fused projection's down matrix serves each of its
+    parts, its up matrix and bias are split by rows, the final layer's (shift, scale) rows become diffusers'
+    (scale, shift), and the q/k norm scales are renamed. Raises KeyError naming a tensor it cannot place."""
+    width = raw["img_in.lora_B.weight"].shape[0]
+    out: dict[str, torch.Tensor] = {}
+    for key, tensor in raw.items():
+        layer, sep, rest = key.partition(".lora_")
+        if not sep:  # a norm scale the LoRA replaces
+            kind, _, inner = key.partition(".")
+            index, _, name = inner.partition(".")
+            table, block = _NORMS.get(kind, ({}, ""))
+            if name not in table:
+                raise KeyError(key)
+            out[f"transformer.{block}.{index}.{table[name]}"] = tensor
+            continue
+        which, param = rest.split(".")  # "A" or "B"; "weight" or "bias"
+        try:
+            targets = _targets(layer, width)
+        except (KeyError, ValueError) as err:
+            raise KeyError(key) from err
+        for name, rows in targets:
+            out[f"transformer.{name}.lora_{which}.{param}"] = tensor if which == "A" else rows(tensor)
+    return out
 
 
 def snapshot(transformer: torch.nn.Module, adapter: str) -> Snapshot:
