@@ -5,7 +5,7 @@ of the size asked for, and the page's screenshot is the viewport's."""
 from __future__ import annotations
 
 import pytest
-from conftest import open_tab, set_number
+from conftest import open_tab, paint_a_stroke, set_number
 from PIL import Image, ImageDraw
 
 from flux_ui.media.metadata import parse_parameters, read_parameters
@@ -84,17 +84,7 @@ def test_flux2_edit_with_two_references(page, app_server, pictures, tmp_path):
 
 def test_flux2_inpaint_a_painted_mask(page, app_server, pictures, tmp_path):
     open_tab(page, "FLUX.2 inpaint")
-    editor = page.locator("#flux2-inpaint-editor")
-    page.wait_for_function("() => document.querySelector('#flux2-inpaint-editor canvas')?.width > 0")  # laid out
-    editor.locator("input[type=file]").first.set_input_files(pictures[0])
-    editor.get_by_role("button", name="Color").wait_for(timeout=30_000)  # shown once the picture is in
-    canvas = editor.locator("canvas").first.bounding_box()
-    x, y = canvas["x"] + canvas["width"] / 2, canvas["y"] + canvas["height"] / 2
-    page.mouse.move(x - 50, y - 20)  # the brush is the active tool after an upload: one stroke
-    page.mouse.down()
-    for i in range(1, 11):
-        page.mouse.move(x - 50 + 10 * i, y - 20 + 4 * i)
-    page.mouse.up()
+    paint_a_stroke(page, "flux2-inpaint-editor", pictures[0])
     page.locator("#flux2-inpaint-prompt textarea").fill("a wooden door")
     set_number(page, "flux2-inpaint-steps", 2)
     page.locator("#flux2-inpaint-seed input").fill("8103")

@@ -31,7 +31,7 @@ def _paths(tree: Path, variant: str) -> dict[str, str]:
     parts = {
         "flux2-klein-4b": {"flux2-klein-4b": "diffusion_models/flux-2-klein-4b.safetensors", "qwen3-4b": "qwen_3_4b"},
         "flux2-klein-9b": {"flux2-klein-9b": "diffusion_models/flux-2-klein-9b-Q8_0.gguf", "qwen3-8b": "qwen_3_8b"},
-        "flux2-dev": {"flux2-dev": "diffusion_models/flux2-dev.safetensors", "mistral-small-3.1": "mistral"},
+        "flux2-dev": {"flux2-dev": "diffusion_models/flux2-dev.safetensors", "mistral-small-3.2": "mistral"},
     }[variant]
     encoders = {"qwen_3_4b": "qwen_3_4b", "qwen_3_8b": "qwen_3_8b", "mistral": "mistral_3_small_flux2_bf16"}
     out = {
@@ -100,14 +100,14 @@ def _lm(width: int, qwen: bool) -> dict[str, tuple[str, tuple[int, ...]]]:
     ("name", "header", "variant"),
     [
         # Widths of the published models (assets/configs): 3072 / 4096 / 6144 wide, reading three stacked
-        # hidden states of Qwen3-4B (2560), Qwen3-8B (4096), Mistral Small 3.1 (5120).
+        # hidden states of Qwen3-4B (2560), Qwen3-8B (4096), Mistral Small 3.2 (5120).
         ("flux-2-klein-4b.safetensors", _bfl_transformer(3072, 7680, False), "flux2-klein-4b"),
         ("flux-2-klein-base-4b.safetensors", _bfl_transformer(3072, 7680, False), "flux2-klein-base-4b"),
         ("flux-2-klein-9b-fp8.safetensors", _bfl_transformer(4096, 12288, False), "flux2-klein-9b"),
         ("some-name.safetensors", _bfl_transformer(6144, 15360, True), "flux2-dev"),
         ("qwen_3_4b.safetensors", _lm(2560, qwen=True), "qwen3-4b"),
         ("qwen_3_8b_fp8mixed.safetensors", _lm(4096, qwen=True), "qwen3-8b"),
-        ("mistral_3_small_flux2_fp8.safetensors", _lm(5120, qwen=False), "mistral-small-3.1"),
+        ("mistral_3_small_flux2_fp8.safetensors", _lm(5120, qwen=False), "mistral-small-3.2"),
     ],
 )
 def test_full_size_files_are_told_apart_by_their_shapes(name, header, variant):
@@ -130,7 +130,7 @@ def test_dev_from_single_files_makes_the_image_of_the_hub_layout(settings, tree)
     hub = _image(Registry(settings), "flux2-dev")
     registry = Registry(replace(settings, model_paths=_paths(tree, "flux2-dev")))
     assert np.array_equal(_image(registry, "flux2-dev"), hub)
-    with registry.pipeline("flux2-dev") as pipe:  # Mistral Small 3.1's text model alone: FLUX.2 sends text only
+    with registry.pipeline("flux2-dev") as pipe:  # Mistral Small 3.2's text model alone: FLUX.2 sends text only
         assert type(pipe.text_encoder).__name__ == "MistralForCausalLM"
 
 

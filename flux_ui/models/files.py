@@ -5,7 +5,7 @@ file's names, shapes and quantisation types through the gguf reader), never its 
 holds: a FLUX.1 transformer (BFL keys, as BFL and ComfyUI ship them, or diffusers keys; in any dtype, fp8,
 GGUF or NF4), the FLUX VAE (`ae.safetensors`), a CLIP-L or T5-XXL text encoder, or an all-in-one
 checkpoint holding several of those; or a FLUX.2 transformer (safetensors or GGUF), the FLUX.2 VAE or a
-FLUX.2 text encoder (Qwen3, Mistral Small 3.1), see `flux2_layouts`.
+FLUX.2 text encoder (Qwen3, Mistral Small 3.2), see `flux2_layouts`.
 `scan(folders)` walks the usual sub-folders of a ComfyUI root, a
 Forge/A1111 root or a bare `models/` folder and identifies every model file there; files that cannot be
 used come back as "skipped" with the reason, so the Models tab can say why.

@@ -1,5 +1,5 @@
 """Loading the FLUX.2 family's parts: its VAE (one for every FLUX.2 variant), its text encoders (Qwen3-4B for
-[klein] 4B, Qwen3-8B for [klein] 9B, Mistral Small 3.1 for [dev]; each shared by the variants that name it)
+[klein] 4B, Qwen3-8B for [klein] 9B, Mistral Small 3.2 for [dev]; each shared by the variants that name it)
 with their tokenizers, and its transformers. Hub repos and local folders in diffusers layout, through
 `sources`, as for FLUX.1; everything comes back in RAM, in the settings' dtype; placing it is the registry's.
 
@@ -7,7 +7,7 @@ Each part is read from the repo (or folder) of the variant that first needs it: 
 same VAE, and the repos of one [klein] size the same text encoder, so whichever is on disk serves. Each can
 also be a single file, as ComfyUI users have them (`flux2_files`): the transformer by --model NAME=FILE or
 --models-dir, the VAE and the text encoders by --model flux2-vae=FILE, --model qwen3-4b=FILE (qwen3-8b,
-mistral-small-3.1) or --models-dir. The tokenizers, which no single file carries, then come from the
+mistral-small-3.2) or --models-dir. The tokenizers, which no single file carries, then come from the
 variant's repo or folder on disk only, as FLUX.1's do.
 """
 

@@ -9,7 +9,7 @@ file holds and how it is told apart).
   `ae.safetensors`) and into the model built from its config; the batch norm's statistics are its own keys.
 - The text encoders (`qwen_3_4b.safetensors`, `mistral_3_small_flux2_bf16.safetensors`): transformers'
   keys of the language model, read by transformers' `from_pretrained(None, config=..., state_dict=...)`
-  into a causal LM built from the shipped config. [dev]'s Mistral Small 3.1 comes as its text model alone
+  into a causal LM built from the shipped config. [dev]'s Mistral Small 3.2 comes as its text model alone
   (MistralForCausalLM): the pipeline sends it text only, and its hidden states are those of the full model.
 
 The configurations come from assets/configs (the published ones), or with --tiny the tiny repos.
@@ -122,7 +122,7 @@ def vae(settings: Settings, variant: Variant, source: str) -> torch.nn.Module:
 
 
 def text_encoder(settings: Settings, variant: Variant, source: str) -> torch.nn.Module:
-    """`variant`'s text encoder (Qwen3 for [klein], Mistral Small 3.1's text model for [dev]) from a single
+    """`variant`'s text encoder (Qwen3 for [klein], Mistral Small 3.2's text model for [dev]) from a single
     file (see the module docstring)."""
     from transformers import AutoConfig, MistralForCausalLM, Qwen3ForCausalLM
 

@@ -9,7 +9,7 @@ transformers' keys of the language model).
 
 Which model a file is comes from its shapes, never its name: the transformers' text input width is three
 of their text encoder's hidden states stacked (Qwen3-4B 3 x 2560 for [klein] 4B, Qwen3-8B 3 x 4096 for
-[klein] 9B, Mistral Small 3.1 3 x 5120 for [dev]), [dev] alone has a guidance embedder, and the encoders'
+[klein] 9B, Mistral Small 3.2 3 x 5120 for [dev]), [dev] alone has a guidance embedder, and the encoders'
 own widths tell them apart. Only the distilled and base [klein] models have the same tensors: there the
 file name decides ("base" in it), and the scan says so.
 
@@ -30,7 +30,7 @@ KLEIN_CONTEXT = {3 * 2560: "4b", 3 * 4096: "9b"}
 DEV_CONTEXT = 3 * 5120
 # Hidden width of the full-size text encoders -> the encoder key (flux_ui.core.variants' `text_encoder`).
 QWEN3_WIDTHS = {2560: "qwen3-4b", 4096: "qwen3-8b"}
-MISTRAL_WIDTHS = {5120: "mistral-small-3.1"}
+MISTRAL_WIDTHS = {5120: "mistral-small-3.2"}
 
 # (prefix, layout, (image input, text input, guidance embedder, single-stream modulation)) of a FLUX.2
 # transformer in the layouts files come in.

@@ -131,7 +131,7 @@ def repo_source(settings: Settings, name: str, repo_id: str) -> str:
 
 def flux2_part_source(settings: Settings, name: str, repo_id: str, part: str) -> str:
     """Where a FLUX.2 part comes from for variant `name`: `part` is "flux2-vae" or a text encoder key
-    ("qwen3-4b", "qwen3-8b", "mistral-small-3.1"). Order: --model PART=SOURCE, then the first file of the
+    ("qwen3-4b", "qwen3-8b", "mistral-small-3.2"). Order: --model PART=SOURCE, then the first file of the
     --models-dir folders holding it, then the variant's repo or folder (`repo_source`)."""
     if part in settings.model_paths:
         return settings.model_paths[part]
