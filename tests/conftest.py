@@ -210,3 +210,19 @@ def open_tab(page, name: str) -> None:
         return
     page.get_by_role("button", name="More tabs").click()
     page.locator(".overflow-dropdown button", has_text=name).first.click()
+
+
+def paint_a_stroke(page, elem_id: str, picture: str) -> None:
+    """Upload `picture` into the mask editor `elem_id` and paint one stroke across its middle, as a user does."""
+    editor = page.locator(f"#{elem_id}")
+    # The editor ignores uploads until its drawing canvas is laid out.
+    page.wait_for_function(f"() => document.querySelector('#{elem_id} canvas')?.width > 0")
+    editor.locator("input[type=file]").first.set_input_files(picture)
+    editor.get_by_role("button", name="Color").wait_for(timeout=30_000)  # shown once the picture is in
+    canvas = editor.locator("canvas").first.bounding_box()
+    x, y = canvas["x"] + canvas["width"] / 2, canvas["y"] + canvas["height"] / 2
+    page.mouse.move(x - 50, y - 20)  # the brush is the active tool after an upload: one stroke
+    page.mouse.down()
+    for i in range(1, 11):
+        page.mouse.move(x - 50 + 10 * i, y - 20 + 4 * i)
+    page.mouse.up()

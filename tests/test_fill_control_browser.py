@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 
 import pytest
-from conftest import open_tab, set_number
+from conftest import open_tab, paint_a_stroke, set_number
 from PIL import Image, ImageDraw
 
 from flux_ui.media.metadata import parse_parameters, read_parameters
@@ -37,18 +37,7 @@ def saved(outputs, seed: int) -> str:
 
 def test_paint_a_mask_and_fill(page, app_server, picture):
     open_tab(page, "Fill")
-    editor = page.locator("#fill-editor")
-    # The editor ignores uploads until its drawing canvas is laid out.
-    page.wait_for_function("() => document.querySelector('#fill-editor canvas')?.width > 0")
-    editor.locator("input[type=file]").first.set_input_files(picture)
-    editor.get_by_role("button", name="Color").wait_for(timeout=30_000)  # shown once the picture is in
-    canvas = editor.locator("canvas").first.bounding_box()
-    x, y = canvas["x"] + canvas["width"] / 2, canvas["y"] + canvas["height"] / 2
-    page.mouse.move(x - 50, y - 20)  # the brush is the active tool after an upload: one stroke
-    page.mouse.down()
-    for i in range(1, 11):
-        page.mouse.move(x - 50 + 10 * i, y - 20 + 4 * i)
-    page.mouse.up()
+    paint_a_stroke(page, "fill-editor", picture)
     page.locator("#fill-prompt textarea").fill("a red fox")
     set_number(page, "fill-steps", 2)
     page.locator("#fill-seed input").fill("6061")

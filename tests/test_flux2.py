@@ -59,7 +59,7 @@ def test_flux2_parts_are_shared_by_identity_within_the_family(registry):
     counts = registry.load_counts
     assert counts["flux2:vae"] == 1
     assert counts["flux2:text_encoder:qwen3-4b"] == counts["flux2:text_encoder:qwen3-8b"] == 1
-    assert counts["flux2:text_encoder:mistral-small-3.1"] == 1
+    assert counts["flux2:text_encoder:mistral-small-3.2"] == 1
     assert "text_encoder_2" not in counts  # FLUX.1's T5 was never needed
 
 

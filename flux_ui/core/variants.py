@@ -2,7 +2,7 @@
 
 Two families: FLUX.1 (T5-XXL and CLIP-L text encoders, a 16-channel VAE, shared by every variant) and
 FLUX.2 (a 32-channel VAE shared by every variant; a Qwen3 text encoder for [klein], Qwen3-4B for 4B and
-Qwen3-8B for 9B, shared by the distilled and base models of one size; Mistral Small 3.1 for [dev]).
+Qwen3-8B for 9B, shared by the distilled and base models of one size; Mistral Small 3.2 for [dev]).
 """
 
 from __future__ import annotations
@@ -201,8 +201,8 @@ VARIANTS: dict[str, Variant] = {
             resolutions=SQUARE_AND_WIDE,
             license=FLUX2_DEV_LICENSE,
             family=FLUX2,
-            text_encoder="mistral-small-3.1",
-            weights_gib=104.7,  # 32.2B transformer + 24.0B Mistral Small 3.1
+            text_encoder="mistral-small-3.2",
+            weights_gib=104.7,  # 32.2B transformer + 24.0B Mistral Small 3.2
         ),
         *(
             Variant(

@@ -4,7 +4,9 @@
 file's names, shapes and quantisation types through the gguf reader), never its weights, and says what it
 holds: a FLUX.1 transformer (BFL keys, as BFL and ComfyUI ship them, or diffusers keys; in any dtype, fp8,
 GGUF or NF4), the FLUX VAE (`ae.safetensors`), a CLIP-L or T5-XXL text encoder, or an all-in-one
-checkpoint holding several of those. `scan(folders)` walks the usual sub-folders of a ComfyUI root, a
+checkpoint holding several of those; or a FLUX.2 transformer (safetensors or GGUF), the FLUX.2 VAE or a
+FLUX.2 text encoder (Qwen3, Mistral Small 3.2), see `flux2_layouts`.
+`scan(folders)` walks the usual sub-folders of a ComfyUI root, a
 Forge/A1111 root or a bare `models/` folder and identifies every model file there; files that cannot be
 used come back as "skipped" with the reason, so the Models tab can say why.
 """
@@ -20,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from flux_ui.models import quantized, tool_files
+from flux_ui.models import flux2_layouts, layouts, quantized, tool_files
 from flux_ui.models.layouts import BFL_PREFIX
 
 log = logging.getLogger(__name__)
@@ -44,11 +46,6 @@ SUBFOLDERS = (
 )
 SUFFIXES = (".safetensors", ".sft", ".gguf", ".ckpt", ".pt", ".pth")  # what counts as a model file
 
-# Where each part's tensors sit in an all-in-one checkpoint (ComfyUI's and Forge's prefixes), and in a file
-# of its own (no prefix).
-VAE_PREFIXES = ("first_stage_model.", "vae.", "")
-CLIP_PREFIXES = ("text_encoders.clip_l.transformer.", "")
-T5_PREFIXES = ("text_encoders.t5xxl.transformer.", "")
 PARTS = ("transformer", "vae", "clip_l", "t5xxl")  # what a file can hold
 
 # The transformer families the tensors tell apart, as labels for messages.
@@ -57,6 +54,8 @@ FAMILIES = {
     "schnell": "FLUX.1 [schnell]",
     "fill": "FLUX.1 Fill",
     "control": "FLUX.1 Canny/Depth",
+    "flux2-dev": "FLUX.2 [dev]",
+    "flux2-klein": "FLUX.2 [klein]",
 }
 NF4_NOTE = "kept in 4 bits on a CUDA GPU (about a quarter of bf16); unpacked to bf16 on the CPU"
 DTYPE_FORMATS = {"BF16": "bf16", "F16": "fp16", "F32": "fp32", "F8_E4M3": "fp8", "F8_E5M2": "fp8"}
@@ -67,11 +66,12 @@ class FoundFile:
     """One model file and what it was recognised as."""
 
     path: Path
-    kind: str  # "transformer", "checkpoint" (all-in-one), "vae", "clip_l", "t5xxl", a tool_files.KINDS or "skipped"
+    kind: str  # "transformer", "checkpoint" (all-in-one), "vae", "clip_l", "t5xxl", a tool_files.KINDS,
+    # FLUX.2's "flux2_vae", "qwen3", "mistral" (text encoders), or "skipped"
     size: int  # bytes on disk
     format: str = ""  # weight format: bf16, fp16, fp32, fp8, fp8-scaled, gguf-Q8_0 (-Q4_K...), nf4 ("" unknown)
     family: str | None = None  # transformer family, a key of FAMILIES
-    variant: str | None = None  # the variant it serves (a name of flux_ui.core.variants.VARIANTS), if known
+    variant: str | None = None  # the variant it serves (a name of VARIANTS), or a FLUX.2 text encoder's key
     layout: str = ""  # transformer keys: "bfl" or "diffusers"
     parts: dict[str, str] = field(default_factory=dict)  # part -> key prefix of its tensors in the file
     reason: str = ""  # why it was skipped
@@ -134,10 +134,6 @@ def _weight_format(header: dict[str, tuple[str, tuple[int, ...]]]) -> str:
     return DTYPE_FORMATS.get(top, top.lower())
 
 
-def _first_prefix(header, prefixes: Iterable[str], probe: str) -> str | None:
-    return next((p for p in prefixes if p + probe in header), None)
-
-
 # (key prefix, layout, (input projection, guidance embedder, first double block's query)) of a FLUX.1
 # transformer, in the layouts files come in.
 _BFL_PROBES = ("img_in.weight", "guidance_in.in_layer.weight", "double_blocks.0.img_attn.qkv.weight")
@@ -175,7 +171,7 @@ def _transformer(header, name: str) -> dict | None:
     prefix, layout, probes = found
     x_in, guidance = prefix + probes[0], prefix + probes[1]
     if layout == "bfl" and prefix + "vector_in.in_layer.weight" not in header:
-        return {"skip": "a FLUX-like transformer that is not FLUX.1 (no pooled-text input: Chroma or FLUX.2?)"}
+        return {"skip": "a FLUX-like transformer that is neither FLUX.1 nor FLUX.2 (no pooled-text input: Chroma?)"}
     in_channels = _in_features(header, x_in)
     lower = name.lower()
     variant, note = None, ""
@@ -198,59 +194,47 @@ def _transformer(header, name: str) -> dict | None:
     return {"prefix": prefix, "layout": layout, "family": family, "variant": variant, "note": note}
 
 
-def _vae(header) -> dict | None:
-    prefix = _first_prefix(header, VAE_PREFIXES, "decoder.conv_in.weight")
-    if prefix is None or prefix + "encoder.conv_in.weight" not in header:
-        return None
-    channels = header[prefix + "decoder.conv_in.weight"][1][1]
-    if channels != 16:
-        return {"skip": f"a VAE with {channels} latent channels (Stable Diffusion's?); FLUX.1's has 16"}
-    return {"prefix": prefix}
-
-
-def _clip(header) -> dict | None:
-    for prefix in CLIP_PREFIXES:
-        for inner in ("text_model.", ""):
-            if prefix + inner + "embeddings.token_embedding.weight" in header:
-                width = header[prefix + inner + "embeddings.token_embedding.weight"][1][1]
-                if width == 1280:
-                    return {"skip": "a CLIP-G text encoder (SDXL/SD3); FLUX.1 uses CLIP-L"}
-                return {"prefix": prefix}
+def _flux2(path: Path, size: int, fmt: str, header) -> FoundFile | None:
+    """A FLUX.2 transformer, VAE or text encoder file (see `flux2_layouts`), or None."""
+    if (tf := flux2_layouts.transformer(header, path.name)) is not None:
+        if "skip" in tf or fmt == "nf4":
+            return FoundFile(path, "skipped", size, fmt, reason=tf.get("skip", "an NF4 FLUX.2 file: not read yet"))
+        parts = {"transformer": tf["prefix"]}
+        return FoundFile(
+            path, "transformer", size, fmt, tf["family"], tf["variant"], tf["layout"], parts, note=tf["note"]
+        )
+    if (vae := flux2_layouts.vae(header)) is not None:
+        return FoundFile(path, "flux2_vae", size, fmt, parts={"flux2_vae": vae["prefix"]})
+    if (te := flux2_layouts.text_encoder(header)) is not None:
+        unknown = f"a {te['part']} model of a size no FLUX.2 text encoder has: name it with --model KEY=FILE"
+        return FoundFile(
+            path,
+            te["part"],
+            size,
+            fmt,
+            variant=te["key"],
+            parts={te["part"]: te["prefix"]},
+            note="" if te["key"] else unknown,
+        )
     return None
-
-
-def _t5(header) -> dict | None:
-    for prefix in T5_PREFIXES:
-        for inner in ("encoder.", ""):
-            if prefix + inner + "block.0.layer.0.SelfAttention.q.weight" in header:
-                return {"prefix": prefix}
-    return None
-
-
-def _what_else(header) -> str:
-    names = list(header)
-    if any(("lora_" in n or ".lora." in n or "lokr_" in n or "hada_" in n) for n in names):
-        return "a LoRA (LoRAs are found through --lora-dir)"
-    if any(n.startswith("model.diffusion_model.input_blocks.") for n in names):
-        return "a Stable Diffusion checkpoint, not FLUX.1"
-    first = names[0] if names else "none"
-    return f"not a FLUX.1 file ({len(names)} tensors; the first is {first!r})"
 
 
 def classify(path: Path, size: int, header: dict[str, tuple[str, tuple[int, ...]]]) -> FoundFile:
     """What a file with this header holds; see the module docstring."""
     fmt = _weight_format(header)
+    if (flux2 := _flux2(path, size, fmt, header)) is not None:
+        return flux2
     if tool := tool_files.identify(header, path.name):  # Redux, SigLIP, control LoRAs
         if "skip" in tool:
             return FoundFile(path, "skipped", size, fmt, reason=tool["skip"])
         parts = {tool["kind"]: tool["prefix"]}
         return FoundFile(path, tool["kind"], size, fmt, variant=tool["variant"], parts=parts, note=tool["note"])
-    found = {"transformer": _transformer(header, path.name), "vae": _vae(header)}
-    found["clip_l"], found["t5xxl"] = _clip(header), _t5(header)
+    found = {"transformer": _transformer(header, path.name), "vae": layouts.vae_probe(header)}
+    found["clip_l"], found["t5xxl"] = layouts.clip_probe(header), layouts.t5_probe(header)
     parts = {k: v["prefix"] for k, v in found.items() if v and "skip" not in v}
     skips = [v["skip"] for v in found.values() if v and "skip" in v]
     if not parts:
-        return FoundFile(path, "skipped", size, fmt, reason=skips[0] if skips else _what_else(header))
+        return FoundFile(path, "skipped", size, fmt, reason=skips[0] if skips else layouts.what_else(header))
     tf = found["transformer"] if "transformer" in parts else {}
     kind = "checkpoint" if "transformer" in parts and len(parts) > 1 else next(iter(parts))
     if kind not in ("transformer", "checkpoint") and len(parts) > 1:
@@ -287,16 +271,17 @@ def _identify(path: Path, size: int, mtime_ns: int) -> FoundFile:
 
 
 def _identify_gguf(path: Path, size: int) -> FoundFile:
-    """A GGUF file, by its header: only FLUX.1 transformers (architecture "flux", city96's ComfyUI-GGUF
-    files) are read; GGUF text encoders and other models are skipped with what they are."""
+    """A GGUF file, by its header: only FLUX.1 and FLUX.2 transformers (architecture "flux", as city96's
+    ComfyUI-GGUF converter writes both; "flux2" accepted too) are read; GGUF text encoders and other models
+    are skipped with what they are."""
     try:
         arch, header = quantized.gguf_header(path)
     except ValueError as err:
         return FoundFile(path, "skipped", size, "gguf", reason=f"unreadable GGUF header: {err}")
     fmt = quantized.gguf_format(header)
-    if arch != "flux":
+    if arch not in ("flux", "flux2"):
         return FoundFile(path, "skipped", size, fmt, reason=f"a GGUF file of architecture {arch or 'unknown'!r}, "
-                         "not a FLUX.1 transformer (the only model read from GGUF)")  # fmt: skip
+                         "not a FLUX transformer (the only model read from GGUF)")  # fmt: skip
     found = classify(path, size, header)
     if found.usable and found.kind != "transformer":
         return replace(found, kind="skipped", format=fmt, reason="a GGUF file holding more than a transformer")
@@ -364,6 +349,18 @@ def variant_files(found: Iterable[FoundFile]) -> dict[str, Path]:
     return out
 
 
+def flux2_part_files(found: Iterable[FoundFile]) -> dict[str, Path]:
+    """FLUX.2 part ("flux2-vae", or a text encoder key such as "qwen3-4b") -> the first file holding it."""
+    out: dict[str, Path] = {}
+    for f in found:
+        if f.kind == "flux2_vae":
+            out.setdefault(FLUX2_VAE, f.path)
+        elif f.kind in ("qwen3", "mistral") and f.variant:
+            out.setdefault(f.variant, f.path)
+    return out
+
+
+FLUX2_VAE = "flux2-vae"  # the --model name of the FLUX.2 VAE
 # --model name of a shared part -> file part (SigLIP: Redux's image encoder, found beside the FLUX.1 parts)
 SHARED_PARTS = {"vae": "vae", "clip": "clip_l", "t5": "t5xxl", "siglip": "siglip"}
 
@@ -381,6 +378,12 @@ def shared_files(found: Iterable[FoundFile]) -> dict[str, Path]:
     return out
 
 
+def _recognised(f: FoundFile) -> str:
+    if f.family:
+        return f"{f.kind} ({FAMILIES[f.family]})"
+    return f"{f.kind} ({f.variant})" if f.kind in ("qwen3", "mistral") and f.variant else f.kind
+
+
 def report(found: list[FoundFile]) -> list[dict]:
     """Every file found, as the Models tab and its API show it: what it was recognised as, its format and
     size, what the app uses it for (the first file serving a variant or shared part wins), or why it was
@@ -388,12 +391,12 @@ def report(found: list[FoundFile]) -> list[dict]:
     use: dict[Path, list[str]] = {}
     for variant, path in variant_files(found).items():
         use.setdefault(path, []).append(variant)
-    for part, path in shared_files(found).items():
+    for part, path in [*shared_files(found).items(), *flux2_part_files(found).items()]:
         use.setdefault(path, []).append(part)
     return [
         {
             "file": str(f.path),
-            "recognised as": f.kind if not f.family else f"{f.kind} ({FAMILIES[f.family]})",
+            "recognised as": _recognised(f),
             "format": f.format or "unknown",
             "size_mb": round(f.size / 1e6, 1),
             "used for": ", ".join(use.get(f.path, [])),

@@ -7,6 +7,9 @@ the single blocks' fused `linear1` at FLUX.1's fixed width of 3072, so a file of
 test models, 32 wide) cannot pass through it; `bfl_to_diffusers` is the same mapping with the width read
 from the file, used only for such files. `diffusers_to_bfl` is its inverse, for writing test files; the
 tests check both against diffusers' converter at FLUX.1's width.
+
+Below them, the header probes for the other parts a FLUX.1 file can hold (the VAE, CLIP-L, T5-XXL), which
+`files.classify` asks.
 """
 
 from __future__ import annotations
@@ -141,3 +144,55 @@ def diffusers_to_bfl(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         for bfl, ours in SINGLE_NORMS.items():
             out[b + bfl] = state[d + ours]
     return {k: v.contiguous() for k, v in out.items()}
+
+
+# -- what a FLUX.1 file holds besides a transformer (see flux_ui.models.files) --------------------------
+
+# Where each part's tensors sit in an all-in-one checkpoint (ComfyUI's and Forge's prefixes), and in a file
+# of its own (no prefix).
+VAE_PREFIXES = ("first_stage_model.", "vae.", "")
+CLIP_PREFIXES = ("text_encoders.clip_l.transformer.", "")
+T5_PREFIXES = ("text_encoders.t5xxl.transformer.", "")
+
+
+def _first(header, prefixes, probe: str) -> str | None:
+    return next((p for p in prefixes if p + probe in header), None)
+
+
+def vae_probe(header) -> dict | None:
+    prefix = _first(header, VAE_PREFIXES, "decoder.conv_in.weight")
+    if prefix is None or prefix + "encoder.conv_in.weight" not in header:
+        return None
+    channels = header[prefix + "decoder.conv_in.weight"][1][1]
+    if channels != 16:
+        return {"skip": f"a VAE with {channels} latent channels (Stable Diffusion's?); FLUX.1's has 16"}
+    return {"prefix": prefix}
+
+
+def clip_probe(header) -> dict | None:
+    for prefix in CLIP_PREFIXES:
+        for inner in ("text_model.", ""):
+            if prefix + inner + "embeddings.token_embedding.weight" in header:
+                width = header[prefix + inner + "embeddings.token_embedding.weight"][1][1]
+                if width == 1280:
+                    return {"skip": "a CLIP-G text encoder (SDXL/SD3); FLUX.1 uses CLIP-L"}
+                return {"prefix": prefix}
+    return None
+
+
+def t5_probe(header) -> dict | None:
+    for prefix in T5_PREFIXES:
+        for inner in ("encoder.", ""):
+            if prefix + inner + "block.0.layer.0.SelfAttention.q.weight" in header:
+                return {"prefix": prefix}
+    return None
+
+
+def what_else(header) -> str:
+    names = list(header)
+    if any(("lora_" in n or ".lora." in n or "lokr_" in n or "hada_" in n) for n in names):
+        return "a LoRA (LoRAs are found through --lora-dir)"
+    if any(n.startswith("model.diffusion_model.input_blocks.") for n in names):
+        return "a Stable Diffusion checkpoint, not FLUX.1"
+    first = names[0] if names else "none"
+    return f"not a FLUX.1 file ({len(names)} tensors; the first is {first!r})"

@@ -14,8 +14,8 @@ import torch
 
 from flux_ui.core.errors import ModelUnavailableError
 from flux_ui.core.settings import Settings
-from flux_ui.core.variants import Variant
-from flux_ui.models import installs, single_file, sources
+from flux_ui.core.variants import FLUX2, Variant
+from flux_ui.models import flux2_files, installs, single_file, sources
 
 
 @dataclass
@@ -109,7 +109,7 @@ def _tokenizers(settings: Settings, counts: Counter[str], files_only: bool) -> t
                 sources.load(f"{what} (shared)", src, setting, lambda c=cls, s=sub: c.from_pretrained(src, subfolder=s))
             )
             continue
-        if _tokenizer_on_disk(src, sub):
+        if tokenizer_on_disk(src, sub):
             out.append(cls.from_pretrained(src, subfolder=sub, local_files_only=True))
         elif folder := installs.tokenizer_folder(settings.models_dirs, sub):  # a ComfyUI or Forge install's
             out.append(installs.load_tokenizer(cls, folder, sub))
@@ -132,7 +132,7 @@ def tokenizers(settings: Settings, counts: Counter[str]) -> tuple[object, object
     return _tokenizers(settings, counts, files_only=any(map(sources.is_file, src.values())))
 
 
-def _tokenizer_on_disk(source: str, subfolder: str) -> bool:
+def tokenizer_on_disk(source: str, subfolder: str) -> bool:
     """Whether a tokenizer is in the local folder or the hub cache. Asked first because transformers, given
     no files, builds an empty tokenizer (two tokens) instead of raising."""
     from huggingface_hub import try_to_load_from_cache
@@ -166,7 +166,9 @@ def scheduler_config(settings: Settings, variant: Variant) -> dict:
     from diffusers import FlowMatchEulerDiscreteScheduler
 
     src = sources.resolve_source(settings, variant.name, variant.repo_id)
-    if sources.is_file(src):  # a transformer file holds no scheduler: its family's shipped config serves
+    if sources.is_file(src) and variant.family == FLUX2:  # a transformer file holds no scheduler: the shipped
+        src = str(flux2_files.config_folder(settings, variant, "scheduler"))  # config of its repo serves
+    elif sources.is_file(src):  # likewise, its family's
         src = str(single_file.config_folder(settings, "dev" if variant.uses_guidance else "schnell"))
     sched = sources.load(
         f"{variant.label} scheduler config",

@@ -7,7 +7,7 @@ move and every pipeline run, so concurrent requests for different variants never
 loaded into the models once (see `lora_adapters`) and each pipeline use activates the set it asks for.
 
 FLUX.2 is a second family with shared parts of its own (`flux2_parts`): one VAE for all its variants, and a
-text encoder per key (Qwen3-4B, Qwen3-8B, Mistral Small 3.1), each loaded once and handed by identity to
+text encoder per key (Qwen3-4B, Qwen3-8B, Mistral Small 3.2), each loaded once and handed by identity to
 every variant that names it. Its transformers share the LRU cache with FLUX.1's.
 
 Where models live and how they move (the warm tier, eviction under pressure) is `placement.Placement`,

@@ -45,7 +45,7 @@ def variant_family(variant: Variant) -> str:
     return "dev" if variant.uses_guidance else "schnell"
 
 
-def _identify(what: str, path: Path, setting: str, part: str) -> files.FoundFile:
+def identify_part(what: str, path: Path, setting: str, part: str) -> files.FoundFile:
     """The file's record; a ModelUnavailableError when it cannot serve `part`."""
     found = files.identify(path)
     if not found.usable:
@@ -60,7 +60,18 @@ def _identify(what: str, path: Path, setting: str, part: str) -> files.FoundFile
     return found
 
 
-def _complete(model: torch.nn.Module, what: str, path: Path, setting: str) -> torch.nn.Module:
+def check_family(found: files.FoundFile, family: str, variant: Variant, what: str, setting: str) -> None:
+    """Refuse a transformer file of another family than `family`, the one `variant` runs."""
+    if found.family != family:
+        raise ModelUnavailableError(
+            what,
+            str(found.path),
+            f"the file is a {files.FAMILIES[found.family]} transformer, not one {variant.label} can run",
+            f"Point {setting} at a {variant.label} file.",
+        )
+
+
+def complete(model: torch.nn.Module, what: str, path: Path, setting: str) -> torch.nn.Module:
     """`model`, unless the file lacked some of its tensors: diffusers leaves those unloaded (on the meta
     device) and warns, which would fail only at the first Generate, far from the cause."""
     missing = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
@@ -80,15 +91,9 @@ def transformer(settings: Settings, variant: Variant, source: str) -> torch.nn.M
     from diffusers import FluxTransformer2DModel
 
     path, what, setting = Path(source).expanduser(), f"{variant.label} transformer", f"--model {variant.name}=FILE"
-    found = _identify(what, path, setting, "transformer")
+    found = identify_part(what, path, setting, "transformer")
     hashes.start(path, fresh=settings.verify_weights)  # the images' `Model hash`, read beside the load (see `hashes`)
-    if found.family != variant_family(variant):
-        raise ModelUnavailableError(
-            what,
-            str(path),
-            f"the file is a {files.FAMILIES[found.family]} transformer, not one {variant.label} can run",
-            f"Point {setting} at a {variant.label} file.",
-        )
+    check_family(found, variant_family(variant), variant, what, setting)
     config = config_folder(settings, found.family)
 
     gguf = found.format.startswith("gguf")
@@ -121,7 +126,7 @@ def transformer(settings: Settings, variant: Variant, source: str) -> torch.nn.M
             **extra,
         )
 
-    return _complete(sources.load_file(what, path, setting, load, settings), what, path, setting)
+    return complete(sources.load_file(what, path, setting, load, settings), what, path, setting)
 
 
 def vae(settings: Settings, source: str) -> torch.nn.Module:
@@ -129,7 +134,7 @@ def vae(settings: Settings, source: str) -> torch.nn.Module:
     from diffusers import AutoencoderKL
 
     path, what, setting = Path(source).expanduser(), "vae (shared)", "--model vae=FILE"
-    found = _identify(what, path, setting, "vae")
+    found = identify_part(what, path, setting, "vae")
 
     def load():
         state = files.read_tensors(path, found.parts["vae"])
@@ -141,7 +146,7 @@ def vae(settings: Settings, source: str) -> torch.nn.Module:
             local_files_only=True,
         )
 
-    return _complete(sources.load_file(what, path, setting, load, settings), what, path, setting)
+    return complete(sources.load_file(what, path, setting, load, settings), what, path, setting)
 
 
 def clip(settings: Settings, source: str) -> torch.nn.Module:
@@ -151,7 +156,7 @@ def clip(settings: Settings, source: str) -> torch.nn.Module:
     from transformers import CLIPTextModel
 
     path, what, setting = Path(source).expanduser(), "text_encoder (shared)", "--model clip=FILE"
-    found = _identify(what, path, setting, "clip_l")
+    found = identify_part(what, path, setting, "clip_l")
 
     def load():
         state = files.read_tensors(path, found.parts["clip_l"])
@@ -169,7 +174,7 @@ def clip(settings: Settings, source: str) -> torch.nn.Module:
             local_files_only=True,
         )
 
-    return _complete(sources.load_file(what, path, setting, load, settings), what, path, setting)
+    return complete(sources.load_file(what, path, setting, load, settings), what, path, setting)
 
 
 def t5(settings: Settings, source: str) -> torch.nn.Module:
@@ -179,7 +184,7 @@ def t5(settings: Settings, source: str) -> torch.nn.Module:
     from transformers import T5EncoderModel
 
     path, what, setting = Path(source).expanduser(), "text_encoder_2 (shared)", "--model t5=FILE"
-    found = _identify(what, path, setting, "t5xxl")
+    found = identify_part(what, path, setting, "t5xxl")
 
     def load():
         state = files.read_tensors(path, found.parts["t5xxl"])
@@ -203,4 +208,4 @@ def t5(settings: Settings, source: str) -> torch.nn.Module:
         model.tie_weights()
         return model
 
-    return _complete(sources.load_file(what, path, setting, load, settings), what, path, setting)
+    return complete(sources.load_file(what, path, setting, load, settings), what, path, setting)

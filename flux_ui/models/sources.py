@@ -14,6 +14,7 @@ import re
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
+from dataclasses import replace
 from pathlib import Path
 from typing import TypeVar
 
@@ -116,6 +117,27 @@ def shared_part_source(settings: Settings, part: str) -> str:
     if settings.models_dirs and (found := files.shared_files(files.scan(settings.models_dirs)).get(part)):
         return str(found)
     return resolve_source(settings, "shared", settings.shared_repo)
+
+
+def repo_source(settings: Settings, name: str, repo_id: str) -> str:
+    """Where variant `name`'s repo (or folder in diffusers layout) is, ignoring a single file that serves
+    its transformer: the repo a file's model takes what the file lacks from (its tokenizer, say)."""
+    src = resolve_source(settings, name, repo_id)
+    if not is_file(src):
+        return src
+    others = {k: v for k, v in settings.model_paths.items() if k != name}
+    return resolve_source(replace(settings, model_paths=others, models_dirs=()), name, repo_id)
+
+
+def flux2_part_source(settings: Settings, name: str, repo_id: str, part: str) -> str:
+    """Where a FLUX.2 part comes from for variant `name`: `part` is "flux2-vae" or a text encoder key
+    ("qwen3-4b", "qwen3-8b", "mistral-small-3.2"). Order: --model PART=SOURCE, then the first file of the
+    --models-dir folders holding it, then the variant's repo or folder (`repo_source`)."""
+    if part in settings.model_paths:
+        return settings.model_paths[part]
+    if settings.models_dirs and (found := files.flux2_part_files(files.scan(settings.models_dirs)).get(part)):
+        return str(found)
+    return repo_source(settings, name, repo_id)
 
 
 def is_file(source: str) -> bool:

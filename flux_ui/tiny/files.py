@@ -62,7 +62,11 @@ def ae_vae(tiny_dir: Path) -> dict[str, torch.Tensor]:
     """The shared tiny VAE in ae.safetensors' keys (its attention projections as 1x1 convolutions)."""
     from diffusers import AutoencoderKL
 
-    vae = AutoencoderKL.from_pretrained(tiny_dir / SHARED, subfolder="vae")
+    return ldm_vae(AutoencoderKL.from_pretrained(tiny_dir / SHARED, subfolder="vae"))
+
+
+def ldm_vae(vae: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """A diffusers VAE's tensors in the LDM layout of BFL's files (attention projections as 1x1 convolutions)."""
     up_blocks = len(vae.config.up_block_types)
     out = {}
     for key, t in vae.state_dict().items():

@@ -3,7 +3,7 @@
 Each repo is written as `save_pretrained` of its diffusers pipeline writes it: model_index.json,
 transformer/ (Flux2Transformer2DModel), vae/ (AutoencoderKLFlux2), text_encoder/ and tokenizer/, scheduler/.
 [klein] has a Qwen3 causal LM with a Qwen2 tokenizer (Qwen3-4B for 4B, Qwen3-8B for 9B: the tiny 9B
-encoder is wider than the 4B one, as the real ones differ); [dev] has Mistral Small 3.1
+encoder is wider than the 4B one, as the real ones differ); [dev] has Mistral Small 3.2
 (Mistral3ForConditionalGeneration) with its Pixtral processor. The tokenizers are built here from a word
 list: diffusers' own tests download theirs from the hub, which tests and CI cannot reach.
 
@@ -23,7 +23,7 @@ from flux_ui.tiny.common import SCHEDULER_DEV, WORDS, bytes_to_unicode
 LATENT_CHANNELS = 4  # 32 in FLUX.2's VAE; packed 2x2 into the transformer's 16 (128) input channels
 QWEN_LAYERS = 27  # the klein pipelines read hidden_states[9], [18] and [27]
 MISTRAL_LAYERS = 30  # the [dev] pipeline reads hidden_states[10], [20] and [30]
-ENCODER_WIDTH = {"qwen3-4b": 16, "qwen3-8b": 24, "mistral-small-3.1": 16}  # 2560, 4096 and 5120 in the real ones
+ENCODER_WIDTH = {"qwen3-4b": 16, "qwen3-8b": 24, "mistral-small-3.2": 16}  # 2560, 4096 and 5120 in the real ones
 
 # Qwen3's chat template, reduced to what the klein pipelines render: user turns, and the empty thinking
 # block that `enable_thinking=False` adds after the generation prompt.

@@ -81,10 +81,17 @@ def build(ctx: UiContext) -> Flux2InpaintTab:
                 variant = gr.Dropdown(choices, value=DEFAULT_VARIANT, label="Model", elem_id="flux2-inpaint-variant")
                 strength = gr.Slider(0.01, 1.0, value=DEFAULT_STRENGTH, step=0.01, label="Strength")
             with gr.Row():
-                steps = gr.Slider(1, settings.max_steps, value=default.default_steps, step=1, label="Steps")
+                steps = gr.Slider(
+                    1,
+                    settings.max_steps,
+                    value=default.default_steps,
+                    step=1,
+                    label="Steps",
+                    elem_id="flux2-inpaint-steps",
+                )
                 guidance = gr.Slider(0.0, 10.0, value=4.0, step=0.1, label="Guidance", visible=default.uses_guidance)
             with gr.Row():
-                seed = gr.Number(value=-1, label=f"Seed (-1 = random, up to {SEED_MAX})")
+                seed = gr.Number(value=-1, label=f"Seed (-1 = random, up to {SEED_MAX})", elem_id="flux2-inpaint-seed")
                 num_images = gr.Slider(1, settings.max_images, value=1, step=1, label="Images")
             with gr.Row():
                 run_btn = gr.Button("Inpaint", variant="primary", elem_id="flux2-inpaint-run")
