@@ -52,11 +52,25 @@ def main(argv: list[str] | None = None) -> None:
 
     compile_cache.use(settings.compile_cache_dir)  # before anything compiles
     registry = Registry(settings)
-    if settings.preload:
+    if settings.context_parallel > 1:
+        from flux_ui.models import context_parallel
+
+        if not context_parallel.is_lead(settings):  # torchrun's other ranks: no server, only their share of each job
+            context_parallel.follow(registry)
+            return
+    if settings.replicas:  # the replicas load the models (and --preload them); this process serves and delivers
+        from flux_ui.serving.replicas import start_replicas
+
+        registry.workers = start_replicas(settings)
+    elif settings.preload:
         from flux_ui.tasks import preload
 
         preload.start(registry)
-    serve(registry, resolve_auth(settings))
+    try:
+        serve(registry, resolve_auth(settings))
+    finally:
+        if registry.workers is not None:
+            registry.workers.close()
 
 
 if __name__ == "__main__":
