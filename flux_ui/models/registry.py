@@ -30,7 +30,7 @@ from flux_ui.core.memory import WORKSPACE_BYTES, module_bytes
 from flux_ui.core.settings import Settings
 from flux_ui.core.turns import Line, Workers
 from flux_ui.core.variants import FLUX1, FLUX2, Variant, get_variant
-from flux_ui.models import flux2, hashes, loading, placement, sources, speed
+from flux_ui.models import context_parallel, flux2, hashes, loading, placement, sources, speed
 from flux_ui.models.loading import SharedParts
 from flux_ui.models.loras.library import LoraLibrary, LoraRequest
 from flux_ui.models.placement import Placement
@@ -207,6 +207,8 @@ class Registry(Placement):
                 model = self._load_transformer(variant)  # raises before the cache changes on failure
                 placement.prepare(self.settings.policy, "transformer", model, self.settings.device)
                 self._move(f"transformer:{name}", model, self.settings.device)
+                if self.settings.context_parallel > 1:  # before compiling: the split is part of what compiles
+                    context_parallel.shard(model, self.settings)
                 speed.optimize_transformer(model, self.settings.speed)
                 self._transformers[name] = model
                 self._evict_beyond(self.settings.transformer_cache)
