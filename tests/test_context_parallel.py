@@ -6,13 +6,11 @@ from __future__ import annotations
 
 import base64
 import io
-import os
-import subprocess
 import sys
 
 import numpy as np
 import pytest
-from conftest import ROOT, free_port, wait_for_server
+from conftest import free_port, running_app
 from PIL import Image
 
 from flux_ui.client import FluxUI
@@ -22,11 +20,8 @@ JOB = {"prompt": "a lighthouse at dusk", "resolution": "64x64", "steps": 3, "see
 
 @pytest.fixture(scope="module")
 def parallel_server(tiny_dir, tiny_lora_dir, tmp_path_factory):
-    work = tmp_path_factory.mktemp("cp")
-    port, log = free_port(), work / "app.log"
-    env = {**os.environ, "FLUX_UI_TINY_DIR": str(tiny_dir), "FLUX_UI_OUTPUTS_DIR": str(work / "outputs")}
-    env.pop("FLUX_UI_TINY", None)
-    command = [
+    """`torchrun --nproc-per-node 2 app.py --tiny --context-parallel 2`; yields (url, its log)."""
+    torchrun = (
         sys.executable,
         "-m",
         "torch.distributed.run",
@@ -34,20 +29,10 @@ def parallel_server(tiny_dir, tiny_lora_dir, tmp_path_factory):
         "2",
         "--master-port",
         str(free_port()),
-    ]
-    command += [str(ROOT / "app.py"), "--tiny", "--port", str(port), "--context-parallel", "2", "--preview-every", "0"]
-    with open(log, "w") as fh:
-        proc = subprocess.Popen(command, cwd=work, env=env, stdout=fh, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}/"
-    try:
-        wait_for_server(url, proc, log, timeout=300)
-        yield url, log
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+    )
+    args = ("--context-parallel", "2", "--preview-every", "0")
+    with running_app(tiny_dir, tmp_path_factory.mktemp("cp"), *args, launcher=torchrun, timeout=300) as server:
+        yield server
 
 
 def test_two_processes_make_the_image_one_makes(parallel_server, tiny_dir, tmp_path):

@@ -55,12 +55,15 @@ class Replica:
         from ray import serve
 
         self.id = serve.get_replica_context().replica_id.unique_id
-        self.registry = Registry(settings)
+        self.registry = self.make_registry(settings)
         if settings.preload:
             from flux_ui.tasks import preload
 
             preload.start(self.registry)
         log.info("replica %s ready (device %s)", self.id, settings.device)
+
+    def make_registry(self, settings: Settings) -> Registry:  # a hook: the benchmark builds random weights
+        return Registry(settings)
 
     async def run(self, task: str, job: object):
         """Run `task` on `job` (validated in front); yields ("started", replica id), ("event", e) for each
@@ -256,7 +259,7 @@ def for_replica(settings: Settings) -> Settings:
     )
 
 
-def start_replicas(settings: Settings) -> RayWorkers:
+def start_replicas(settings: Settings, replica: type[Replica] = Replica) -> RayWorkers:
     """Deploy `settings.replicas` replicas on Ray Serve (on --ray-address, or on a Ray instance started
     here) and return the front's handle on them, once every replica is up. One GPU per replica where the
     cluster has GPUs (ValueError if it has fewer than asked for); CPU replicas otherwise (tests, --tiny)."""
@@ -283,7 +286,7 @@ def start_replicas(settings: Settings) -> RayWorkers:
     resources = {"num_gpus": 1} if gpus else {"num_cpus": 0}
     serve.start(proxy_location="Disabled")  # jobs arrive through the handle; Serve's HTTP proxy is not used
     deployment = serve.deployment(
-        Replica,
+        replica,
         name=DEPLOYMENT,
         num_replicas=settings.replicas,
         max_ongoing_requests=1,  # one job at a time per GPU, as in one process
