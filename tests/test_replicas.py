@@ -176,3 +176,19 @@ def test_cancel_stops_the_job_on_its_replica(flux):
     # Both replicas take jobs again (the cancelled one stopped after its step).
     outcome = run_task(registry, "text_to_image", Request(prompt="next", resolution="64x64", steps=1, seed=4))
     assert outcome.result.seed == 4 and outcome.result.replica
+
+
+@pytest.mark.parametrize(
+    ("argv", "names"),
+    [
+        (["--replicas", "-1"], "--replicas"),
+        (["--context-parallel", "0"], "--context-parallel"),
+        (["--replicas", "2", "--context-parallel", "2"], "do not combine"),
+        (["--ray-address", "auto"], "--ray-address"),
+    ],
+)
+def test_several_gpu_flags_are_checked(argv, names):
+    from flux_ui.core.settings import settings_from_args
+
+    with pytest.raises(ValueError, match=names):
+        settings_from_args(argv)
