@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 
 from flux_ui.core.settings import settings_from_args
@@ -22,12 +23,23 @@ class NoTorchvisionFallback(logging.Filter):
 def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("transformers.utils.import_utils").addFilter(NoTorchvisionFallback())
+    if "LOCAL_RANK" in os.environ:  # started by torchrun (--context-parallel): "cuda" is this process's GPU
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
     settings = settings_from_args(argv)
 
     from flux_ui.models.registry import Registry
     from flux_ui.serving.server import resolve_auth, serve
 
-    if settings.tiny:
+    lead = True  # the process that serves (with --context-parallel, torchrun's process 0)
+    if settings.context_parallel > 1:
+        from flux_ui.models import context_parallel
+
+        context_parallel.init(settings)
+        lead = context_parallel.rank() == 0
+    if settings.tiny and lead:
         from transformers.utils import logging as transformers_logging
 
         from flux_ui.tiny.loras import TINY_LORA_SUBDIR, write_tiny_loras
@@ -39,6 +51,8 @@ def main(argv: list[str] | None = None) -> None:
         write_tiny_loras(settings.tiny_dir / TINY_LORA_SUBDIR)
         write_tiny_upscaler(settings.tiny_dir)  # in upscale_models/ below --model-root, where the app finds it
         log.info("tiny mode: random-weight models from %s", settings.tiny_dir)
+    if settings.context_parallel > 1:
+        context_parallel.barrier()  # the tiny models are written before the other processes read them
     log.info("device %s, dtype %s, speed profile %s", settings.device, settings.dtype, settings.speed)
     log.info("memory policy %s: %s (%s)", settings.memory_policy, settings.policy_reason, settings.policy.summary)
     budget = settings.ram_budget_bytes
@@ -52,11 +66,26 @@ def main(argv: list[str] | None = None) -> None:
 
     compile_cache.use(settings.compile_cache_dir)  # before anything compiles
     registry = Registry(settings)
-    if settings.preload:
+    if settings.context_parallel > 1:  # every process runs each job, each its share of the transformer
+        from flux_ui.serving import context_parallel as shares
+
+        if not lead:
+            shares.follow(registry)
+            return
+        registry.workers = shares.LeadWorkers(registry)
+    if settings.replicas:  # the replicas load the models (and --preload them); this process serves and delivers
+        from flux_ui.serving.replicas import start_replicas
+
+        registry.workers = start_replicas(settings)
+    elif settings.preload:
         from flux_ui.tasks import preload
 
         preload.start(registry)
-    serve(registry, resolve_auth(settings))
+    try:
+        serve(registry, resolve_auth(settings))
+    finally:
+        if registry.workers is not None:
+            registry.workers.close()
 
 
 if __name__ == "__main__":

@@ -96,16 +96,19 @@ def wait_for_server(url: str, proc: subprocess.Popen, log: Path, timeout: float 
 
 
 @contextmanager
-def running_app(tiny_dir: Path, work: Path, *args: str) -> Iterator[tuple[str, Path]]:
+def running_app(
+    tiny_dir: Path, work: Path, *args: str, launcher: tuple[str, ...] = (sys.executable,), timeout: float = 120.0
+) -> Iterator[tuple[str, Path]]:
     """`python app.py --tiny ARGS` on a free port, as a user would start it, in `work` (its outputs in
-    work/outputs, its log in work/app.log); yields (url, log) once it answers, and stops it after."""
+    work/outputs, its log in work/app.log); yields (url, log) once it answers, and stops it after.
+    `launcher` is what runs app.py (torchrun, for --context-parallel)."""
     port = free_port()
     log = work / "app.log"
     env = {**os.environ, "FLUX_UI_TINY_DIR": str(tiny_dir), "FLUX_UI_OUTPUTS_DIR": str(work / "outputs")}
     env.pop("FLUX_UI_TINY", None)
     with open(log, "w") as fh:
         proc = subprocess.Popen(
-            [sys.executable, str(ROOT / "app.py"), "--tiny", "--port", str(port), *args],
+            [*launcher, str(ROOT / "app.py"), "--tiny", "--port", str(port), *args],
             cwd=work,
             env=env,
             stdout=fh,
@@ -113,7 +116,7 @@ def running_app(tiny_dir: Path, work: Path, *args: str) -> Iterator[tuple[str, P
         )
     url = f"http://127.0.0.1:{port}/"
     try:
-        wait_for_server(url, proc, log)
+        wait_for_server(url, proc, log, timeout)
         yield url, log
     finally:
         proc.terminate()

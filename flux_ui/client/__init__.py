@@ -81,6 +81,16 @@ class FluxUI:
         """The in-process Registry (None in remote mode)."""
         return getattr(self._backend, "registry", None)
 
+    def close(self) -> None:
+        """Let go of what this object started: the HTTP connection (remote), the replicas (`replicas=N`)."""
+        self._backend.close()
+
+    def __enter__(self) -> FluxUI:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     def generate(
         self,
         task: str = "text_to_image",

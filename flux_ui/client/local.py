@@ -51,6 +51,16 @@ def request_field(field: str, request: Request) -> str:
 class LocalBackend:
     def __init__(self, settings: Settings):
         self.registry = Registry(settings)
+        if settings.replicas:  # the jobs run on Ray Serve replicas; this process validates and delivers
+            from flux_ui.serving.replicas import start_replicas
+
+            self.registry.workers = start_replicas(settings)
+
+    def close(self) -> None:
+        """Take down the replicas this backend deployed (with --replicas); nothing otherwise."""
+        if self.registry.workers is not None:
+            self.registry.workers.close()
+            self.registry.workers = None
 
     def call(self, task: str, request: Request, on_step: Callable | None) -> Result:
         try:
@@ -71,4 +81,5 @@ class LocalBackend:
             saved=[None if d.saved is None else str(d.saved) for d in delivered],
             timings=outcome.timings,
             warnings=outcome.warnings,
+            replica=outcome.result.replica,
         )

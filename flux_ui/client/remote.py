@@ -88,6 +88,9 @@ class RemoteBackend:
         headers = {"X-API-Key": api_key} if api_key else {}
         self.client = httpx.Client(base_url=url.rstrip("/"), headers=headers, timeout=timeout)
 
+    def close(self) -> None:
+        self.client.close()
+
     def call(self, task: str, request: Request, on_step: Callable | None) -> Result:
         response = self.client.post("/generate", json=rest_body(task, request))
         try:
@@ -110,4 +113,5 @@ class RemoteBackend:
             saved=[i["saved"] for i in items],
             timings=body.get("timings", {}),
             warnings=body.get("warnings", []),
+            replica=body.get("replica"),
         )

@@ -19,6 +19,7 @@ class Result:
     timings: dict[str, float] = field(default_factory=dict)  # seconds per phase (load, denoise, total, ...)
     warnings: list[str] = field(default_factory=list)  # e.g. an image that could not be saved
     answer: str | None = None  # vqa only
+    replica: str | None = None  # with --replicas: the replica that made the images
 
     @property
     def image(self) -> Image.Image | None:

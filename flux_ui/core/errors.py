@@ -1,4 +1,8 @@
-"""The errors every layer raises and every surface turns into its own answer (gr.Error, a REST status)."""
+"""The errors every layer raises and every surface turns into its own answer (gr.Error, a REST status).
+
+Each can be pickled with its fields, so that a job run in another process (a replica, flux_ui/serving/
+replicas.py) raises the same error, with the same field, in the process that serves its caller.
+"""
 
 from __future__ import annotations
 
@@ -7,8 +11,11 @@ class InvalidInput(ValueError):
     """Bad user input; `field` is the parameter's API name."""
 
     def __init__(self, field: str, message: str):
-        self.field = field
+        self.field, self.message = field, message
         super().__init__(f"{field}: {message}")
+
+    def __reduce__(self):
+        return type(self), (self.field, self.message)
 
 
 class ModelUnavailableError(RuntimeError):
@@ -18,6 +25,14 @@ class ModelUnavailableError(RuntimeError):
         self.what, self.source, self.reason, self.fix = what, source, reason, fix
         super().__init__(f"{what} could not be loaded from {source}: {reason}. {fix}")
 
+    def __reduce__(self):
+        return type(self), (self.what, self.source, self.reason, self.fix)
+
 
 class Cancelled(Exception):
     """Raised inside a pipeline's step callback when the user cancels; the job stops after that step."""
+
+
+class WorkerLost(RuntimeError):
+    """The process running a job (a replica, with --replicas) died before the job finished, and the one
+    retry died too, or could not be made: the job gave no result."""

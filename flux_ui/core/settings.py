@@ -89,6 +89,10 @@ class Settings:
     safety_threshold: float = 0.85  # flag at or above this probability of the "nsfw" label
     on_space: bool = False  # running on a Hugging Face Space (SPACE_ID is set): the Space decides access
     zero_gpu: bool = False  # on a ZeroGPU Space (SPACES_ZERO_GPU, as the `spaces` package reads it): no training
+    # Several GPUs (README, "Several GPUs"): replicas on Ray Serve, or one image over GPUs (torchrun).
+    replicas: int = 0  # 0: the tasks run in this process; N: on N Ray Serve replicas, each a registry (one GPU)
+    ray_address: str | None = None  # Ray cluster to deploy the replicas on; None: start a local Ray instance
+    context_parallel: int = 1  # processes (GPUs) one image's transformer is split over; >1 needs torchrun
 
     @property
     def max_pixels(self) -> int:
@@ -320,6 +324,26 @@ def build_parser() -> argparse.ArgumentParser:
         help="under the fp8 profile, keep each transformer's float8 conversion on disk (in the compile-cache "
         "folder) so a restart reads half the bytes and skips the conversion",
     )
+    p.add_argument(
+        "--replicas",
+        type=int,
+        default=int(_env("replicas", "0")),
+        help="serve the tasks from N Ray Serve replicas, one GPU each (0: in this process); needs ray[serve]",
+    )
+    p.add_argument(
+        "--ray-address",
+        default=_env("ray_address", "") or None,
+        metavar="ADDR",
+        help="with --replicas: the Ray cluster to deploy on (e.g. ray://head:10001 or auto); default: a local one",
+    )
+    p.add_argument(
+        "--context-parallel",
+        type=int,
+        default=int(_env("context_parallel", "1")),
+        metavar="N",
+        help="split each image's transformer over N GPUs (diffusers' context parallelism); launch with "
+        "torchrun --nproc-per-node N",
+    )
     return p
 
 
@@ -423,6 +447,19 @@ def _positive(flag: str, value: float) -> float:
     return value
 
 
+def check_parallel(replicas: int, context_parallel: int, ray_address: str | None) -> None:
+    """The several-GPU flags: each in range, and not both (a replica is one process on one GPU; context
+    parallelism needs its processes started together by torchrun)."""
+    if replicas < 0:
+        raise ValueError(f"--replicas: expected 0 (in this process) or a number of replicas >= 1, got {replicas}")
+    if context_parallel < 1:
+        raise ValueError(f"--context-parallel: expected a number of GPUs >= 1, got {context_parallel}")
+    if replicas and context_parallel > 1:
+        raise ValueError("--replicas and --context-parallel do not combine yet; choose one (README, 'Several GPUs')")
+    if ray_address and not replicas:
+        raise ValueError("--ray-address: it says where to deploy --replicas; add --replicas N")
+
+
 def settings_from_args(argv: list[str] | None = None) -> Settings:
     """Parse the command line (and environment) into Settings, resolving device, dtype, speed profile and
     memory policy once."""
@@ -441,6 +478,7 @@ def settings_from_args(argv: list[str] | None = None) -> Settings:
         raise ValueError(
             f"--speed: profile {speed!r} does not combine with --memory-policy {policy.name}; use --speed off (or auto)"
         )
+    check_parallel(a.replicas, a.context_parallel, a.ray_address)
     return Settings(
         device=device,
         dtype=resolve_dtype(a.dtype, device),
@@ -493,4 +531,7 @@ def settings_from_args(argv: list[str] | None = None) -> Settings:
         safety_threshold=a.safety_threshold,
         on_space=bool(os.environ.get("SPACE_ID")),
         zero_gpu=os.environ.get("SPACES_ZERO_GPU", "").lower() in ("1", "t", "true"),
+        replicas=a.replicas,
+        ray_address=a.ray_address,
+        context_parallel=a.context_parallel,
     )

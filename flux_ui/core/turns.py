@@ -11,6 +11,7 @@ import threading
 from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import Protocol
 
 from flux_ui.core.errors import Cancelled
 
@@ -27,9 +28,13 @@ class Line:
     browser shows it on the component, not as the error naming the fix.) So every surface validates a
     request at once, and only valid jobs wait here (the UI lets up to --queue-size requests in at once for
     that). The holder of a turn is the first in line until it `leave`s.
+
+    With `width` above one (--replicas N: N GPUs, each behind a replica), the first `width` in line hold
+    turns at once; the rest wait in order as before.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, width: int = 1) -> None:
+        self.width = max(1, width)  # turns held at once
         self._changed = threading.Condition()
         self._line: deque[object] = deque()
 
@@ -43,12 +48,13 @@ class Line:
     def wait(self, ticket: object, timeout: float) -> bool:
         """Whether it is `ticket`'s turn, waiting up to `timeout` seconds for it."""
         with self._changed:
-            return self._changed.wait_for(lambda: self._line[0] is ticket, timeout)
+            return self._changed.wait_for(lambda: self._line.index(ticket) < self.width, timeout)
 
     def ahead(self, ticket: object) -> int:
-        """How many are before `ticket` (the one whose turn it is included)."""
+        """How many must leave before `ticket`'s turn comes (on one GPU: those before it, the holder
+        included); 0 once it holds a turn."""
         with self._changed:
-            return self._line.index(ticket)
+            return max(0, self._line.index(ticket) - self.width + 1)
 
     def leave(self, ticket: object) -> None:
         with self._changed:
@@ -67,3 +73,24 @@ class Line:
             yield
         finally:
             self.leave(ticket)
+
+
+class Workers(Protocol):
+    """Processes that run tasks on models of their own (--replicas): what `TaskSpec.execute` hands a
+    validated job to instead of this process's registry. The caller has taken its turn in `Line` first."""
+
+    def run(
+        self,
+        task: str,
+        job: object,
+        on_event: Callable[[object], None] | None,
+        should_stop: Callable[[], bool] | None,
+    ) -> object:
+        """Run task `task` (a name of the task table) on `job`, its validated parameters; `on_event` gets
+        its events as they come, `should_stop()` is polled (true: the job stops after its current step and
+        this raises Cancelled). Returns the task's result, or raises the task's own error."""
+        ...
+
+    def close(self) -> None:
+        """Take the workers down (at the end of the process that started them)."""
+        ...

@@ -29,9 +29,19 @@ from flux_ui.core import memory, policies
 from flux_ui.core.errors import InvalidInput, ModelUnavailableError
 from flux_ui.core.memory import WORKSPACE_BYTES, module_bytes
 from flux_ui.core.settings import Settings
-from flux_ui.core.turns import Line
+from flux_ui.core.turns import Line, Workers
 from flux_ui.core.variants import FLUX1, FLUX2, Variant, get_variant
-from flux_ui.models import float8_store, flux2, hashes, loading, placement, redux_files, sources, speed
+from flux_ui.models import (
+    context_parallel,
+    float8_store,
+    flux2,
+    hashes,
+    loading,
+    placement,
+    redux_files,
+    sources,
+    speed,
+)
 from flux_ui.models.loading import SharedParts
 from flux_ui.models.loras.library import LoraLibrary, LoraRequest
 from flux_ui.models.placement import Placement
@@ -51,7 +61,10 @@ class Registry(Placement):
         self._tokenizers: tuple[object, object] | None = None  # read alone, before the shared parts
         self.load_counts: Counter[str] = Counter()  # component -> loads from disk or hub
         self.loras = LoraLibrary(settings.lora_dirs, settings.hub_loras)  # the LoRAs a prompt can name
-        self.line = Line()  # turns at the GPU for every surface's jobs, in arrival order
+        self.line = Line(settings.replicas)  # turns at the GPU(s) for every surface's jobs, in arrival order
+        # Where tasks run (`TaskSpec.execute`): None, on this registry's models; with --replicas, the Ray
+        # Serve replicas (flux_ui/serving/replicas.py), each with a registry of its own on its own GPU.
+        self.workers: Workers | None = None
         self.startup = Startup()  # the phases of --preload (flux_ui.tasks.preload), for the UI and /status
         self.float8_writes: list[threading.Thread] = []  # --keep-float8 files being written (tests wait on them)
 
@@ -180,6 +193,8 @@ class Registry(Placement):
                     model = self._load_transformer(variant)  # raises before the cache changes on failure
                     placement.prepare(self.settings.policy, "transformer", model, self.settings.device)
                 self._move(f"transformer:{name}", model, self.settings.device)
+                if self.settings.context_parallel > 1:  # before compiling: the split is part of what compiles
+                    context_parallel.shard(model, self.settings)
                 speed.optimize_transformer(model, self.settings.speed)
                 if (
                     kept is not None

@@ -44,7 +44,7 @@ def run_task(
     spec = TASKS[task]
     job = spec.validate(spec.from_request(request), registry.settings, registry.loras)
     with registry.line.turn(should_stop):  # after validation: a bad field never waits behind another job
-        result = spec.run(registry, job, on_event, should_stop)
+        result = spec.execute(registry, job, on_event, should_stop)
     if not spec.images:
         return Outcome(task, answer=result.answer, timings=dict(result.timings))
     delivered, warnings = deliver(registry, result, task=task)  # may raise ModelUnavailableError (safety classifier)

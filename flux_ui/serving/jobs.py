@@ -22,7 +22,7 @@ import anyio
 import torch
 from fastapi import HTTPException, Request
 
-from flux_ui.core.errors import Cancelled, InvalidInput, ModelUnavailableError
+from flux_ui.core.errors import Cancelled, InvalidInput, ModelUnavailableError, WorkerLost
 from flux_ui.models.faults import out_of_memory_message, recover_from_oom
 from flux_ui.models.registry import Registry
 from flux_ui.output.run import Outcome, run_task
@@ -129,7 +129,7 @@ class Failure:
     """Why a job gave no outcome, for an API to answer in its own shape."""
 
     status: int  # the HTTP status REST would answer
-    kind: str  # invalid, queue_full, cancelled, interrupted, unavailable, out_of_memory
+    kind: str  # invalid, queue_full, cancelled, interrupted, unavailable, out_of_memory, replica_lost
     message: str  # for invalid: the message without its field
     field: str | None = None  # for invalid: the task's field (the API maps it to its own name)
 
@@ -155,6 +155,8 @@ async def run_outcome(
             return Failure(422, "invalid", str(err).partition(": ")[2], err.field)
         except ModelUnavailableError as err:
             return Failure(503, "unavailable", str(err))
+        except WorkerLost as err:
+            return Failure(503, "replica_lost", str(err))
         except Cancelled:
             if job.interrupted:
                 return Failure(200, "interrupted", "interrupted")

@@ -23,7 +23,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt
 
 from flux_ui import __version__
-from flux_ui.core.errors import Cancelled, InvalidInput, ModelUnavailableError
+from flux_ui.core.errors import Cancelled, InvalidInput, ModelUnavailableError, WorkerLost
 from flux_ui.media.metadata import format_parameters, png_info
 from flux_ui.models.faults import out_of_memory_message, recover_from_oom
 from flux_ui.models.registry import Registry
@@ -105,6 +105,7 @@ class GenerateResponse(BaseModel):
     seed: int | None = None
     timings: dict[str, float] = {}
     warnings: list[str] = []
+    replica: str | None = None  # with --replicas: the replica that made the images
 
 
 def decode_base64(value: str | None, field: str, max_mb: float) -> bytes | None:
@@ -166,7 +167,12 @@ def _respond(req: GenerateRequest, outcome: Outcome) -> GenerateResponse:
     ]
     result = outcome.result
     return GenerateResponse(
-        task=req.task, images=images, seed=result.seed, timings=result.timings, warnings=outcome.warnings
+        task=req.task,
+        images=images,
+        seed=result.seed,
+        timings=result.timings,
+        warnings=outcome.warnings,
+        replica=result.replica,
     )
 
 
@@ -231,6 +237,7 @@ def router(registry: Registry, auth: tuple[str, str] | None = None, jobs: Jobs |
             "dtype": status["dtype"],
             "speed": settings.speed,
             "memory_policy": settings.memory_policy,
+            "replicas": settings.replicas,  # 0: the models are this process's (listed below)
             "memory": status.get("memory"),
             "loaded": {
                 "shared": status["shared"],
@@ -256,7 +263,7 @@ def router(registry: Registry, auth: tuple[str, str] | None = None, jobs: Jobs |
         except InvalidInput as err:
             field = rest_field(err.field, req)  # the task names the UI's parameter; say the caller's
             return _error(422, f"{field}: {str(err).partition(': ')[2]}", field)
-        except ModelUnavailableError as err:
+        except (ModelUnavailableError, WorkerLost) as err:
             return _error(503, str(err))
         except Cancelled:
             return _error(499, "cancelled: the client disconnected")  # nginx's code; nobody is listening

@@ -56,6 +56,7 @@ class TaskResult:
     images: list[GeneratedImage]
     seed: int  # the seed of the first image; image i used seed + i
     timings: dict[str, float] = field(default_factory=dict)  # seconds per phase
+    replica: str | None = None  # the replica that made it (--replicas); None: this process
 
 
 StepCallback = Callable[[StepEvent], None]
@@ -163,3 +164,17 @@ class TaskSpec(Generic[P, J, R]):
     from_request: Callable[[Request], P]  # the raw parameters from the APIs' shared fields
     describe: Callable[[R], str] = no_extra  # what the summary adds to seed and timings (a line, or "")
     images: bool = True  # whether results are images (TaskResult) delivered through `output.deliver`
+
+    def execute(
+        self,
+        registry: Registry,
+        job: J,
+        on_event: Callable | None = None,
+        should_stop: Callable[[], bool] | None = None,
+    ) -> R:
+        """Run validated `job` where this server's GPU work goes: `run` on `registry`'s models, or, with
+        --replicas, on a replica's (`registry.workers`). Every surface hands its jobs over here, after
+        validating them and taking a turn in `registry.line`."""
+        if registry.workers is None:
+            return self.run(registry, job, on_event, should_stop)
+        return registry.workers.run(self.name, job, on_event, should_stop)

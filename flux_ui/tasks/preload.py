@@ -13,7 +13,7 @@ import threading
 from flux_ui.core.variants import get_variant
 from flux_ui.models import fast
 from flux_ui.models.registry import Registry
-from flux_ui.tasks.text_to_image import TextToImageParams, text_to_image, validate_text_to_image
+from flux_ui.tasks.text_to_image import SPEC, TextToImageParams, validate_text_to_image
 
 log = logging.getLogger(__name__)
 
@@ -42,10 +42,11 @@ def preload(registry: Registry, variant: str = DEFAULT_VARIANT, warm: bool | Non
             if warm:
                 what = "compiling" if settings.speed != "off" else "warming up"
                 with startup.phase(f"{what}: a one-step image"):
-                    text_to_image(registry, _job(registry, variant, side, 1, False))
+                    # Through `execute`: with --context-parallel the other processes make it (and compile) too.
+                    SPEC.execute(registry, _job(registry, variant, side, 1, False))
                 if fast.unavailable(settings) is None:
                     with startup.phase("warming up fast mode"):
-                        text_to_image(registry, _job(registry, variant, side, FAST_WARM_STEPS, True))
+                        SPEC.execute(registry, _job(registry, variant, side, FAST_WARM_STEPS, True))
     except Exception as err:  # a background thread: record what went wrong for the UI instead of dying silently
         log.exception("start-up preload failed")
         startup.finish(error=f"{type(err).__name__}: {err}")

@@ -24,7 +24,7 @@ from typing import TypeVar
 import gradio as gr
 import torch
 
-from flux_ui.core.errors import Cancelled, InvalidInput, ModelUnavailableError
+from flux_ui.core.errors import Cancelled, InvalidInput, ModelUnavailableError, WorkerLost
 from flux_ui.core.settings import Settings
 from flux_ui.core.variants import SQUARE_AND_WIDE, get_variant
 from flux_ui.media.uploads import checked_upload, upload_dir
@@ -118,7 +118,7 @@ class UiContext:
 
         key = (request.session_hash if request is not None else None, spec.name)
         updates = self.stream(
-            lambda on_step, stop: spec.run(self.registry, job, on_step, stop),
+            lambda on_step, stop: spec.execute(self.registry, job, on_step, stop),
             request,
             on_step,
             (gr.skip(), *skips, gr.skip()),
@@ -207,6 +207,8 @@ class UiContext:
             raise gr.Error("Generation cancelled.", title="Cancelled", print_exception=False) from None
         except ModelUnavailableError as err:
             raise gr.Error(str(err), title="Model not available", duration=None) from None
+        except WorkerLost as err:
+            raise gr.Error(str(err), title="Job lost", duration=None) from None
         except InvalidInput as err:
             raise invalid(err) from None
         except torch.OutOfMemoryError:

@@ -65,8 +65,19 @@ def _summary(r: TrainResult) -> str:
 def build(ctx: UiContext) -> TrainTab:
     settings, registry = ctx.settings, ctx.registry
 
+    def in_this_process() -> None:
+        """Training and captioning run on this process's models; with --replicas the GPUs are the
+        replicas' (a training run is not a job a replica takes)."""
+        if registry.workers is not None:
+            message = (
+                "training runs on the server's own GPU, which --replicas gives to the replicas; "
+                "train on a server started without --replicas"
+            )
+            raise gr.Error(message, title="Not with --replicas", print_exception=False)
+
     def run(raw: TrainParams, request: gr.Request | None):
         """Validate, then stream (status, loss plot, samples, result) while training."""
+        in_this_process()
         try:
             job = validate_training(raw, settings, registry.loras, registry.tokenizers())
         except InvalidInput as err:
@@ -190,6 +201,7 @@ def build(ctx: UiContext) -> TrainTab:
             template: the instruction the VQA model gets for each image.
             folder: instead of images, a folder on the server (see train_lora); its images in file-name order.
         """
+        in_this_process()
         try:
             images = images_to_caption(images, folder, settings)
         except InvalidInput as err:

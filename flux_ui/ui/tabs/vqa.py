@@ -17,10 +17,10 @@ from flux_ui.tasks.vqa import (
     DEFAULT_ANSWER_TOKENS,
     DESCRIBE_AS_PROMPT,
     DESCRIBE_TOKENS,
+    SPEC,
     SUGGEST_EDIT,
     SUGGEST_TOKENS,
     VqaParams,
-    answer_question,
     clean_reply,
     validate_vqa,
 )
@@ -74,7 +74,7 @@ def build(ctx: UiContext) -> VqaTab:
         yield nothing, [*before, _message("assistant", "…")]
         try:
             result = yield from ctx.stream(
-                lambda on_text, stop: answer_question(ctx.registry, params, on_text, stop),
+                lambda on_text, stop: SPEC.execute(ctx.registry, params, on_text, stop),
                 request,
                 show,
                 (gr.skip(), gr.skip()),
