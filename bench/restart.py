@@ -178,6 +178,7 @@ def main() -> None:
     p.add_argument("--before", action="store_true")
     p.add_argument("--tiny", action="store_true", help="CPU check over the tiny models (figures mean nothing)")
     p.add_argument("--child-timeout", type=int, default=220)
+    p.add_argument("--rows", default="1,2,3,4,5", help="which of the rows to run (1-3 now, 4-5 before)")
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     if args.phase == "child":
@@ -203,11 +204,16 @@ def main() -> None:
     if not args.tiny:
         save("weights written", write_repo(Path(args.work)))
     now, before = (tempfile.mkdtemp(prefix=f"compile-cache-{k}-") for k in ("now", "before"))
-    start("1 now: cold compile cache, --keep-float8 writes", args, now, keep=True, before=False, drop=True)
-    start("2 now: warm compile cache, kept float8, page cache dropped", args, now, keep=True, before=False, drop=True)
-    start("3 now: warm compile cache, kept float8, page cache kept", args, now, keep=True, before=False, drop=False)
-    start("4 before: cold compile cache, bf16 folder", args, before, keep=False, before=True, drop=True)
-    start("5 before: warm compile cache, bf16 folder", args, before, keep=False, before=True, drop=True)
+    rows = {int(r) for r in args.rows.split(",")}
+    for row, name, cache, keep, as_before, drop in (
+        (1, "1 now: cold compile cache, --keep-float8 writes", now, True, False, True),
+        (2, "2 now: warm compile cache, kept float8, page cache dropped", now, True, False, True),
+        (3, "3 now: warm compile cache, kept float8, page cache kept", now, True, False, False),
+        (4, "4 before: cold compile cache, bf16 folder", before, False, True, True),
+        (5, "5 before: warm compile cache, bf16 folder", before, False, True, True),
+    ):
+        if row in rows:
+            start(name, args, cache, keep=keep, before=as_before, drop=drop)
     for folder in (now, before):
         shutil.rmtree(folder, ignore_errors=True)
 
