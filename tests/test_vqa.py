@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from flux_ui.core.errors import Cancelled, InvalidInput, ModelUnavailableError
-from flux_ui.core.settings import DEFAULT_VQA_MODEL
+from flux_ui.core.flags import DEFAULT_VQA_MODEL
 from flux_ui.models.registry import Registry
 from flux_ui.tasks.jobs import Job
 from flux_ui.tasks.text_to_image import TextToImageParams, text_to_image, validate_text_to_image

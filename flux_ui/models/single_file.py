@@ -16,7 +16,8 @@ from pathlib import Path
 import torch
 
 from flux_ui.core.errors import ModelUnavailableError
-from flux_ui.core.settings import DEFAULT_SHARED_REPO, Settings
+from flux_ui.core.flags import DEFAULT_SHARED_REPO
+from flux_ui.core.settings import Settings
 from flux_ui.core.variants import Variant
 from flux_ui.models import files, float8_file, hashes, layouts, nf4_file, quantized, sources
 

@@ -14,7 +14,7 @@ import logging
 import torch
 from PIL import Image, ImageFilter
 
-from flux_ui.core.settings import DEFAULT_SAFETY_MODEL
+from flux_ui.core.flags import DEFAULT_SAFETY_MODEL
 from flux_ui.models import sources
 from flux_ui.models.registry import Registry
 from flux_ui.tasks import TaskResult

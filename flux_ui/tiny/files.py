@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from flux_ui.core.settings import DEFAULT_SHARED_REPO
+from flux_ui.core.flags import DEFAULT_SHARED_REPO
 from flux_ui.models.layouts import BFL_PREFIX, diffusers_to_bfl
 
 SHARED = DEFAULT_SHARED_REPO  # the tiny repo whose VAE and encoders the registry shares

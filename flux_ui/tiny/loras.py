@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from flux_ui.core.settings import TINY_LORA_SUBDIR  # noqa: F401 - where the tiny LoRAs go, for app.py and tests
+from flux_ui.core.flags import TINY_LORA_SUBDIR  # noqa: F401 - where the tiny LoRAs go, for app.py and tests
 from flux_ui.tiny.models import CLIP_DIM
 
 log = logging.getLogger(__name__)

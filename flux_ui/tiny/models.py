@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from flux_ui.core.settings import DEFAULT_VQA_MODEL
+from flux_ui.core.flags import DEFAULT_VQA_MODEL
 from flux_ui.core.variants import CONTROL_LORAS, FLUX2, VARIANTS, Variant
 from flux_ui.tiny.common import SCHEDULER_DEV, WORDS, bytes_to_unicode
 

@@ -8,7 +8,8 @@ from flux_ui import __version__
 from flux_ui.models import files, upscalers, verify
 from flux_ui.models.registry import Registry
 from flux_ui.ui import residency
-from flux_ui.ui.common import GPU, UiContext, refuse_foreign_files
+from flux_ui.ui.api_guard import refuse_foreign_files
+from flux_ui.ui.common import GPU, UiContext
 
 
 def _models_tab(ctx: UiContext) -> list:

@@ -26,13 +26,13 @@ import torch
 
 from flux_ui.core.errors import Cancelled, InvalidInput, ModelUnavailableError, WorkerLost
 from flux_ui.core.settings import Settings
-from flux_ui.core.variants import SQUARE_AND_WIDE, get_variant
-from flux_ui.media.uploads import checked_upload, upload_dir
+from flux_ui.media.uploads import upload_dir
 from flux_ui.models.faults import out_of_memory_message, recover_from_oom
 from flux_ui.models.registry import Registry
 from flux_ui.output.deliver import Delivered, deliver
 from flux_ui.tasks import StepEvent, TaskResult, TaskSpec
 from flux_ui.tasks.jobs import Job
+from flux_ui.ui.progress import Told, gallery_preview, progress_line
 
 log = logging.getLogger(__name__)
 GPU = "gpu"  # the concurrency id of every event that runs models
@@ -283,137 +283,6 @@ def publish(path: Path) -> str:
     return str(link)
 
 
-def refuse_foreign_files(demo: gr.Blocks) -> None:
-    """Refuse, before Gradio touches it, any file payload of an event that names a path outside the
-    upload folder, with a gr.Error naming the event's parameter ("image: is not a file uploaded to this
-    server; upload it again"), whether or not the path exists.
-
-    Gradio refuses such paths too (once the app counts as launched, see serve.build_app), but its message
-    names the path and not the field, and it has no hook before it: so `preprocess_data` of this Blocks
-    is wrapped. URLs are left to Gradio (it fetches only public addresses)."""
-    from gradio import utils as gr_utils
-    from gradio_client import utils as client_utils
-
-    original = demo.preprocess_data
-
-    async def preprocess_data(block_fn, inputs, *args, **kwargs):
-        params = gr_utils.get_function_params(block_fn.fn) if block_fn.fn else []
-        names = [name for name, *_ in params]
-        inputs = with_trailing_defaults(block_fn, inputs, params)
-        for i, value in enumerate(inputs):
-            name = names[i] if i < len(names) else getattr(block_fn.inputs[i], "label", None) or f"input {i}"
-
-            def check(payload: dict, name: str = name) -> dict:
-                path = payload.get("path")
-                if isinstance(path, str) and path and not client_utils.is_http_url_like(path):
-                    try:
-                        checked_upload(path, name)
-                    except InvalidInput as err:
-                        log.warning("refused a file payload for %r outside the upload folder", name)
-                        raise invalid(err) from None
-                return payload
-
-            client_utils.traverse(value, check, client_utils.is_file_obj)
-            check_shape(block_fn, i, value, name)
-        return await original(block_fn, inputs, *args, **kwargs)
-
-    demo.preprocess_data = preprocess_data
-
-
-def with_trailing_defaults(block_fn, inputs: list, params: list) -> list:
-    """`inputs` with the handler's defaults for trailing inputs a caller did not send.
-
-    Fields are only ever added at the end of an event's inputs (Kontext's extra references, fast mode);
-    a client written before one was added sends fewer values, and Gradio refuses those outright ("didn't
-    receive enough input values"). Where every missing parameter has a default, the call goes on as the
-    client meant it; otherwise Gradio's own error stands."""
-    missing = range(len(inputs), len(block_fn.inputs))
-    if not missing or len(params) < len(block_fn.inputs) or not all(params[i][1] for i in missing):
-        return inputs
-    return [*inputs, *(params[i][2] for i in missing)]
-
-
-def check_shape(block_fn, index: int, value: object, name: str) -> None:
-    """Gradio validates a value against its component's data model (a chat history must be a list of
-    messages) and, if it does not fit, answers with pydantic's raw text and logs a traceback; here the
-    same validation comes first and names the parameter."""
-    from pydantic import ValidationError
-
-    model = getattr(block_fn.inputs[index], "data_model", None)
-    if model is None or value is None or index in block_fn.component_prop_inputs:
-        return
-    try:
-        model.model_validate(value)
-    except ValidationError as err:
-        first = err.errors()[0] if err.errors() else {"msg": "does not fit", "loc": ()}
-        where = "/".join(str(p) for p in first.get("loc", ())) or "the value"
-        raise invalid(InvalidInput(name, f"is not in the expected form ({where}: {first['msg']})")) from None
-
-
-TEXT_EVERY_S = 0.25  # the info line's progress changes at most this often (a preview always shows)
-
-
-class Told:
-    """One run's progress, said twice: in the info line (the page) and to gr.Progress, which API clients
-    read (`job.status().progress_data` in gradio_client). A client's status shows only the newest message
-    and a yielded output is one, so gr.Progress hears the words of an info-line update only once that
-    update has been yielded (`flush`); between info-line updates (at most every TEXT_EVERY_S, or with a
-    preview) it hears each step at once."""
-
-    def __init__(self, progress: gr.Progress | None):
-        self.progress = progress
-        self.pending: tuple[object, str] | None = None
-        self.shown_at = float("-inf")
-
-    def line(self, value: object, text: str, now: bool) -> bool:
-        """Whether `text` goes to the info line now (`now`, or none for TEXT_EVERY_S); if not, gr.Progress
-        hears it at once."""
-        if now or time.monotonic() - self.shown_at >= TEXT_EVERY_S:
-            self.shown_at = time.monotonic()
-            self.pending = (value, text)
-            return True
-        if self.progress is not None:
-            self.progress(value, desc=text)
-        return False
-
-    def flush(self) -> None:
-        """After an update is yielded: gr.Progress hears its words."""
-        if self.pending is not None and self.progress is not None:
-            self.progress(self.pending[0], desc=self.pending[1])
-        self.pending = None
-
-
-def gallery_preview(noun: str = "image") -> Callable[[StepEvent], object]:
-    """Each step's live preview as the gallery's value (captioned as a preview, which `handoff.pick`
-    refuses), or gr.skip() for a step without one."""
-
-    def show(ev: StepEvent) -> object:
-        if ev.preview is None:
-            return gr.skip()
-        return [(ev.preview, f"{PREVIEW} · {noun} {ev.image_index + 1}, step {ev.step}/{ev.steps}")]
-
-    return show
-
-
-PREVIEW = "preview"  # the first word of a live preview's caption
-
-
-def progress_line(ev: StepEvent) -> str:
-    """The info line during a run: which image, which step, or decoding after the last step."""
-    which = f"Image {ev.image_index + 1} of {ev.total // ev.steps}" if ev.total > ev.steps else "Image"
-    if ev.step >= ev.steps:
-        return f"{which}: decoding…"
-    return f"{which}, step {ev.step}/{ev.steps}"
-
-
-def variant_defaults(name: str) -> tuple[dict, dict]:
-    """Updates for a tab's steps and guidance sliders when the variant `name` is picked: its published
-    defaults, and the guidance slider hidden for guidance-free variants ([schnell])."""
-    v = get_variant(name)
-    guidance = gr.update(value=v.default_guidance, visible=True) if v.uses_guidance else gr.update(visible=False)
-    return gr.update(value=v.default_steps), guidance
-
-
 def image_event(settings: Settings) -> dict:
     """`gpu_event` for the image tabs' run events: no Gradio progress overlay (it would cover the live
     preview); `UiContext.run_images` writes the progress into the info line instead."""
@@ -424,32 +293,3 @@ def summary(result: TaskResult, notes: list[str]) -> str:
     t = result.timings
     line = f"Seed {result.seed} · {t['total']:.1f} s (models {t['load']:.1f} s, generation {t['generate']:.1f} s)"
     return "\n\n".join([line, *notes])
-
-
-ASPECTS = ("1:1", "4:3", "3:4", "3:2", "2:3", "16:9", "9:16", "21:9", "9:21")  # of SQUARE_AND_WIDE, in order
-
-
-PRESETS = {f"{a}  ·  {w}×{h}": (w, h) for a, (w, h) in zip(ASPECTS, SQUARE_AND_WIDE, strict=True)}
-
-
-CUSTOM = "Custom"
-
-
-MAX_SLIDER_SIDE = 2048  # the megapixel limit is checked separately
-
-
-def seed_used_box(elem_id: str) -> gr.Number:
-    """The "Seed used" box, hidden until the session's first finished run: Gradio draws an empty Number
-    as 0, which reads as if seed 0 had been used."""
-    return gr.Number(label="Seed used", interactive=False, precision=0, visible=False, elem_id=elem_id)
-
-
-def reveal_seed(run, box: gr.Number) -> None:
-    """Once `run` (a tab's main event) has finished, show its "Seed used" box if it holds a seed. A
-    separate event, so that the API's output stays the plain number (an update would reach gradio_client
-    as a dict)."""
-
-    def show_seed(seed: float | None):
-        return gr.update(visible=seed is not None)
-
-    run.success(show_seed, box, box, queue=False, show_progress="hidden", api_visibility="private")

@@ -18,7 +18,7 @@ import gradio as gr
 
 from flux_ui.core.errors import InvalidInput
 from flux_ui.media.uploads import checked_upload
-from flux_ui.ui.common import PREVIEW
+from flux_ui.ui.progress import PREVIEW
 
 log = logging.getLogger(__name__)
 

@@ -17,7 +17,8 @@ from flux_ui.core.variants import CONTROL_LORAS, get_variant
 from flux_ui.media.control_maps import CANNY_HIGH, CANNY_LOW
 from flux_ui.tasks.control import MODES, SPEC, ControlParams, control_map, output_size, validate_control
 from flux_ui.ui import examples, fast_mode
-from flux_ui.ui.common import UiContext, image_event, invalid, reveal_seed, seed_used_box
+from flux_ui.ui.common import UiContext, image_event, invalid
+from flux_ui.ui.forms import reveal_seed, seed_used_box
 from flux_ui.ui.handoff import track_selection
 
 MODE_CHOICES = [("Canny edges", "canny"), ("Depth", "depth")]

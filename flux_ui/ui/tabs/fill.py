@@ -15,8 +15,9 @@ from flux_ui.core.seeds import SEED_MAX
 from flux_ui.core.variants import get_variant
 from flux_ui.tasks.fill import SPEC, FillParams
 from flux_ui.ui import examples, fast_mode
-from flux_ui.ui.common import UiContext, image_event, reveal_seed, seed_used_box
+from flux_ui.ui.common import UiContext, image_event
 from flux_ui.ui.editor import mask_editor, split_editor
+from flux_ui.ui.forms import reveal_seed, seed_used_box
 from flux_ui.ui.handoff import track_selection
 
 MAX_SLIDER_OUTPAINT = 1024  # pixels per side on the sliders; the API accepts more, up to the size limit

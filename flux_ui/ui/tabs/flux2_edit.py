@@ -9,7 +9,8 @@ import gradio as gr
 from flux_ui.core.seeds import SEED_MAX
 from flux_ui.core.variants import FLUX2, SQUARE_AND_WIDE, family_variants, get_variant
 from flux_ui.tasks.flux2_edit import AUTO, DEFAULT_VARIANT, MAX_REFERENCES, SPEC, Flux2EditParams
-from flux_ui.ui.common import UiContext, image_event, reveal_seed, seed_used_box
+from flux_ui.ui.common import UiContext, image_event
+from flux_ui.ui.forms import reveal_seed, seed_used_box
 from flux_ui.ui.handoff import track_selection
 
 SIZES = [AUTO, *(f"{w}x{h}" for w, h in SQUARE_AND_WIDE)]

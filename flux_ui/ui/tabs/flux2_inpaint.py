@@ -14,8 +14,9 @@ from flux_ui.core.seeds import SEED_MAX
 from flux_ui.core.variants import FLUX2, family_variants, get_variant
 from flux_ui.tasks.flux2_edit import DEFAULT_VARIANT
 from flux_ui.tasks.flux2_inpaint import DEFAULT_STRENGTH, SPEC, Flux2InpaintParams
-from flux_ui.ui.common import UiContext, image_event, reveal_seed, seed_used_box
+from flux_ui.ui.common import UiContext, image_event
 from flux_ui.ui.editor import mask_editor, split_editor
+from flux_ui.ui.forms import reveal_seed, seed_used_box
 from flux_ui.ui.handoff import track_selection
 
 

@@ -11,7 +11,8 @@ from flux_ui.core.seeds import SEED_MAX
 from flux_ui.core.variants import FLUX1, get_variant, variants_for
 from flux_ui.tasks.image_to_image import AUTO, DEFAULT_STRENGTH, SPEC, ImageToImageParams
 from flux_ui.ui import examples, fast_mode
-from flux_ui.ui.common import PRESETS, UiContext, image_event, reveal_seed, seed_used_box, variant_defaults
+from flux_ui.ui.common import UiContext, image_event
+from flux_ui.ui.forms import PRESETS, reveal_seed, seed_used_box, variant_defaults
 from flux_ui.ui.handoff import track_selection
 
 SIZES = [AUTO, *(f"{w}x{h}" for w, h in PRESETS.values())]

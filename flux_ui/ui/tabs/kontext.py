@@ -15,7 +15,8 @@ from flux_ui.media.metadata import parse_parameters, read_parameters
 from flux_ui.media.uploads import checked_upload
 from flux_ui.tasks.kontext import AUTO, MAX_REFERENCES, SPEC, KontextParams, context_size, output_size
 from flux_ui.ui import examples, fast_mode
-from flux_ui.ui.common import UiContext, image_event, reveal_seed, seed_used_box
+from flux_ui.ui.common import UiContext, image_event
+from flux_ui.ui.forms import reveal_seed, seed_used_box
 from flux_ui.ui.handoff import Receiver, pick, track_selection
 
 VARIANT = get_variant("kontext-dev")

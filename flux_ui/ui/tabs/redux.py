@@ -10,7 +10,8 @@ from flux_ui.core.seeds import SEED_MAX
 from flux_ui.core.variants import get_variant
 from flux_ui.tasks.redux import MAX_REFERENCES, MAX_SCALE, SPEC, ReduxParams
 from flux_ui.ui import examples, fast_mode
-from flux_ui.ui.common import CUSTOM, MAX_SLIDER_SIDE, PRESETS, UiContext, image_event, reveal_seed, seed_used_box
+from flux_ui.ui.common import UiContext, image_event
+from flux_ui.ui.forms import CUSTOM, MAX_SLIDER_SIDE, PRESETS, reveal_seed, seed_used_box
 from flux_ui.ui.handoff import track_selection
 
 VARIANT = get_variant("redux-dev")

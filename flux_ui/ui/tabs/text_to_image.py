@@ -17,16 +17,8 @@ from flux_ui.models import fast
 from flux_ui.models.loras.library import LoraInfo, tagged_names, with_tags
 from flux_ui.tasks.text_to_image import SPEC, TextToImageParams
 from flux_ui.ui import examples, fast_mode
-from flux_ui.ui.common import (
-    CUSTOM,
-    MAX_SLIDER_SIDE,
-    PRESETS,
-    UiContext,
-    image_event,
-    invalid,
-    reveal_seed,
-    seed_used_box,
-)
+from flux_ui.ui.common import UiContext, image_event, invalid
+from flux_ui.ui.forms import CUSTOM, MAX_SLIDER_SIDE, PRESETS, reveal_seed, seed_used_box
 from flux_ui.ui.handoff import Receiver, track_selection
 
 

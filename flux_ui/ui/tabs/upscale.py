@@ -33,7 +33,8 @@ from flux_ui.tasks.upscale import (
     target_size,
 )
 from flux_ui.ui import examples
-from flux_ui.ui.common import UiContext, image_event, reveal_seed, seed_used_box, variant_defaults
+from flux_ui.ui.common import UiContext, image_event
+from flux_ui.ui.forms import reveal_seed, seed_used_box, variant_defaults
 from flux_ui.ui.handoff import Receiver, track_selection
 
 NOTE = (
