@@ -54,6 +54,7 @@ def load_vae(settings: Settings, variant: Variant, counts: Counter[str]) -> torc
         src,
         f"--model {files.FLUX2_VAE}=FOLDER",
         lambda: AutoencoderKLFlux2.from_pretrained(src, subfolder="vae", torch_dtype=settings.dtype),
+        "vae",
     )
     return vae.eval().requires_grad_(False)
 
@@ -81,6 +82,7 @@ def load_text_encoder(settings: Settings, variant: Variant, counts: Counter[str]
             src,
             f"--model {variant.text_encoder}=FOLDER",
             lambda: model_cls.from_pretrained(src, subfolder="text_encoder", dtype=settings.dtype),
+            "text_encoder",
         )
     tokenizer = _tokenizer(settings, variant, from_file)
     return model.eval().requires_grad_(False), tokenizer
@@ -104,7 +106,11 @@ def _tokenizer(settings: Settings, variant: Variant, files_only: bool) -> object
         )
     extra = {"local_files_only": True} if files_only else {}
     tokenizer = sources.load(
-        f"{variant.label} tokenizer", src, setting, lambda: tok_cls.from_pretrained(src, subfolder="tokenizer", **extra)
+        f"{variant.label} tokenizer",
+        src,
+        setting,
+        lambda: tok_cls.from_pretrained(src, subfolder="tokenizer", **extra),
+        None if files_only else "tokenizer",
     )
     if getattr(tokenizer, "chat_template", None) is None:
         raise ModelUnavailableError(
@@ -130,6 +136,7 @@ def load_transformer(settings: Settings, variant: Variant, counts: Counter[str])
         src,
         f"--model {variant.name}=FOLDER",
         lambda: Flux2Transformer2DModel.from_pretrained(src, subfolder="transformer", torch_dtype=settings.dtype),
+        "transformer",
     )
     return model.eval().requires_grad_(False)
 

@@ -60,6 +60,7 @@ def load_shared(settings: Settings, counts: Counter[str]) -> SharedParts:
             src[part],
             setting,
             lambda: from_folder(src[part], subfolder=subfolder, dtype=dtype, **direct_to(settings)),
+            subfolder,
         )
 
     def vae_from_folder(source, subfolder, dtype, **kwargs):
@@ -105,9 +106,8 @@ def _tokenizers(settings: Settings, counts: Counter[str], files_only: bool) -> t
     for what, cls, sub in (("tokenizer", CLIPTokenizer, "tokenizer"), ("tokenizer_2", T5TokenizerFast, "tokenizer_2")):
         counts[what] += 1
         if not files_only:
-            out.append(
-                sources.load(f"{what} (shared)", src, setting, lambda c=cls, s=sub: c.from_pretrained(src, subfolder=s))
-            )
+            load = lambda c=cls, s=sub: c.from_pretrained(src, subfolder=s)  # noqa: E731
+            out.append(sources.load(f"{what} (shared)", src, setting, load, sub))
             continue
         if tokenizer_on_disk(src, sub):
             out.append(cls.from_pretrained(src, subfolder=sub, local_files_only=True))
@@ -157,6 +157,7 @@ def load_transformer(settings: Settings, variant: Variant, counts: Counter[str])
         lambda: FluxTransformer2DModel.from_pretrained(
             src, subfolder="transformer", torch_dtype=settings.dtype, **direct_to(settings)
         ),
+        "transformer",
     )
     return model.eval().requires_grad_(False)
 
@@ -175,5 +176,6 @@ def scheduler_config(settings: Settings, variant: Variant) -> dict:
         src,
         f"--model {variant.name}=FOLDER",
         lambda: FlowMatchEulerDiscreteScheduler.from_pretrained(src, subfolder="scheduler"),
+        "scheduler",
     )
     return dict(sched.config)

@@ -33,6 +33,7 @@ from flux_ui.core.turns import Line, Workers
 from flux_ui.core.variants import FLUX1, FLUX2, Variant, get_variant
 from flux_ui.models import (
     context_parallel,
+    downloads,
     float8_store,
     flux2,
     hashes,
@@ -66,6 +67,7 @@ class Registry(Placement):
         # Serve replicas (flux_ui/serving/replicas.py), each with a registry of its own on its own GPU.
         self.workers: Workers | None = None
         self.startup = Startup()  # the phases of --preload (flux_ui.tasks.preload), for the UI and /status
+        self.downloads = downloads.progress  # downloads from the hub (the process's one record), likewise
         self.float8_writes: list[threading.Thread] = []  # --keep-float8 files being written (tests wait on them)
 
     # -- loading ---------------------------------------------------------------------------------
@@ -372,4 +374,5 @@ class Registry(Placement):
                 "loras": self._loaded_loras(),
                 "load_counts": dict(self.load_counts),
                 "startup": self.startup.snapshot(),
+                "downloads": self.downloads.snapshot(),
             }

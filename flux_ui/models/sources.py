@@ -27,7 +27,7 @@ from huggingface_hub.errors import (
 
 from flux_ui.core.errors import ModelUnavailableError
 from flux_ui.core.settings import Settings
-from flux_ui.models import files, verify
+from flux_ui.models import downloads, files, verify
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -81,13 +81,16 @@ _REPO_ID = re.compile(r"^[\w.-]+/[\w.-]+$")  # "org/name": what the hub serves
 
 def hub_down(source: str) -> bool:
     """Whether `source` is a hub repo id while the hub does not answer (and downloads are not off anyway)."""
+    return downloads_on(source) and not hub_reachable()
+
+
+def downloads_on(source: str) -> bool:
+    """Whether `source` is a hub repo id and the hub client may download (HF_HUB_OFFLINE is not set)."""
     from huggingface_hub import constants
 
     if is_local(source) or not _REPO_ID.match(source):
         return False
-    if constants.HF_HUB_OFFLINE or os.environ.get("HF_HUB_OFFLINE") == "1":
-        return False
-    return not hub_reachable()
+    return not (constants.HF_HUB_OFFLINE or os.environ.get("HF_HUB_OFFLINE") == "1")
 
 
 @contextmanager
@@ -223,15 +226,19 @@ def _explain(err: BaseException, what: str, source: str, setting: str, down: boo
     return ModelUnavailableError(what, source, str(err), f"Check the repo id and HF_TOKEN, {local_fix}.")
 
 
-def load(what: str, source: str, setting: str, loader: Callable[[], T]) -> T:
+def load(what: str, source: str, setting: str, loader: Callable[[], T], subfolder: str | None = None) -> T:
     """Run `loader()` and translate any loading failure into a ModelUnavailableError.
 
     `what` names the model for the message ("FLUX.1 [dev] transformer"), `setting` names the option the
-    user can change to fix it ("--model dev=...").
+    user can change to fix it ("--model dev=..."). With `subfolder`, a hub repo's subfolder that is not
+    fully in the hub cache is downloaded first, its progress shown (`downloads`); the loader then reads it
+    from the cache.
     """
     log.info("loading %s from %s", what, source)
     down = hub_down(source)
     try:
+        if subfolder is not None and downloads_on(source) and not down:
+            downloads.fetch(what, source, subfolder)
         with offline() if down else nullcontext():
             return loader()
     except (OSError, ValueError, ImportError, HfHubHTTPError, ConnectionError, TimeoutError) as err:

@@ -81,15 +81,24 @@ def _models_tab(ctx: UiContext) -> list:
 
 
 def _startup_line(registry: Registry) -> None:
-    """The --preload phases above the tabs: re-read every second while the preload runs, then left as it
-    ended ("Ready in 45 s (...)"); a page opened later shows the outcome at its first tick."""
+    """The --preload phases and any download from the hub, above the tabs: re-read every second while
+    either runs; the preload's outcome stays ("Ready in 45 s (...)"). Where models may come from the hub,
+    the line keeps looking every IDLE_TICK_S for a download (the first Generate's, say)."""
+    hub = registry.settings.model_root is None
+
+    def text() -> str:
+        return "\n\n".join(line for line in (registry.startup.line(), registry.downloads.line()) if line)
 
     def tick():
-        return registry.startup.line(), gr.Timer(active=registry.startup.active)
+        busy = registry.startup.active or registry.downloads.active
+        return text(), gr.Timer(1.0 if busy else IDLE_TICK_S, active=busy or hub)
 
-    line = gr.Markdown(registry.startup.line(), elem_id="startup")
+    line = gr.Markdown(text(), elem_id="startup")
     timer = gr.Timer(1.0)
     timer.tick(tick, None, [line, timer], queue=False, show_progress="hidden", api_visibility="private")
+
+
+IDLE_TICK_S = 5.0  # how often the start-up line looks for a download when none runs
 
 
 def build_ui(registry: Registry) -> gr.Blocks:
@@ -113,7 +122,7 @@ def build_ui(registry: Registry) -> gr.Blocks:
     ctx = UiContext(registry)
     with gr.Blocks(title="FLUX UI") as demo:
         gr.Markdown(f"# FLUX UI <small>v{__version__}</small>")
-        if ctx.settings.preload:
+        if ctx.settings.preload or ctx.settings.model_root is None:  # preloading, or models from the hub
             _startup_line(registry)
         if ctx.settings.tiny:
             gr.Markdown(

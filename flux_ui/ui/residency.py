@@ -5,7 +5,7 @@ Plain formatting, no gradio, so the tests check the words the Models tab shows.
 
 from __future__ import annotations
 
-from flux_ui.models import startup
+from flux_ui.models import downloads, startup
 
 # Readable names of the shared parts in the table.
 PART_LABELS = {
@@ -80,6 +80,8 @@ def markdown(status: dict) -> str:
     """The panel: memory figures, then one table row per loaded model."""
     lines = memory_lines(status)
     if status.get("startup") and (line := startup.describe(status["startup"])):
+        lines.insert(0, line)
+    if status.get("downloads") and (line := downloads.describe(status["downloads"])):
         lines.insert(0, line)
     rows = model_rows(status)
     table = ["| model | where | weights | LoRAs loaded |", "|---|---|---|---|"]
