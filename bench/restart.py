@@ -36,6 +36,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
+from bench.model_files import drop_caches  # noqa: E402 (the repo root is on the path only now)
+
 log = logging.getLogger("bench")
 REPO = "black-forest-labs/FLUX.1-dev"
 OUT: dict = {}
@@ -47,15 +49,6 @@ def save(key: str, value) -> None:
     if OUT_PATH is not None:
         OUT_PATH.write_text(json.dumps(OUT, indent=2))
     log.info("%s: %s", key, json.dumps(value)[:600])
-
-
-def drop_page_cache() -> bool:
-    subprocess.run(["sync"], check=False)
-    try:
-        Path("/proc/sys/vm/drop_caches").write_text("3\n")
-        return True
-    except OSError:
-        return False
 
 
 def write_repo(root: Path) -> dict:
@@ -155,7 +148,7 @@ def start(name: str, args, cache: str, *, keep: bool, before: bool, drop: bool) 
     cmd = [sys.executable, __file__, "--phase", "child", "--out", str(out), "--work", args.work]
     cmd += ["--cache-dir", cache, "--scratch", args.scratch]
     cmd += ["--keep-float8"] * keep + ["--before"] * before + ["--tiny"] * args.tiny
-    dropped = drop_page_cache() if drop else False
+    dropped = drop_caches() if drop else False
     begin = time.perf_counter()
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=args.child_timeout)
     row = {"wall_s": round(time.perf_counter() - begin, 2), "page_cache_dropped": dropped, "rc": done.returncode}
