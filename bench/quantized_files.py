@@ -21,6 +21,7 @@ speed with no bf16 copy. Files are written and deleted one at a time; JSON is wr
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import shutil
@@ -28,6 +29,7 @@ import statistics
 import sys
 import threading
 import time
+import traceback
 from dataclasses import replace
 from datetime import date
 from pathlib import Path
@@ -76,17 +78,51 @@ def q8_0(t: torch.Tensor) -> torch.Tensor:
     return raw.reshape(rows, cols // 32 * 34)
 
 
-def write_gguf(path: Path, bfl: dict[str, torch.Tensor], device: str) -> None:
+def q4_k(t: torch.Tensor) -> torch.Tensor:
+    """ggml's Q4_K super-blocks of a 2-D tensor (per 256 weights: float16 scale and min-scale, eight 6-bit
+    scales and mins packed in 12 bytes, 256 4-bit values), on its device. The gguf package has no Q4_K
+    quantizer (only its dequantizer, which `--tiny` checks this against); llama.cpp's searches each block's
+    scale, this one takes each 32-weight sub-block's range, which costs the same per step."""
+    rows, cols = t.shape
+    x = t.float().reshape(rows, cols // 256, 8, 32)
+    lo = x.amin(-1).clamp(max=0)  # a sub-block's offset is -min >= 0, as ggml's
+    scale = (x.amax(-1) - lo) / 15
+    d = scale.amax(-1, keepdim=True) / 63
+    dmin = (-lo).amax(-1, keepdim=True) / 63
+    d, dmin = d.half().float(), dmin.half().float()  # stored as float16: quantise against what is stored
+    sc = torch.where(d > 0, (scale / d.clamp(min=1e-30)).round(), 0).clamp(0, 63)
+    m = torch.where(dmin > 0, (-lo / dmin.clamp(min=1e-30)).round(), 0).clamp(0, 63)
+    step = (d * sc).unsqueeze(-1)
+    q = torch.where(step > 0, ((x + (dmin * m).unsqueeze(-1)) / step.clamp(min=1e-30)).round(), 0).clamp(0, 15)
+    q = q.to(torch.uint8)  # (rows, blocks, 8, 32): sub-blocks 2c and 2c+1 share bytes (low, high nibble)
+    qs = (q[:, :, 0::2] | (q[:, :, 1::2] << 4)).reshape(rows, cols // 256, 128)
+    sc, m = sc.to(torch.uint8), m.to(torch.uint8)
+    packed = torch.cat(
+        [
+            sc[..., :4] | ((sc[..., 4:] >> 4) << 6),
+            m[..., :4] | ((m[..., 4:] >> 4) << 6),
+            (sc[..., 4:] & 0x0F) | ((m[..., 4:] & 0x0F) << 4),
+        ],
+        dim=-1,
+    )
+    halves = torch.cat([d.half(), dmin.half()], dim=-1).view(torch.uint8)  # (rows, blocks, 4)
+    return torch.cat([halves, packed, qs], dim=-1).reshape(rows, cols // 256 * 144)
+
+
+def write_gguf(path: Path, bfl: dict[str, torch.Tensor], device: str, kind: str = "Q8_0") -> None:
+    """city96's layout: BFL keys, the large 2-D weights quantised, the rest float16/float32."""
     import gguf
 
     from flux_ui.tiny.quantized_files import GGUF_KEEP
 
+    qtype = getattr(gguf.GGMLQuantizationType, kind)
+    quantize, block = {"Q8_0": (q8_0, 32), "Q4_K": (q4_k, 256)}[kind]
     writer = gguf.GGUFWriter(path=None, arch="flux")
     writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
-    writer.add_file_type(gguf.LlamaFileType.MOSTLY_Q8_0)
+    writer.add_file_type(getattr(gguf.LlamaFileType, f"MOSTLY_{kind}" if kind == "Q8_0" else f"MOSTLY_{kind}_M"))
     for name, t in bfl.items():
-        if t.ndim == 2 and not name.startswith(GGUF_KEEP) and t.shape[1] % 32 == 0:
-            writer.add_tensor(name, q8_0(t.to(device)).cpu().numpy(), raw_dtype=gguf.GGMLQuantizationType.Q8_0)
+        if t.ndim == 2 and not name.startswith(GGUF_KEEP) and t.shape[1] % block == 0:
+            writer.add_tensor(name, quantize(t.to(device)).cpu().numpy(), raw_dtype=qtype)
         elif t.ndim == 2:
             writer.add_tensor(name, t.half().cpu().numpy(), raw_dtype=gguf.GGMLQuantizationType.F16)
         else:
@@ -97,13 +133,39 @@ def write_gguf(path: Path, bfl: dict[str, torch.Tensor], device: str) -> None:
     writer.close()
 
 
+# Each format under the memory cap of the GPU class it is meant for (`set_per_process_memory_fraction`, so a
+# row that runs here fits that card; the transformer alone: the text encoders come on top, offloaded or in
+# float8 under the 24 and 12 GB policies). bf16 is the 40 GB class's (`resident`); None: no cap.
+CAPS_GIB = {
+    "folder": 40,
+    "single": 40,
+    "fp8": 24,
+    "gguf": 16,
+    "gguf-q4k": 12,
+    "nf4": 12,
+    "nf4-bf16": None,
+    # The same files compiled: fp8 as the app's `fp8` speed profile does (regional torch.compile of its float8
+    # layers); GGUF and NF4 are not compiled by the app (`speed.optimize_transformer`): these rows measure
+    # whether they should be (fullgraph off, so a break in their dequantising layers falls back, not fails).
+    "fp8-compiled": 24,
+    "gguf-compiled": 16,
+    "nf4-compiled": 12,
+}
+
+
+def cap(gib: float | None) -> None:
+    if torch.cuda.is_available():
+        total = torch.cuda.get_device_properties(0).total_memory
+        torch.cuda.set_per_process_memory_fraction(1.0 if gib is None else min(1.0, gib * 2**30 / total))
+
+
 def main() -> None:
     from diffusers import FluxTransformer2DModel
     from safetensors.torch import save_file
 
     from flux_ui.core.settings import Settings
     from flux_ui.core.variants import get_variant
-    from flux_ui.models import files, nf4_file, single_file
+    from flux_ui.models import files, nf4_file, single_file, sources
     from flux_ui.models.layouts import diffusers_to_bfl
     from flux_ui.tiny.files import fp8_scaled
     from flux_ui.tiny.quantized_files import nf4_state
@@ -111,7 +173,7 @@ def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--out", required=True)
     p.add_argument("--work", default="/tmp/quantized-files")
-    p.add_argument("--formats", default="folder,fp8,gguf,nf4,nf4-bf16")
+    p.add_argument("--formats", default=",".join(CAPS_GIB))
     p.add_argument("--tiny", action="store_true", help="the tiny model on the CPU (checks the script)")
     a = p.parse_args()
     work = Path(a.work)
@@ -142,8 +204,11 @@ def main() -> None:
     torch.manual_seed(0)
     with torch.device(device):
         model = FluxTransformer2DModel.from_config(FluxTransformer2DModel.load_config(config)).to(settings.dtype)
-    state = model.state_dict()  # on the device: the files are made there
+    # In RAM, so that each row's GPU memory is its load's alone; each format is made tensor by tensor on the GPU.
+    state = {k: v.cpu() for k, v in model.state_dict().items()}
     del model
+    if cuda:
+        torch.cuda.empty_cache()
     cfg = FluxTransformer2DModel.load_config(config)
     tokens = (side // 16) ** 2
     inputs = {
@@ -158,43 +223,80 @@ def main() -> None:
         "guidance": torch.tensor([3.5], device=device, dtype=settings.dtype),
     }
 
-    def step_seconds(model) -> float:
+    outputs: dict[str, torch.Tensor] = {}  # each format's first step output, compared with the folder's
+
+    def step_seconds(model, name: str, warm_only: bool = False) -> float:
         times = []
-        for i in range(7):
+        for i in range(2 if warm_only else 7):
             if cuda:
                 torch.cuda.synchronize()
             start = time.perf_counter()
             with torch.inference_mode():
-                model(**inputs)
+                sample = model(**inputs).sample
+            if i == 0 and not warm_only:
+                outputs[name] = sample.float().cpu()
             if cuda:
                 torch.cuda.synchronize()
             if i >= 2:
                 times.append(time.perf_counter() - start)
-        return statistics.median(times)
+        return statistics.median(times) if times else 0.0
 
-    def measure(name: str, path: Path, write_s: float, run_settings, load, keep: bool = False) -> None:
+    def measure(key: str, name: str, path: Path, write_s: float, run_settings, load, keep: bool = False) -> None:
+        if key not in formats:
+            if not keep:
+                shutil.rmtree(path) if path.is_dir() else path.unlink()
+            return
         base = 0
         if cuda:
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats()
             base = torch.cuda.memory_allocated()
         row = {"format": name, "file_gb": round(_size(path) / 1e9, 2), "write_s": round(write_s, 1)}
+        row["cap_gib"] = CAPS_GIB[key] if cuda else None
         row["page_cache_dropped"] = drop_caches() if cuda else False
-        start = time.perf_counter()
-        with RamPeak() as ram:
-            model = load(run_settings)
-            model.to(device)
-        if cuda:
-            torch.cuda.synchronize()
-        row["load_s"] = round(time.perf_counter() - start, 1)
-        row["ram_added_gib"] = ram.added_gib
-        if cuda:
-            row["gpu_weights_gib"] = round((torch.cuda.memory_allocated() - base) / 2**30, 2)
-        row["step_s"] = round(step_seconds(model), 4)
-        row["image_transformer_s_28_steps"] = round(row["step_s"] * 28, 2)
+        cap(row["cap_gib"])
+        model = None
+        try:
+            start = time.perf_counter()
+            with RamPeak() as ram:
+                model = load(run_settings)
+                model.to(device)
+            if cuda:
+                torch.cuda.synchronize()
+            row["load_s"] = round(time.perf_counter() - start, 1)
+            row["ram_added_gib"] = ram.added_gib
+            if cuda:
+                row["gpu_weights_gib"] = round((torch.cuda.memory_allocated() - base) / 2**30, 2)
+            if key.endswith("-compiled"):
+                compile_blocks(model, key)
+                start = time.perf_counter()
+                step_seconds(model, key, warm_only=True)
+                row["first_steps_with_compile_s"] = round(time.perf_counter() - start, 1)
+            row["step_s"] = round(step_seconds(model, key), 4)
+            row["image_transformer_s_28_steps"] = round(row["step_s"] * 28, 2)
+            # The step's output against the folder's, NF4 unpacked against kept, compiled against eager.
+            eager = key.removesuffix("-compiled") if key.endswith("-compiled") else "nf4" if key == "nf4-bf16" else None
+            for ref in ("folder", eager):
+                if ref in outputs and ref != key:
+                    diff = outputs[key] - outputs[ref]
+                    row[f"vs_{ref}_max_abs"] = round(diff.abs().max().item(), 5)
+                    row[f"vs_{ref}_rel_rms"] = round((diff.norm() / outputs[ref].norm()).item(), 5)
+        except torch.cuda.OutOfMemoryError as err:
+            row["error"] = f"out of memory under the {row['cap_gib']} GiB cap: {str(err).splitlines()[0][:200]}"
+        except Exception as err:  # noqa: BLE001 - the compiled rows are exploratory: say why, keep the rest
+            if not key.endswith("-compiled"):
+                raise
+            row["error"] = f"{type(err).__name__}: {str(err)[:300]}"
+            row["where"] = traceback.format_exc()[-1200:]
         if cuda:
             row["peak_gpu_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
         del model
+        if key.endswith("-compiled"):  # dynamo's caches hold the compiled model's weights until reset
+            torch._dynamo.reset()
+        gc.collect()
+        if cuda:
+            torch.cuda.empty_cache()
+        cap(None)
         out["rows"].append(row)
         save()
         print(json.dumps(row), flush=True)
@@ -210,28 +312,36 @@ def main() -> None:
             {k: v.cpu() for k, v in state.items()}, folder / "transformer" / "diffusion_pytorch_model.safetensors"
         )
 
-        def from_folder(s):
-            return FluxTransformer2DModel.from_pretrained(folder, subfolder="transformer", torch_dtype=s.dtype)
+        def from_folder(s):  # the app's folder read: straight to the GPU under the 40 GB policy
+            return FluxTransformer2DModel.from_pretrained(
+                folder, subfolder="transformer", torch_dtype=s.dtype, **sources.direct_to(s)
+            )
 
-        measure("diffusers folder, bf16 eager", folder, time.perf_counter() - start, settings, from_folder)
-    # The BFL layout in RAM (so the GPU peaks below are the loads' alone); each format is made from it
-    # tensor by tensor on the device.
-    bfl = {k: v.cpu() for k, v in diffusers_to_bfl(state).items()}
+        measure("folder", "diffusers folder, bf16 eager", folder, time.perf_counter() - start, settings, from_folder)
+    # The BFL layout, in RAM (converted on the device: on the CPU it takes minutes); every file below is made from it
+    bfl = {k: v.cpu() for k, v in diffusers_to_bfl({k: v.to(device) for k, v in state.items()}).items()}
     del state
     if cuda:
         torch.cuda.empty_cache()
+    file = lambda s, path: single_file.transformer(s, variant, str(path))  # noqa: E731
+    if "single" in formats:
+        path, start = work / "flux1-dev.safetensors", time.perf_counter()
+        save_file({k: v.contiguous() for k, v in bfl.items()}, path)
+        measure("single", "BFL single file, bf16 eager (ComfyUI's models/unet)", path, time.perf_counter() - start,
+                settings, lambda s: file(s, path))  # fmt: skip
 
     def per_tensor(fn) -> dict[str, torch.Tensor]:
         return {k: v.cpu() for name, t in bfl.items() for k, v in fn({name: t.to(device)}).items()}
 
-    file = lambda s, path: single_file.transformer(s, variant, str(path))  # noqa: E731
-    if "fp8" in formats:
+    if "fp8" in formats or "fp8-compiled" in formats:
         path, start = work / "flux1-dev-fp8-scaled.safetensors", time.perf_counter()
         save_file({k: v.contiguous() for k, v in per_tensor(fp8_scaled).items()}, path)
         fp8 = replace(settings, memory_policy="fp8-24gb") if cuda else replace(settings, speed="fp8")
-        measure("fp8-scaled file, float8 layers (fp8-24gb)", path, time.perf_counter() - start, fp8,
+        write_s = time.perf_counter() - start
+        measure("fp8", "fp8-scaled file, float8 layers (fp8-24gb)", path, write_s, fp8, lambda s: file(s, path), True)
+        measure("fp8-compiled", "fp8-scaled file, float8 layers, compiled (fp8 profile)", path, write_s, fp8,
                 lambda s: file(s, path))  # fmt: skip
-    if "gguf" in formats:
+    if "gguf" in formats or "gguf-compiled" in formats:
         path, start = work / "flux1-dev-Q8_0.gguf", time.perf_counter()
         import gguf
 
@@ -239,8 +349,23 @@ def main() -> None:
         reference = gguf.quants.quantize(sample.float().numpy(), gguf.GGMLQuantizationType.Q8_0)
         out["q8_0_equals_gguf_package"] = bool((q8_0(sample.to(device)).cpu().numpy() == reference).all())
         write_gguf(path, bfl, device)
-        measure("GGUF Q8_0 file, kept quantised", path, time.perf_counter() - start, settings, lambda s: file(s, path))
-    nf4 = [f for f in ("nf4", "nf4-bf16") if f in formats]
+        write_s = time.perf_counter() - start
+        measure("gguf", "GGUF Q8_0 file, kept quantised", path, write_s, settings, lambda s: file(s, path), True)
+        measure("gguf-compiled", "GGUF Q8_0 file, kept quantised, compiled", path, write_s, settings,
+                lambda s: file(s, path))  # fmt: skip
+    if "gguf-q4k" in formats:
+        path, start = work / "flux1-dev-Q4_K_M.gguf", time.perf_counter()
+        import gguf
+
+        sample = bfl["double_blocks.0.img_attn.proj.weight"].float()  # this quantizer through gguf's dequantizer
+        if sample.shape[1] % 256 == 0:
+            packed = q4_k(sample.to(device)).cpu().numpy()
+            back = torch.from_numpy(gguf.quants.dequantize(packed, gguf.GGMLQuantizationType.Q4_K))
+            out["q4_k_rel_rms_error"] = round(((back - sample).norm() / sample.norm()).item(), 4)
+        write_gguf(path, bfl, device, "Q4_K")
+        measure("gguf-q4k", "GGUF Q4_K file, kept quantised", path, time.perf_counter() - start, settings,
+                lambda s: file(s, path))  # fmt: skip
+    nf4 = [f for f in ("nf4", "nf4-bf16", "nf4-compiled") if f in formats]
     if nf4:
         path, start = work / "flux1-dev-bnb-nf4-v2.safetensors", time.perf_counter()
         save_file({k: v.contiguous() for k, v in per_tensor(nf4_state).items()}, path)
@@ -255,8 +380,29 @@ def main() -> None:
             return file(replace(s, device="cpu"), path)
 
         for f in nf4:
-            name, load = ("NF4 file, kept in 4 bits", kept) if f == "nf4" else ("NF4 file, unpacked to bf16", unpacked)
-            measure(name, path, write_s, settings, load, keep=f != nf4[-1])
+            name, load = {
+                "nf4": ("NF4 file, kept in 4 bits", kept),
+                "nf4-bf16": ("NF4 file, unpacked to bf16", unpacked),
+                "nf4-compiled": ("NF4 file, kept in 4 bits, compiled", kept),
+            }[f]
+            measure(f, name, path, write_s, settings, load, keep=f != nf4[-1])
+
+
+def compile_blocks(model, key: str) -> None:
+    """The app's regional compile: through the `fp8` profile for the float8 file; directly (the profile
+    leaves quantised files alone) for the others."""
+    import torch._dynamo
+
+    from flux_ui.models import speed
+
+    torch._dynamo.reset()
+    if key == "fp8-compiled":
+        speed.optimize_transformer(model, "fp8")
+    else:
+        torch._dynamo.config.specialize_float = True
+        model.compile_repeated_blocks(
+            fullgraph=False, dynamic=True, **({} if torch.cuda.is_available() else {"backend": "aot_eager"})
+        )
 
 
 def _size(path: Path) -> int:

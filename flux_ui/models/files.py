@@ -101,12 +101,13 @@ def read_header(path: Path) -> dict[str, tuple[str, tuple[int, ...]]]:
         return out
 
 
-def read_tensors(path: Path, prefix: str, dequantize: bool = True) -> dict[str, torch.Tensor]:
-    """The tensors of a .safetensors file whose names start with `prefix`, without it; only those are read.
-    Float8 and bitsandbytes 4-bit weights come back dequantised (see `quantized`), unless not `dequantize`."""
+def read_tensors(path: Path, prefix: str, dequantize: bool = True, device: str = "cpu") -> dict[str, torch.Tensor]:
+    """The tensors of a .safetensors file whose names start with `prefix`, without it; only those are read,
+    onto `device`. Float8 and bitsandbytes 4-bit weights come back dequantised (see `quantized`), unless not
+    `dequantize`."""
     from safetensors import safe_open
 
-    with safe_open(str(path), framework="pt") as f:
+    with safe_open(str(path), framework="pt", device=device) as f:
         state = {k.removeprefix(prefix): f.get_tensor(k) for k in f.keys() if k.startswith(prefix)}  # noqa: SIM118
     if not dequantize:
         return state

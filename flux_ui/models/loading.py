@@ -59,7 +59,7 @@ def load_shared(settings: Settings, counts: Counter[str]) -> SharedParts:
             f"{what} (shared)",
             src[part],
             setting,
-            lambda: from_folder(src[part], subfolder=subfolder, dtype=dtype, **direct_to(settings)),
+            lambda: from_folder(src[part], subfolder=subfolder, dtype=dtype, **sources.direct_to(settings)),
             subfolder,
         )
 
@@ -77,19 +77,6 @@ def load_shared(settings: Settings, counts: Counter[str]) -> SharedParts:
     for module in parts.modules().values():
         module.eval().requires_grad_(False)
     return parts
-
-
-def direct_to(settings: Settings) -> dict:
-    """Loader arguments that read a folder's weights straight to the GPU: where the policy keeps models
-    whole on a CUDA device. Read to RAM first, each model's first trip to the GPU also made its pinned
-    warm-tier copy (`Placement._move`): on an H200 with the page cache warm the text encoders and VAE
-    (9.8 GB) took 23 s that way, a 12 GB transformer read straight to the GPU 3.3 s. Read straight to the
-    GPU, the pinned copy is made only if the model is ever moved out. Policies that quantise or offload
-    while placing still read to RAM."""
-    policy = settings.policy
-    if settings.device.startswith("cuda") and not (policy.fp8_at_load or policy.group_offload):
-        return {"device_map": settings.device}
-    return {}
 
 
 def _tokenizers(settings: Settings, counts: Counter[str], files_only: bool) -> tuple[object, object]:
@@ -155,7 +142,7 @@ def load_transformer(settings: Settings, variant: Variant, counts: Counter[str])
         src,
         f"--model {variant.name}=FOLDER",
         lambda: FluxTransformer2DModel.from_pretrained(
-            src, subfolder="transformer", torch_dtype=settings.dtype, **direct_to(settings)
+            src, subfolder="transformer", torch_dtype=settings.dtype, **sources.direct_to(settings)
         ),
         "transformer",
     )

@@ -143,6 +143,19 @@ def flux2_part_source(settings: Settings, name: str, repo_id: str, part: str) ->
     return repo_source(settings, name, repo_id)
 
 
+def direct_to(settings: Settings) -> dict:
+    """Loader arguments that read a folder's weights straight to the GPU: where the policy keeps models
+    whole on a CUDA device. Read to RAM first, each model's first trip to the GPU also made its pinned
+    warm-tier copy (`Placement._move`): on an H200 with the page cache warm the text encoders and VAE
+    (9.8 GB) took 23 s that way, a 12 GB transformer read straight to the GPU 3.3 s. Read straight to the
+    GPU, the pinned copy is made only if the model is ever moved out. Policies that quantise or offload
+    while placing still read to RAM."""
+    policy = settings.policy
+    if settings.device.startswith("cuda") and not (policy.fp8_at_load or policy.group_offload):
+        return {"device_map": settings.device}
+    return {}
+
+
 def is_file(source: str) -> bool:
     """A single model file rather than a folder or a repo id."""
     return Path(source).expanduser().is_file()
