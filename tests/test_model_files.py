@@ -309,6 +309,7 @@ def test_the_app_serves_a_comfyui_folder_and_lists_its_files(tiny_dir, comfyui, 
         assert "t5" in rows["t5xxl_fp32.safetensors"]["used for"]
         lora = rows["style-lora.safetensors"]
         assert lora["recognised as"] == "skipped" and "LoRA" in lora["note"], lora
+        assert rows["flux1-dev.safetensors"]["on the GPU"] == "in RAM (no GPU)" and lora["on the GPU"] == ""
         job = {"task": "text_to_image", "prompt": "a fox", "resolution": "64x64", "steps": 1, "seed": 5}
         r = httpx.post(url + "generate", json=job, timeout=120)
         assert r.status_code == 200, r.text[:300]

@@ -176,6 +176,10 @@ def test_cancel_then_resume_continues_from_the_checkpoint(work):
         validate(work, params("resumed"))
     resumed_job = validate(work, TrainParams(name="resumed", resume=True))
     assert resumed_job.captions == job.captions and resumed_job.steps == steps
+    # Resume may turn the compiled step on or off (validated as at the start: CUDA only, so refused here).
+    with pytest.raises(InvalidInput, match="compile: the compiled step runs on CUDA GPUs only"):
+        validate(work, TrainParams(name="resumed", resume=True, compile=True))
+    assert not validate(work, TrainParams(name="resumed", resume=True, compile=False)).compile
     done = []
     resumed = []
     result = train_lora(reg, resumed_job, lambda ev: (done if ev.phase == "training" else resumed).append(ev))

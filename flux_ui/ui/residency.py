@@ -96,13 +96,15 @@ def files_markdown(rows: list[dict]) -> str:
     if not rows:
         return "No `--models-dir` folders given, or no model files in them."
     checked = any("verified" in r for r in rows)
-    head = ["file", "recognised as", "format", "size", "used for", "note"] + (["sha256 check"] if checked else [])
+    head = ["file", "recognised as", "format", "size", "on the GPU", "used for", "note"]
+    head += ["sha256 check"] if checked else []
     lines = [f"| {' | '.join(head)} |", "|" + "---|" * len(head)]
     for r in rows:
         name = r["file"].rsplit("/", 1)[-1].replace("|", "\\|")
         size = f"{r['size_mb'] / 1000:.1f} GB" if r["size_mb"] >= 100 else f"{r['size_mb']:.1f} MB"
         note = str(r["note"]).replace("|", "\\|")
-        cells = [f"`{name}`", r["recognised as"], r["format"], size, r["used for"] or "—", note]
+        gpu = str(r.get("on the GPU") or "—")
+        cells = [f"`{name}`", r["recognised as"], r["format"], size, gpu, r["used for"] or "—", note]
         lines.append(f"| {' | '.join(cells + ([r.get('verified', '')] if checked else []))} |")
     bad = [r["file"].rsplit("/", 1)[-1] for r in rows if str(r.get("verified", "")).startswith("MISMATCH")]
     if bad:

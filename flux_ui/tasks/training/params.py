@@ -289,7 +289,10 @@ def validate_training(
     if resume:
         saved = _saved(settings, name)
         more = None if p.steps is None else check_int("steps", p.steps)
-        p = saved if more is None or more <= saved.steps else TrainParams(**{**saved.__dict__, "steps": more})
+        changes: dict = {"steps": more} if more is not None and more > saved.steps else {}
+        if p.compile is not None:  # the step's compile changes its speed, not what it computes
+            changes["compile"] = p.compile
+        p = TrainParams(**{**saved.__dict__, **changes})
     preset = check_preset(p.preset, settings.device, gpu_gib)
     if not isinstance(p.trigger, str):
         raise InvalidInput("trigger", f"expected text, got {type(p.trigger).__name__}")

@@ -184,14 +184,15 @@ def build(ctx: UiContext) -> TrainTab:
         )
         yield from run(raw, request)
 
-    def resume(name: str, steps: float | None = None, request: gr.Request = None):
+    def resume(name: str, steps: float | None = None, compile: bool | None = None, request: gr.Request = None):
         """Continue the training run called NAME from its last checkpoint (after a Cancel or a crash).
 
         Args:
             name: the run's LoRA name.
             steps: train to this many steps in all (only a larger number than the run's changes it).
+            compile: compile the training step (CUDA only); None: as the run was started.
         """
-        yield from run(TrainParams(name=name or "", steps=steps, resume=True), request)
+        yield from run(TrainParams(name=name or "", steps=steps, resume=True, compile=compile), request)
 
     def caption(images: list | None, template: str, folder: str = "", request: gr.Request = None):
         """Caption every training image with the VQA model; the captions appear one line per image.
@@ -300,7 +301,7 @@ def build(ctx: UiContext) -> TrainTab:
     inputs = [images, captions, trigger, name, preset, steps, learning_rate, rank, resolution]
     inputs += [sample_prompts, sample_every, checkpoint_every, seed, folder, compile_step]
     train_ev = train_btn.click(train, inputs, outputs, api_name="train_lora", **gpu)
-    resume_ev = resume_btn.click(resume, [name, steps], outputs, api_name="resume_training", **gpu)
+    resume_ev = resume_btn.click(resume, [name, steps, compile_step], outputs, api_name="resume_training", **gpu)
     caption_ev = caption_btn.click(caption, [images, template, folder], captions, api_name="caption_images", **gpu)
     cancel_btn.click(
         ctx.cancel, None, None, cancels=[caption_ev], queue=False, api_visibility="private"
