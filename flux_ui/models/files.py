@@ -121,7 +121,7 @@ def _weight_format(header: dict[str, tuple[str, tuple[int, ...]]]) -> str:
     names = header.keys()
     if quantized.is_nf4(names):
         return "nf4"
-    if any(n.endswith(("scale_weight", "scaled_fp8")) for n in names):
+    if any(n.endswith(("scale_weight", "scaled_fp8", "weight_scale")) for n in names):
         return "fp8-scaled"
     counts: dict[str, int] = {}
     for dtype, shape in header.values():
@@ -223,6 +223,8 @@ def _flux2(path: Path, size: int, fmt: str, header) -> FoundFile | None:
 def classify(path: Path, size: int, header: dict[str, tuple[str, tuple[int, ...]]]) -> FoundFile:
     """What a file with this header holds; see the module docstring."""
     fmt = _weight_format(header)
+    if why := quantized.comfy_quant_problem(header):
+        return FoundFile(path, "skipped", size, fmt, reason=why)
     if (flux2 := _flux2(path, size, fmt, header)) is not None:
         return flux2
     if tool := tool_files.identify(header, path.name):  # Redux, SigLIP, control LoRAs

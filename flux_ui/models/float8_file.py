@@ -76,8 +76,8 @@ def transformer(path: Path, found: files.FoundFile, config: Path, dtype: torch.d
 
 
 def _scale(raw: dict[str, torch.Tensor], weight: str) -> torch.Tensor:
-    """A weight's per-tensor scale (ComfyUI's `scale_weight`), 1 in a plain fp8 file, as a (1, 1) tensor."""
-    scale = raw.get(weight.removesuffix("weight") + "scale_weight")
+    """A weight's per-tensor scale (`quantized.scale_of`), 1 in a plain fp8 file, as a (1, 1) tensor."""
+    scale = quantized.scale_of(raw, weight)
     return (torch.ones(()) if scale is None else scale.float()).reshape(1, 1)
 
 

@@ -73,13 +73,49 @@ def is_prequantized(model: torch.nn.Module) -> bool:
 # -- float8 (ComfyUI's fp8 and _fp8_scaled files) --------------------------------------------------------
 
 FP8_DTYPES = (torch.float8_e4m3fn, torch.float8_e5m2)
-FP8_EXTRAS = ("scale_weight", "scale_input", "scaled_fp8")  # ComfyUI's scaled-fp8 bookkeeping, not weights
+# ComfyUI's float8 bookkeeping, not weights: the `_fp8_scaled` files' per-tensor `scale_weight`, `scale_input`
+# and `scaled_fp8` marker; its newer mixed-precision files' `weight_scale`, `input_scale` and per-layer
+# `comfy_quant` (JSON naming the layer's format), the layers it does not name kept in bf16.
+FP8_EXTRAS = ("scale_weight", "scale_input", "scaled_fp8", "weight_scale", "input_scale", "comfy_quant")
+SCALE_NAMES = ("scale_weight", "weight_scale")  # a float8 weight's per-tensor scale, in the two spellings
+
+
+def scale_of(state: dict[str, torch.Tensor], weight: str) -> torch.Tensor | None:
+    """The per-tensor scale of the float8 weight named `weight` (".../x.weight"), or None (plain fp8)."""
+    if not weight.endswith("weight"):
+        return None
+    stem = weight.removesuffix("weight")
+    return next((state[stem + n] for n in SCALE_NAMES if stem + n in state), None)
+
+
+def comfy_quant_problem(header: dict[str, tuple[str, tuple[int, ...]]]) -> str | None:
+    """Why a ComfyUI mixed-precision file (layers marked `.comfy_quant`) cannot be read, or None: only its
+    float8_e4m3fn layers with one scale per tensor are; nvfp4, mxfp4/mxfp8 and int8 layers (packed in uint8
+    or int8, or with block scales) would need those formats' kernels or dequantisers, which neither diffusers
+    nor this app has. From the header alone: each format stores its weights in its own dtype and shape."""
+    odd: dict[str, int] = {}
+    for name in header:
+        if not name.endswith(".comfy_quant"):
+            continue
+        layer = name.removesuffix(".comfy_quant")
+        dtype = header.get(f"{layer}.weight", ("missing", ()))[0]
+        scale = header.get(f"{layer}.weight_scale", ("F32", ()))[1]
+        if dtype != "F8_E4M3" or any(d > 1 for d in scale):
+            kind = dtype if dtype != "F8_E4M3" else "F8_E4M3 with block scales"
+            odd[kind] = odd.get(kind, 0) + 1
+    if not odd:
+        return None
+    kinds = ", ".join(f"{n} layers stored as {k}" for k, n in odd.items())
+    return (
+        f"a ComfyUI mixed-precision file with {kinds} (nvfp4, mxfp or int8 quantisation), which this app does not "
+        "read; use the same model's fp8 (float8_e4m3fn), GGUF or bf16 file"
+    )
 
 
 def dequantize_fp8(state: dict[str, torch.Tensor], dtype: torch.dtype = torch.bfloat16) -> dict[str, torch.Tensor]:
-    """`state` with float8 tensors turned into `dtype`: each times its per-tensor `scale_weight` where the
-    file has one (ComfyUI's `_scaled` files: weight = fp8 value x scale), as is where it has none (plain
-    fp8 files); the scale and marker tensors are dropped.
+    """`state` with float8 tensors turned into `dtype`: each times its per-tensor scale where the file has
+    one (ComfyUI's `_scaled` files' `scale_weight`, its mixed-precision files' `weight_scale`: weight = fp8
+    value x scale), as is where it has none (plain fp8 files); the scale and marker tensors are dropped.
 
     diffusers' single-file loader would cast the float8 values and ignore the scales it does not know, so a
     scaled file's weights would come out wrong by their scale (up to hundreds of times), silently. One
@@ -91,7 +127,7 @@ def dequantize_fp8(state: dict[str, torch.Tensor], dtype: torch.dtype = torch.bf
         if name.rpartition(".")[2] in FP8_EXTRAS or name == "scaled_fp8":
             continue
         if tensor.dtype in FP8_DTYPES:
-            scale = state.get(name.removesuffix("weight") + "scale_weight") if name.endswith("weight") else None
+            scale = scale_of(state, name)
             value = tensor.to(torch.float32)
             if scale is not None:
                 value = value * scale.to(torch.float32)

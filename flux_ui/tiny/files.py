@@ -185,6 +185,28 @@ def fp8_scaled(state: dict[str, torch.Tensor], scaled: bool = True) -> dict[str,
     return out
 
 
+def fp8_mixed(state: dict[str, torch.Tensor], keep: tuple[str, ...] = ("img_in.", "final_layer.")) -> dict:
+    """`state` as ComfyUI's newer mixed-precision files hold it (its QUANTIZATION.md format 1.0): each 2-D
+    weight not under `keep` as float8_e4m3fn with a float32 scalar `weight_scale` (absmax / 448), an
+    `input_scale` for activations (unused when weights are dequantised) and a `comfy_quant` uint8 tensor of
+    JSON naming the layer's format; the `keep` layers and other tensors as they are (bf16)."""
+    import json
+
+    marker = torch.tensor(list(json.dumps({"format": "float8_e4m3fn"}).encode()), dtype=torch.uint8)
+    out: dict[str, torch.Tensor] = {}
+    for name, tensor in state.items():
+        if name.endswith(".weight") and tensor.ndim == 2 and not name.startswith(keep):
+            layer = name.removesuffix(".weight")
+            scale = tensor.abs().max().float().clamp(min=1e-12) / FP8_MAX
+            out[name] = (tensor.float() / scale).to(torch.float8_e4m3fn)
+            out[f"{layer}.weight_scale"] = scale.reshape(())
+            out[f"{layer}.input_scale"] = torch.tensor(1.0)
+            out[f"{layer}.comfy_quant"] = marker.clone()
+        else:
+            out[name] = tensor
+    return out
+
+
 def write_fp8_tree(root: Path, tiny_dir: Path) -> Path:
     """A ComfyUI models folder of fp8 files: the [dev] transformer scaled (ComfyUI's `_fp8_scaled`), the
     [schnell] one plain fp8, T5 scaled (`t5xxl_fp8_e4m3fn_scaled`), with the bf16 VAE and CLIP-L."""
