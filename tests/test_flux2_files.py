@@ -13,7 +13,7 @@ import torch
 
 from flux_ui.core.errors import ModelUnavailableError
 from flux_ui.core.variants import get_variant
-from flux_ui.models import files, quantized
+from flux_ui.models import file_report, files, quantized
 from flux_ui.models.flux2_layouts import diffusers_to_bfl
 from flux_ui.models.registry import Registry
 from flux_ui.tasks.text_to_image import TextToImageParams, text_to_image, validate_text_to_image
@@ -72,7 +72,7 @@ def test_the_scan_recognises_the_flux2_files_of_a_comfyui_folder(tree):
     # The tiny models' widths are no published model's: the scan says so rather than guess a variant.
     assert klein.variant is None and "--model" in klein.note
     assert files.flux2_part_files(found.values()) == {files.FLUX2_VAE: tree / "models/vae/flux2-vae.safetensors"}
-    rows = {Path(r["file"]).name: r for r in files.report(list(found.values()))}
+    rows = {Path(r["file"]).name: r for r in file_report.report(list(found.values()))}
     assert rows["flux-2-klein-4b.safetensors"]["recognised as"] == "transformer (FLUX.2 [klein])"
     assert rows["flux2-vae.safetensors"]["used for"] == files.FLUX2_VAE
 

@@ -12,7 +12,7 @@ from PIL import Image, ImageDraw
 
 from flux_ui.core.errors import ModelUnavailableError
 from flux_ui.core.variants import CONTROL_LORAS, VARIANTS
-from flux_ui.models import files, redux_files, sources
+from flux_ui.models import file_report, files, redux_files, sources
 from flux_ui.models.loras import control as control_lora
 from flux_ui.models.registry import Registry
 from flux_ui.tasks.control import ControlParams, control, validate_control
@@ -36,7 +36,7 @@ def test_tool_files_are_found_by_their_tensors(comfyui):
         "flux1-depth-dev-lora.safetensors": ("control_lora", "depth-dev-lora"),
     }
     assert "bfl keys" in found["flux1-canny-dev-lora.safetensors"].note
-    used = {Path(r["file"]).name: r["used for"] for r in files.report(list(found.values()))}
+    used = {Path(r["file"]).name: r["used for"] for r in file_report.report(list(found.values()))}
     assert used["flux1-redux-dev.safetensors"] == "redux-dev"
     assert used["sigclip_vision_patch14_384.safetensors"] == "siglip"
     assert used["flux1-depth-dev-lora.safetensors"] == "depth-dev-lora"

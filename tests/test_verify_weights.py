@@ -12,7 +12,7 @@ import pytest
 
 from flux_ui.core.errors import ModelUnavailableError
 from flux_ui.core.settings import settings_from_args
-from flux_ui.models import files, hashes, verify
+from flux_ui.models import file_report, files, hashes, verify
 from flux_ui.models.registry import Registry
 from flux_ui.tiny.files import write_comfyui_tree
 from flux_ui.ui.residency import files_markdown
@@ -110,7 +110,7 @@ def test_a_changed_transformer_file_is_refused_and_the_models_tab_says_so(settin
     tree = write_comfyui_tree(tmp_path / "ComfyUI", tiny_dir)
     s = replace(settings, models_dirs=(tree,), verify_weights=True)
     Registry(s).transformer("dev")  # first use: recorded
-    rows = verify.annotate(files.report(files.scan([tree], fresh=True)), True)
+    rows = verify.annotate(file_report.report(files.scan([tree], fresh=True)), True)
     by_name = {Path(r["file"]).name: r["verified"] for r in rows}
     assert by_name["flux1-dev.safetensors"].startswith("sha256 recorded at first use")
     assert by_name["ae.safetensors"] == "checked when first loaded"
@@ -122,6 +122,6 @@ def test_a_changed_transformer_file_is_refused_and_the_models_tab_says_so(settin
     with pytest.raises(ModelUnavailableError, match="MISMATCH") as exc:
         Registry(s).transformer("dev")
     assert str(target) in str(exc.value) and "download it again" in str(exc.value)
-    rows = verify.annotate(files.report(files.scan([tree], fresh=True)), True)
+    rows = verify.annotate(file_report.report(files.scan([tree], fresh=True)), True)
     assert "Refused: 1 file(s)" in files_markdown(rows) and "`flux1-dev.safetensors`" in files_markdown(rows)
     shutil.rmtree(tree)

@@ -57,6 +57,7 @@ FAMILIES = {
     "flux2-dev": "FLUX.2 [dev]",
     "flux2-klein": "FLUX.2 [klein]",
 }
+T5_GGUF_NOTE = "read through transformers' GGUF loader, which dequantises it to bf16"
 NF4_NOTE = "kept in 4 bits on a CUDA GPU (about a quarter of bf16); unpacked to bf16 on the CPU"
 DTYPE_FORMATS = {"BF16": "bf16", "F16": "fp16", "F32": "fp32", "F8_E4M3": "fp8", "F8_E5M2": "fp8"}
 
@@ -274,17 +275,23 @@ def _identify(path: Path, size: int, mtime_ns: int) -> FoundFile:
 
 
 def _identify_gguf(path: Path, size: int) -> FoundFile:
-    """A GGUF file, by its header: only FLUX.1 and FLUX.2 transformers (architecture "flux", as city96's
-    ComfyUI-GGUF converter writes both; "flux2" accepted too) are read; GGUF text encoders and other models
-    are skipped with what they are."""
+    """A GGUF file, by its header: FLUX.1 and FLUX.2 transformers (architecture "flux", as city96's
+    ComfyUI-GGUF converter writes both; "flux2" accepted too) and T5-XXL encoders (architecture "t5encoder",
+    as llama.cpp's converter writes city96's `t5-v1_1-xxl-encoder-*.gguf`) are read; other models are
+    skipped with what they are."""
     try:
         arch, header = quantized.gguf_header(path)
     except ValueError as err:
         return FoundFile(path, "skipped", size, "gguf", reason=f"unreadable GGUF header: {err}")
     fmt = quantized.gguf_format(header)
+    if arch in ("t5encoder", "t5"):  # city96's T5-XXL encoder files
+        if "token_embd.weight" in header and "enc.blk.0.attn_q.weight" in header:
+            return FoundFile(path, "t5xxl", size, fmt, parts={"t5xxl": ""}, note=T5_GGUF_NOTE)
+        return FoundFile(path, "skipped", size, fmt, reason="a T5 GGUF file without its token embedding or "
+                         "encoder blocks (cut short, or a decoder alone)")  # fmt: skip
     if arch not in ("flux", "flux2"):
         return FoundFile(path, "skipped", size, fmt, reason=f"a GGUF file of architecture {arch or 'unknown'!r}, "
-                         "not a FLUX transformer (the only model read from GGUF)")  # fmt: skip
+                         "not a FLUX transformer or T5 encoder (the models read from GGUF)")  # fmt: skip
     found = classify(path, size, header)
     if found.usable and found.kind != "transformer":
         return replace(found, kind="skipped", format=fmt, reason="a GGUF file holding more than a transformer")
@@ -374,36 +381,9 @@ def shared_files(found: Iterable[FoundFile]) -> dict[str, Path]:
     found = [f for f in found if f.usable]
     out: dict[str, Path] = {}
     for name, part in SHARED_PARTS.items():
-        own = [f.path for f in found if f.kind == part]
+        # A GGUF T5 (dequantised as read) only where no full-precision file of the part is there.
+        own = [f.path for f in sorted(found, key=lambda f: f.format.startswith("gguf")) if f.kind == part]
         whole = [f.path for f in found if f.kind == "checkpoint" and part in f.parts]
         if own or whole:
             out[name] = (own + whole)[0]
     return out
-
-
-def _recognised(f: FoundFile) -> str:
-    if f.family:
-        return f"{f.kind} ({FAMILIES[f.family]})"
-    return f"{f.kind} ({f.variant})" if f.kind in ("qwen3", "mistral") and f.variant else f.kind
-
-
-def report(found: list[FoundFile]) -> list[dict]:
-    """Every file found, as the Models tab and its API show it: what it was recognised as, its format and
-    size, what the app uses it for (the first file serving a variant or shared part wins), or why it was
-    skipped."""
-    use: dict[Path, list[str]] = {}
-    for variant, path in variant_files(found).items():
-        use.setdefault(path, []).append(variant)
-    for part, path in [*shared_files(found).items(), *flux2_part_files(found).items()]:
-        use.setdefault(path, []).append(part)
-    return [
-        {
-            "file": str(f.path),
-            "recognised as": _recognised(f),
-            "format": f.format or "unknown",
-            "size_mb": round(f.size / 1e6, 1),
-            "used for": ", ".join(use.get(f.path, [])),
-            "note": f.reason or f.note,
-        }
-        for f in found
-    ]

@@ -184,7 +184,7 @@ def clip(settings: Settings, source: str) -> torch.nn.Module:
 
 def t5(settings: Settings, source: str) -> torch.nn.Module:
     """T5-XXL's encoder from a single file (ComfyUI's t5xxl_*.safetensors: transformers' keys, with or
-    without `encoder.`), alone or in an all-in-one checkpoint."""
+    without `encoder.`), alone or in an all-in-one checkpoint, or a GGUF file (`quantized.t5_from_gguf`)."""
     from diffusers.loaders.single_file_utils import create_diffusers_t5_model_from_checkpoint
     from transformers import T5EncoderModel
 
@@ -192,6 +192,8 @@ def t5(settings: Settings, source: str) -> torch.nn.Module:
     found = identify_part(what, path, setting, "t5xxl")
 
     def load():
+        if found.format.startswith("gguf"):
+            return quantized.t5_from_gguf(path, config_folder(settings) / "text_encoder_2", settings.dtype)
         state = files.read_tensors(path, found.parts["t5xxl"])
         state = {
             k if k.startswith(("encoder.", "shared.", "decoder.", "lm_head.")) else f"encoder.{k}": v

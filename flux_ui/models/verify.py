@@ -157,7 +157,7 @@ def verdicts() -> dict[str, dict]:
 
 
 def annotate(rows: list[dict], enabled: bool) -> list[dict]:
-    """The Models tab's rows (`files.report`) with each file's check under "verified" when --verify-weights
+    """The Models tab's rows (`file_report.report`) with each file's check under "verified" when --verify-weights
     is on: its verdict, or when it has not been loaded yet, that it is checked then."""
     if not enabled:
         return rows

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import torch
 
+from flux_ui.tiny.gguf_encoders import save
+
 # The tensors llama.cpp leaves unquantised in city96's FLUX.1 files (the patch of ComfyUI-GGUF's
 # tools/lcpp.patch): the input embedders and the final layer.
 GGUF_KEEP = ("txt_in.", "img_in.", "time_in.", "vector_in.", "guidance_in.", "final_layer.")
@@ -41,12 +43,7 @@ def write_gguf(path: Path, bfl_state: dict[str, torch.Tensor], qtype: str = "Q8_
             kind = gguf.GGMLQuantizationType.F16
             raw = gguf.quants.quantize(data, kind)
         writer.add_tensor(name, raw, raw_dtype=kind)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    writer.write_header_to_file(path=str(path))
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
-    return path
+    return save(writer, path)
 
 
 def nf4_state(bfl_state: dict[str, torch.Tensor], nested: bool = False) -> dict[str, torch.Tensor]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import gradio as gr
 
 from flux_ui import __version__
-from flux_ui.models import file_costs, files, upscalers, verify
+from flux_ui.models import file_report, files, upscalers, verify
 from flux_ui.models.registry import Registry
 from flux_ui.ui import residency
 from flux_ui.ui.api_guard import refuse_foreign_files
@@ -30,7 +30,7 @@ def _models_tab(ctx: UiContext) -> list:
         format and size, what it is used for, what its weights take on the GPU under this memory policy, or
         why it was skipped; under --verify-weights, each file's sha256 check. Scans again."""
         found = files.scan(ctx.settings.models_dirs, fresh=True)
-        rows = file_costs.annotate(files.report(found), found, ctx.settings)
+        rows = file_report.report(found, ctx.settings)
         return verify.annotate(rows, ctx.settings.verify_weights)
 
     def upscaler_files() -> list[dict]:

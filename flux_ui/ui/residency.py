@@ -91,7 +91,7 @@ def markdown(status: dict) -> str:
 
 
 def files_markdown(rows: list[dict]) -> str:
-    """The model files found in the --models-dir folders, as a table (rows from `models.files.report`);
+    """The model files found in the --models-dir folders, as a table (rows from `models.file_report.report`);
     under --verify-weights with a column for each file's sha256 check, and files that failed it named first."""
     if not rows:
         return "No `--models-dir` folders given, or no model files in them."
