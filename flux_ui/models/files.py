@@ -57,7 +57,7 @@ FAMILIES = {
     "flux2-dev": "FLUX.2 [dev]",
     "flux2-klein": "FLUX.2 [klein]",
 }
-T5_GGUF_NOTE = "read through transformers' GGUF loader, which dequantises it to bf16"
+T5_GGUF_NOTE = "read through transformers' GGUF loader, which dequantises it to bf16 (a minute or two)"
 NF4_NOTE = "kept in 4 bits on a CUDA GPU (about a quarter of bf16); unpacked to bf16 on the CPU"
 DTYPE_FORMATS = {"BF16": "bf16", "F16": "fp16", "F32": "fp32", "F8_E4M3": "fp8", "F8_E5M2": "fp8"}
 
