@@ -111,21 +111,13 @@ def assess(settings: Settings, variant_name: str) -> dict:
     """What the first image of `variant_name` will need (see the module docstring), as JSON: `missing`
     (each part not on this machine: what, source, bytes, gated), `download_bytes` (their sum where known),
     `hub` ("reachable", "unreachable", "offline"; None when nothing needs it), `gpu`, and `notes`, the
-    sentences a person reads ("" where all is well)."""
+    sentences a person reads (none where all is well)."""
     variant = get_variant(variant_name)
     needed = parts(settings, variant)
     absent = [p for p in needed if not p.present()]
     gone = [p for p in absent if sources.is_local(p.source)]  # paths given that do not exist
     fetch = [p for p in absent if p not in gone]
-    hub = None
-    if fetch:
-        hub = (
-            "offline"
-            if not sources.downloads_on(fetch[0].source)
-            else "reachable"
-            if sources.hub_reachable()
-            else "unreachable"
-        )
+    hub = _hub(fetch[0].source) if fetch else None
     notes = [f"{_first_up(p.what)}: {p.source} does not exist; check {p.setting}." for p in gone]
     if fetch:
         notes.append(_weights_note(variant, fetch, len(absent) == len(needed), hub))
@@ -140,6 +132,13 @@ def assess(settings: Settings, variant_name: str) -> dict:
         "gpu": gpu,
         "notes": notes,
     }
+
+
+def _hub(repo: str) -> str:
+    """Whether downloads from `repo` can happen: "offline" (HF_HUB_OFFLINE), else what the one probe found."""
+    if not sources.downloads_on(repo):
+        return "offline"
+    return "reachable" if sources.hub_reachable() else "unreachable"
 
 
 def _weights_note(variant: Variant, fetch: list[Part], none_here: bool, hub: str) -> str:
@@ -170,7 +169,7 @@ def _first_up(text: str) -> str:
 
 
 def _and(items: list[str]) -> str:
-    """ "a", "a and b", "a, b and c"."""
+    """The items as prose: a; a and b; a, b and c."""
     return items[0] if len(items) == 1 else f"{', '.join(items[:-1])} and {items[-1]}"
 
 
