@@ -73,13 +73,16 @@ def main(argv: list[str] | None = None) -> None:
             shares.follow(registry)
             return
         registry.workers = shares.LeadWorkers(registry)
+    from flux_ui.tasks import preload
+
+    # What the first Generate will need (a download, no weights, no GPU): said above the tabs, in /status
+    # and the log before anyone presses it. In the background: the hub may take 3 s to answer.
+    registry.first_start.start(settings, preload.DEFAULT_VARIANT)
     if settings.replicas:  # the replicas load the models (and --preload them); this process serves and delivers
         from flux_ui.serving.replicas import start_replicas
 
         registry.workers = start_replicas(settings)
     elif settings.preload:
-        from flux_ui.tasks import preload
-
         preload.start(registry)
     try:
         serve(registry, resolve_auth(settings))

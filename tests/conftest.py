@@ -97,20 +97,32 @@ def wait_for_server(url: str, proc: subprocess.Popen, log: Path, timeout: float 
 
 @contextmanager
 def running_app(
-    tiny_dir: Path, work: Path, *args: str, launcher: tuple[str, ...] = (sys.executable,), timeout: float = 120.0
+    tiny_dir: Path,
+    work: Path,
+    *args: str,
+    launcher: tuple[str, ...] = (sys.executable,),
+    timeout: float = 120.0,
+    tiny: bool = True,
+    env: dict[str, str | None] | None = None,
 ) -> Iterator[tuple[str, Path]]:
     """`python app.py --tiny ARGS` on a free port, as a user would start it, in `work` (its outputs in
     work/outputs, its log in work/app.log); yields (url, log) once it answers, and stops it after.
-    `launcher` is what runs app.py (torchrun, for --context-parallel)."""
+    `launcher` is what runs app.py (torchrun, for --context-parallel); without `tiny`, the app starts as on a
+    machine with real weights (or none); `env` adds to (or, with None values, removes from) the environment."""
     port = free_port()
     log = work / "app.log"
-    env = {**os.environ, "FLUX_UI_TINY_DIR": str(tiny_dir), "FLUX_UI_OUTPUTS_DIR": str(work / "outputs")}
-    env.pop("FLUX_UI_TINY", None)
+    full = {**os.environ, "FLUX_UI_TINY_DIR": str(tiny_dir), "FLUX_UI_OUTPUTS_DIR": str(work / "outputs")}
+    full.pop("FLUX_UI_TINY", None)
+    for key, value in (env or {}).items():
+        if value is None:
+            full.pop(key, None)
+        else:
+            full[key] = value
     with open(log, "w") as fh:
         proc = subprocess.Popen(
-            [*launcher, str(ROOT / "app.py"), "--tiny", "--port", str(port), *args],
+            [*launcher, str(ROOT / "app.py"), *(["--tiny"] if tiny else []), "--port", str(port), *args],
             cwd=work,
-            env=env,
+            env=full,
             stdout=fh,
             stderr=subprocess.STDOUT,
         )

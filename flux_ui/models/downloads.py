@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from pathlib import Path
 
 from tqdm.std import tqdm
 
@@ -150,14 +151,10 @@ def fetch(what: str, repo: str, subfolder: str) -> None:
     """Download `repo`'s `subfolder` (what its loader reads) into the hub cache, recording the progress,
     unless it is all there already. Errors are the hub client's (the caller explains them)."""
     from huggingface_hub import hf_hub_download, snapshot_download
-    from huggingface_hub.errors import LocalEntryNotFoundError
 
+    if cached(repo, subfolder):
+        return
     patterns = {"allow_patterns": [f"{subfolder}/*"], "ignore_patterns": IGNORED}
-    try:
-        snapshot_download(repo, local_files_only=True, **patterns)
-        return  # complete in the cache (checked against the file listing cached with it)
-    except LocalEntryNotFoundError:
-        pass
     todo = [f for f in snapshot_download(repo, dry_run=True, tqdm_class=_Bar, **patterns) if f.will_download]
     if todo:
         progress.begin(what, repo, [(f.filename, f.file_size or 0) for f in todo])
@@ -169,3 +166,19 @@ def fetch(what: str, repo: str, subfolder: str) -> None:
         finally:
             progress.end()
     snapshot_download(repo, tqdm_class=_Bar, **patterns)  # all cached now: writes refs/ and the file listing
+
+
+def cached(repo: str, subfolder: str) -> bool:
+    """Whether `repo`'s `subfolder` is complete in the hub cache: read from disk only (the cache's refs and
+    the file listing cached with a snapshot; where no listing was cached, the folder has files)."""
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    try:
+        folder = snapshot_download(
+            repo, local_files_only=True, allow_patterns=[f"{subfolder}/*"], ignore_patterns=IGNORED
+        )
+    except LocalEntryNotFoundError:  # nothing cached, or the listing names files that are not there
+        return False
+    part = Path(folder) / subfolder
+    return part.is_dir() and any(part.iterdir())

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import gc
 import logging
-import threading
 import time
 from collections import OrderedDict
 from collections.abc import Iterable
@@ -29,6 +28,7 @@ from flux_ui.core.variants import FLUX2, Variant, get_variant
 from flux_ui.models import flux2, speed, tiers
 from flux_ui.models.loading import SharedParts
 from flux_ui.models.loras.adapters import AdapterCache
+from flux_ui.models.snapshots import SnapshotLock
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +99,7 @@ class Placement:
 
     def __init__(self, settings: Settings):
         self.settings = settings
-        self._lock = threading.RLock()
+        self._lock = SnapshotLock()  # re-entrant; keeps a copy of the status for readers who must not wait
         self._shared: SharedParts | None = None  # FLUX.1's shared parts
         self._family_parts: dict[str, torch.nn.Module] = {}  # FLUX.2's: "flux2:vae", "flux2:text_encoder:KEY"
         self._flux2_tokenizers: dict[str, object] = {}  # the tokenizer of each text encoder in _family_parts

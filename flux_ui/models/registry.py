@@ -43,6 +43,7 @@ from flux_ui.models import (
     sources,
     speed,
 )
+from flux_ui.models.first_start import FirstStart
 from flux_ui.models.loading import SharedParts
 from flux_ui.models.loras.library import LoraLibrary, LoraRequest
 from flux_ui.models.placement import Placement
@@ -69,6 +70,9 @@ class Registry(Placement):
         self.startup = Startup()  # the phases of --preload (flux_ui.tasks.preload), for the UI and /status
         self.downloads = downloads.progress  # downloads from the hub (the process's one record), likewise
         self.float8_writes: list[threading.Thread] = []  # --keep-float8 files being written (tests wait on them)
+        self.first_start = FirstStart()  # what the first image will need (flux_ui.models.first_start), likewise
+        self._lock.take = self._residency  # what `status` reads while a load or a run holds the lock
+        self._lock.publish()  # nothing loaded yet: what status shows if the first load is under way
 
     # -- loading ---------------------------------------------------------------------------------
 
@@ -251,7 +255,9 @@ class Registry(Placement):
     ) -> Iterator[object]:
         """`aux(...)`, holding the lock while the caller runs the model, so no other request moves it meanwhile."""
         with self._lock:
-            yield self.aux(key, what, source, setting, loader)
+            model = self.aux(key, what, source, setting, loader)
+            self._lock.publish()
+            yield model
 
     # -- lending -----------------------------------------------------------------------------------
 
@@ -291,6 +297,7 @@ class Registry(Placement):
             else:
                 pipe = self._flux1_pipeline(variant, pipe_cls)
             pipe.set_progress_bar_config(disable=True)
+            self._lock.publish()  # status shows the models this run holds while it runs
             if not variant.has_transformer:
                 if files:
                     raise InvalidInput("prompt", f"LoRAs apply to a transformer; {variant.label} has none")
@@ -336,43 +343,56 @@ class Registry(Placement):
 
     def status(self) -> dict:
         """What is loaded where: shared parts, cached transformers (LRU order) and the active one, the
-        memory policy, and memory in use ("memory": GiB figures; "sizes_mib": each loaded model's weights).
+        memory policy, and memory in use ("memory": GiB figures; "sizes_mib": each loaded model's weights);
+        the start-up preload, downloads and the first-start check (`first_start`).
 
-        A group-offloaded model's device reads "offloaded": its weights are in RAM, its hooks bring each
-        block to the GPU as it runs."""
-        with self._lock:
+        Never waits for a load or a run: while one holds the registry (`busy`), what is loaded is as it was
+        `snapshot_age_s` seconds ago, when the registry last let go or the run began (see `snapshots`); the
+        rest is read live. A group-offloaded model's device reads "offloaded": its weights are in RAM, its
+        hooks bring each block to the GPU as it runs."""
+        held, age = self._lock.read()
+        return {
+            "policy": self.settings.memory_policy,
+            "policy_reason": self.settings.policy_reason,
+            "speed": self.settings.speed,
+            **held,
+            "memory": {
+                "gpu": memory.device_usage(self.settings.device),
+                "ram": memory.ram_usage(),
+                **held.get("memory", {}),
+            },
+            "device": self.settings.device,
+            "dtype": str(self.settings.dtype).removeprefix("torch."),
+            "startup": self.startup.snapshot(),
+            "downloads": self.downloads.snapshot(),
+            "first_start": self.first_start.snapshot(),
+            "busy": age is not None,
+            "snapshot_age_s": round(age or 0.0, 1),
+        }
 
-            def where(module: torch.nn.Module) -> str:
-                return "offloaded" if placement.is_group_offloaded(module) else str(next(module.parameters()).device)
+    def _residency(self) -> dict:
+        """The part of `status` that reads the models: taken under the lock (`snapshots.SnapshotLock`)."""
 
-            shared = {k: where(m) for k, m in self.shared_modules().items()}
-            models = dict(self.shared_modules())
-            models |= {f"transformer:{n}": m for n, m in self._transformers.items()}
-            models |= {k: m for k, m in self._aux.items() if isinstance(m, torch.nn.Module)}
-            budget = self.settings.ram_budget_bytes
-            return {
-                "policy": self.settings.memory_policy,
-                "policy_reason": self.settings.policy_reason,
-                "speed": self.settings.speed,
-                "memory": {
-                    "gpu": memory.device_usage(self.settings.device),
-                    "ram": memory.ram_usage(),
-                    "warm_tier_mib": round(self.warm_bytes() / 2**20, 1),
-                    "ram_budget_gib": None if budget is None else round(budget / memory.GIB, 2),
-                    "gpu_transformers": self.settings.gpu_transformers,
-                    "transformer_cache": self.settings.transformer_cache,
-                },
-                "sizes_mib": {k: round(module_bytes(m) / 2**20, 1) for k, m in models.items()},
-                "device": self.settings.device,
-                "dtype": str(self.settings.dtype).removeprefix("torch."),
-                "shared": shared,
-                "transformers": [
-                    {"variant": n, "device": where(m), "active": n == self._active}
-                    for n, m in self._transformers.items()
-                ],
-                "aux": {k: where(m) if isinstance(m, torch.nn.Module) else "cpu" for k, m in self._aux.items()},
-                "loras": self._loaded_loras(),
-                "load_counts": dict(self.load_counts),
-                "startup": self.startup.snapshot(),
-                "downloads": self.downloads.snapshot(),
-            }
+        def where(module: torch.nn.Module) -> str:
+            return "offloaded" if placement.is_group_offloaded(module) else str(next(module.parameters()).device)
+
+        models = dict(self.shared_modules())
+        models |= {f"transformer:{n}": m for n, m in self._transformers.items()}
+        models |= {k: m for k, m in self._aux.items() if isinstance(m, torch.nn.Module)}
+        budget = self.settings.ram_budget_bytes
+        return {
+            "memory": {
+                "warm_tier_mib": round(self.warm_bytes() / 2**20, 1),
+                "ram_budget_gib": None if budget is None else round(budget / memory.GIB, 2),
+                "gpu_transformers": self.settings.gpu_transformers,
+                "transformer_cache": self.settings.transformer_cache,
+            },
+            "sizes_mib": {k: round(module_bytes(m) / 2**20, 1) for k, m in models.items()},
+            "shared": {k: where(m) for k, m in self.shared_modules().items()},
+            "transformers": [
+                {"variant": n, "device": where(m), "active": n == self._active} for n, m in self._transformers.items()
+            ],
+            "aux": {k: where(m) if isinstance(m, torch.nn.Module) else "cpu" for k, m in self._aux.items()},
+            "loras": self._loaded_loras(),
+            "load_counts": dict(self.load_counts),
+        }

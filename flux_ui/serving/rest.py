@@ -246,6 +246,15 @@ def router(registry: Registry, auth: tuple[str, str] | None = None, jobs: Jobs |
             },
         }
 
+    @api.api_route(
+        "/status", methods=["GET", "HEAD"], dependencies=[guard], summary="What is loaded, downloads, first start"
+    )
+    def status() -> dict:
+        """The registry's status, as the UI's `/status` endpoint returns it. Never waits for a load or a run:
+        while one holds the models, `busy` is true and what is loaded is as of `snapshot_age_s` seconds ago;
+        `downloads`, `startup` and `first_start` are live."""
+        return registry.status()
+
     @api.post("/generate", response_model=GenerateResponse, dependencies=[guard], summary="Run one task")
     async def generate(req: GenerateRequest, request: Request):
         """Run `task` and return its images as base64 PNGs with their parameters (or, for vqa, the answer).
@@ -280,7 +289,8 @@ def router(registry: Registry, auth: tuple[str, str] | None = None, jobs: Jobs |
     api.add_api_route(
         "/generate", wrong_method, methods=["GET", "HEAD", "PUT", "PATCH", "DELETE"], include_in_schema=False
     )
-    api.add_api_route("/health", wrong_method, methods=["POST", "PUT", "PATCH", "DELETE"], include_in_schema=False)
+    for path in ("/health", "/status"):
+        api.add_api_route(path, wrong_method, methods=["POST", "PUT", "PATCH", "DELETE"], include_in_schema=False)
     return api
 
 

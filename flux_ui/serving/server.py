@@ -25,7 +25,7 @@ from flux_ui.serving.throttle import FailureThrottle, LoginThrottle
 log = logging.getLogger(__name__)
 GENERATED_USER = "flux"  # the user name of a generated login
 # The HTTP APIs' routes that take a key: their 401s count as failed logins (serving/throttle.py).
-API_PATHS = ("/generate", "/v1/images/generations", "/v1/images/edits", "/v1/models", "/sdapi/v1/txt2img")
+API_PATHS = ("/generate", "/status", "/v1/images/generations", "/v1/images/edits", "/v1/models", "/sdapi/v1/txt2img")
 API_PATHS += ("/sdapi/v1/img2img", "/sdapi/v1/options")
 
 

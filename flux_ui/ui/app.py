@@ -5,7 +5,7 @@ from __future__ import annotations
 import gradio as gr
 
 from flux_ui import __version__
-from flux_ui.models import file_report, files, upscalers, verify
+from flux_ui.models import downloads, file_report, files, first_start, startup, upscalers, verify
 from flux_ui.models.registry import Registry
 from flux_ui.ui import residency
 from flux_ui.ui.api_guard import refuse_foreign_files
@@ -82,17 +82,25 @@ def _models_tab(ctx: UiContext) -> list:
 
 
 def _startup_line(registry: Registry) -> None:
-    """The --preload phases and any download from the hub, above the tabs: re-read every second while
-    either runs; the preload's outcome stays ("Ready in 45 s (...)"). Where models may come from the hub,
-    the line keeps looking every IDLE_TICK_S for a download (the first Generate's, say)."""
+    """What the first Generate will need (`first_start`: a download, no weights, no GPU), the --preload
+    phases and any download from the hub, above the tabs: re-read every second while the check or either
+    runs; the preload's outcome stays ("Ready in 45 s (...)"). Where models may come from the hub, the line
+    keeps looking every IDLE_TICK_S for a download (the first Generate's, say) and drops the first-start
+    note about weights once they are loaded. Read from the registry's
+    status, which never waits for a load."""
     hub = registry.settings.model_root is None
 
+    def watch() -> bool:  # downloads may come: models from the hub, or weights the check found missing
+        return hub or bool(registry.first_start.snapshot().get("missing"))
+
     def text() -> str:
-        return "\n\n".join(line for line in (registry.startup.line(), registry.downloads.line()) if line)
+        s = registry.status()
+        lines = (first_start.describe(s), startup.describe(s["startup"]), downloads.describe(s["downloads"]))
+        return "\n\n".join(line for line in lines if line)
 
     def tick():
-        busy = registry.startup.active or registry.downloads.active
-        return text(), gr.Timer(1.0 if busy else IDLE_TICK_S, active=busy or hub)
+        busy = registry.startup.active or registry.downloads.active or registry.first_start.checking
+        return text(), gr.Timer(1.0 if busy else IDLE_TICK_S, active=busy or watch())
 
     line = gr.Markdown(text(), elem_id="startup")
     timer = gr.Timer(1.0)
@@ -123,7 +131,9 @@ def build_ui(registry: Registry) -> gr.Blocks:
     ctx = UiContext(registry)
     with gr.Blocks(title="FLUX UI") as demo:
         gr.Markdown(f"# FLUX UI <small>v{__version__}</small>")
-        if ctx.settings.preload or ctx.settings.model_root is None:  # preloading, or models from the hub
+        said = registry.first_start.snapshot()
+        # Preloading, models from the hub, or a first-start check with something to say (or still checking).
+        if ctx.settings.preload or ctx.settings.model_root is None or said["notes"] or said["state"] == "checking":
             _startup_line(registry)
         if ctx.settings.tiny:
             gr.Markdown(

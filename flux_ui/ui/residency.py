@@ -5,7 +5,7 @@ Plain formatting, no gradio, so the tests check the words the Models tab shows.
 
 from __future__ import annotations
 
-from flux_ui.models import downloads, startup
+from flux_ui.models import downloads, first_start, startup
 
 # Readable names of the shared parts in the table.
 PART_LABELS = {
@@ -82,6 +82,8 @@ def markdown(status: dict) -> str:
     if status.get("startup") and (line := startup.describe(status["startup"])):
         lines.insert(0, line)
     if status.get("downloads") and (line := downloads.describe(status["downloads"])):
+        lines.insert(0, line)
+    if line := first_start.describe(status):
         lines.insert(0, line)
     rows = model_rows(status)
     table = ["| model | where | weights | LoRAs loaded |", "|---|---|---|---|"]
