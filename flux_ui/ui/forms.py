@@ -11,10 +11,14 @@ from __future__ import annotations
 from collections.abc import Callable, Generator, Sequence
 
 import gradio as gr
+from PIL import Image
 
+from flux_ui.core.errors import InvalidInput
 from flux_ui.core.seeds import SEED_MAX
 from flux_ui.core.settings import Settings
 from flux_ui.core.variants import FLUX1, SQUARE_AND_WIDE, get_variant, variants_for
+from flux_ui.media.metadata import parse_parameters, read_parameters
+from flux_ui.media.uploads import checked_upload
 from flux_ui.tasks import TaskSpec
 from flux_ui.ui.common import UiContext
 
@@ -146,3 +150,15 @@ def note_follows(note: gr.Markdown, describe: Callable[..., str], inputs: Sequen
     """Rewrite `note` with `describe(*values)` whenever one of `inputs` changes, before anything runs (raw
     values: an image is described from its upload, not copied again)."""
     gr.on([c.change for c in inputs], describe, list(inputs), note, preprocess=False, api_visibility="private")
+
+
+def embedded_fields(path: str) -> dict[str, str]:
+    """The generation parameters an uploaded or handed-over PNG carries, as fields ("Prompt", "Variant",
+    ...); empty when it carries none or cannot be read: a picture with nothing to bring along into the form
+    is no failure."""
+    try:
+        with Image.open(checked_upload(path, "image")) as img:
+            text = read_parameters(img)
+        return parse_parameters(text) if text else {}
+    except (InvalidInput, OSError, ValueError, SyntaxError):
+        return {}

@@ -5,13 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import gradio as gr
-from PIL import Image
 
 from flux_ui.core.errors import InvalidInput
 from flux_ui.core.variants import get_variant
 from flux_ui.media.images import load_image
-from flux_ui.media.metadata import parse_parameters, read_parameters
-from flux_ui.media.uploads import checked_upload
 from flux_ui.tasks.kontext import AUTO, MAX_REFERENCES, SPEC, KontextParams, context_size, output_size
 from flux_ui.ui import examples, fast_mode, forms
 from flux_ui.ui.common import UiContext, image_event
@@ -49,12 +46,7 @@ def _path(value: object) -> str | None:
 
 def _instruction_of(path: str) -> str:
     """The instruction an edit was made with, read back from its PNG (empty if it carries none)."""
-    try:
-        with Image.open(checked_upload(path, "image")) as img:
-            text = read_parameters(img)
-        return parse_parameters(text).get("Prompt", "") if text else ""
-    except (InvalidInput, OSError, ValueError, SyntaxError):  # no instruction to show is no failure
-        return ""
+    return forms.embedded_fields(path).get("Prompt", "")
 
 
 def size_note(image: object, size: object, settings) -> str:

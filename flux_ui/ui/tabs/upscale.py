@@ -9,13 +9,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import gradio as gr
-from PIL import Image
 
 from flux_ui.core.errors import InvalidInput
 from flux_ui.core.variants import FLUX1, get_variant, variants_for
 from flux_ui.media.images import load_image
-from flux_ui.media.metadata import parse_parameters, read_parameters
-from flux_ui.media.uploads import checked_upload
 from flux_ui.models import upscalers
 from flux_ui.tasks.upscale import (
     AUTO,
@@ -61,12 +58,7 @@ def parameters_of(path: str) -> tuple[str, str | None]:
     """(prompt, variant) read from a PNG's parameters, when a text-to-image model made it (image to image
     and earlier upscales included); ("", None) otherwise: a Kontext instruction or a Fill prompt does not
     describe the whole picture, which is what the refine pass needs."""
-    try:
-        with Image.open(checked_upload(path, "image")) as img:
-            text = read_parameters(img)
-        fields = parse_parameters(text) if text else {}
-    except (InvalidInput, OSError, ValueError, SyntaxError):  # no prompt to bring along is no failure
-        return "", None
+    fields = forms.embedded_fields(path)
     name = fields.get("Variant")
     if name not in {v.name for v in variants_for("text_to_image", FLUX1)}:
         return "", None
