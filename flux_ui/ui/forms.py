@@ -1,6 +1,7 @@
 """Pieces of the image tabs' forms, built and wired the same way in every tab: the size presets, the
 variant's default steps and guidance, the steps/guidance, seed and run/cancel rows, the result column
-(gallery, hand-off row, "Seed used" box, info line), and the run's outputs.
+(gallery, hand-off row, "Seed used" box, info line), the run's outputs and wiring, and the parameters a
+handed PNG brings into a form.
 
 The helpers take every elem_id and label from the tab: they are public (the browser tests and users'
 scripts find components by elem_id), and each tab keeps its own.
