@@ -12,13 +12,11 @@ from dataclasses import dataclass
 import gradio as gr
 
 from flux_ui.core.errors import InvalidInput, ModelUnavailableError
-from flux_ui.core.seeds import SEED_MAX
 from flux_ui.core.variants import CONTROL_LORAS, get_variant
 from flux_ui.media.control_maps import CANNY_HIGH, CANNY_LOW
 from flux_ui.tasks.control import MODES, SPEC, ControlParams, control_map, output_size, validate_control
-from flux_ui.ui import examples, fast_mode
+from flux_ui.ui import examples, fast_mode, forms
 from flux_ui.ui.common import UiContext, image_event, invalid
-from flux_ui.ui.forms import reveal_seed, seed_used_box
 from flux_ui.ui.handoff import track_selection
 
 MODE_CHOICES = [("Canny edges", "canny"), ("Depth", "depth")]
@@ -188,28 +186,20 @@ def build(ctx: UiContext) -> ControlTab:
             scale = gr.Slider(
                 0.0, 2.0, value=CONTROL_LORAS["canny"].default_scale, step=0.05, label="LoRA scale", visible=False
             )
-            with gr.Row():
-                steps = gr.Slider(
-                    1,
-                    settings.max_steps,
-                    value=canny_variant.default_steps,
-                    step=1,
-                    label="Steps",
-                    elem_id="control-steps",
-                )
-                guidance = gr.Slider(0.0, 50.0, value=canny_variant.default_guidance, step=0.5, label="Guidance")
-            with gr.Row():
-                seed = gr.Number(value=-1, label=f"Seed (-1 = random, up to {SEED_MAX})", elem_id="control-seed")
-                num_images = gr.Slider(1, settings.max_images, value=1, step=1, label="Images")
+            steps, guidance = forms.steps_and_guidance(
+                settings,
+                canny_variant.default_steps,
+                canny_variant.default_guidance,
+                "control-steps",
+                guidance_max=50.0,
+                guidance_step=0.5,
+            )
+            seed, num_images = forms.seed_and_count(settings, "control-seed")
             fast = fast_mode.checkbox(settings, "control-fast")
-            with gr.Row():
-                generate_btn = gr.Button("Generate", variant="primary", elem_id="control-generate")
-                cancel_btn = gr.Button("Cancel", variant="stop", elem_id="control-cancel")
+            generate_btn, cancel_btn = forms.run_and_cancel("Generate", "control-generate", "control-cancel")
         with gr.Column(scale=1):
-            gallery = gr.Gallery(label="Images", columns=2, format="png", elem_id="control-gallery", interactive=False)
-            send_row = gr.Row()  # hand-off buttons, added once every tab exists
-            last_seed = seed_used_box("control-seed-used")
-            info = gr.Markdown(elem_id="control-info")
+            gallery = forms.result_gallery("Images", "control-gallery")
+            send_row, last_seed, info = forms.result_footer("control-seed-used", "control-info")
         selected = track_selection(gallery)  # inside the tab: a component between tabs confuses the tab bar
 
     gr.on(
@@ -254,6 +244,5 @@ def build(ctx: UiContext) -> ControlTab:
         api_name="control",
         **image_event(settings),
     )
-    reveal_seed(run, last_seed)
-    cancel_btn.click(ctx.cancel, None, None, queue=False, api_visibility="private")  # see run_images
+    forms.finish_run(ctx, run, last_seed, cancel_btn)
     return ControlTab(image=image, prompt=prompt, gallery=gallery, selected=selected, send_row=send_row)

@@ -11,13 +11,11 @@ from dataclasses import dataclass
 
 import gradio as gr
 
-from flux_ui.core.seeds import SEED_MAX
 from flux_ui.core.variants import get_variant
 from flux_ui.tasks.fill import SPEC, FillParams
-from flux_ui.ui import examples, fast_mode
+from flux_ui.ui import examples, fast_mode, forms
 from flux_ui.ui.common import UiContext, image_event
 from flux_ui.ui.editor import mask_editor, split_editor
-from flux_ui.ui.forms import reveal_seed, seed_used_box
 from flux_ui.ui.handoff import track_selection
 
 MAX_SLIDER_OUTPAINT = 1024  # pixels per side on the sliders; the API accepts more, up to the size limit
@@ -73,10 +71,7 @@ def build(ctx: UiContext) -> FillTab:
             fast: fast mode: about half the steps computed in full (cache-dit's step cache), softer detail.
         """
         raw = FillParams(image, prompt, mask, left, right, top, bottom, steps, guidance, seed, num_images, fast)
-        done = yield from ctx.run_images(SPEC, raw, request, progress)
-        if done is not None:  # None: cancelled, and already shown
-            gallery, result, text = done
-            yield gallery, result.seed, text
+        yield from forms.gallery_seed_info(ctx, SPEC, raw, request, progress)
 
     with gr.Tab("Fill", id="fill"), gr.Row():
         with gr.Column(scale=1):
@@ -93,27 +88,24 @@ def build(ctx: UiContext) -> FillTab:
                     gr.Slider(0, MAX_SLIDER_OUTPAINT, value=0, step=8, label=side.title(), elem_id=f"fill-{side}")
                     for side in ("left", "right", "top", "bottom")
                 ]
-            with gr.Row():
-                steps = gr.Slider(
-                    1, settings.max_steps, value=variant.default_steps, step=1, label="Steps", elem_id="fill-steps"
-                )
-                guidance = gr.Slider(0.0, 50.0, value=variant.default_guidance, step=0.5, label="Guidance")
-            with gr.Row():
-                seed = gr.Number(value=-1, label=f"Seed (-1 = random, up to {SEED_MAX})", elem_id="fill-seed")
-                num_images = gr.Slider(1, settings.max_images, value=1, step=1, label="Images")
+            steps, guidance = forms.steps_and_guidance(
+                settings,
+                variant.default_steps,
+                variant.default_guidance,
+                "fill-steps",
+                guidance_max=50.0,
+                guidance_step=0.5,
+            )
+            seed, num_images = forms.seed_and_count(settings, "fill-seed")
             fast = fast_mode.checkbox(settings, "fill-fast")
-            with gr.Row():
-                run_btn = gr.Button("Fill", variant="primary", elem_id="fill-run")
-                cancel_btn = gr.Button("Cancel", variant="stop", elem_id="fill-cancel")
+            run_btn, cancel_btn = forms.run_and_cancel("Fill", "fill-run", "fill-cancel")
             gr.Markdown(
                 f"`{variant.repo_id}` · white or painted = repaint · the result has the canvas's size, scaled to "
                 f"at most {settings.max_megapixels:g} MP · non-commercial license (`{variant.license}`)"
             )
         with gr.Column(scale=1):
-            gallery = gr.Gallery(label="Images", columns=2, format="png", elem_id="fill-gallery", interactive=False)
-            send_row = gr.Row()  # hand-off buttons, added once every tab exists
-            last_seed = seed_used_box("fill-seed-used")
-            info = gr.Markdown(elem_id="fill-info")
+            gallery = forms.result_gallery("Images", "fill-gallery")
+            send_row, last_seed, info = forms.result_footer("fill-seed-used", "fill-info")
         selected = track_selection(gallery)  # inside the tab: a component between tabs confuses the tab bar
 
     split = run_btn.click(split_editor, editor, [image, mask], api_visibility="private")
@@ -124,6 +116,5 @@ def build(ctx: UiContext) -> FillTab:
         api_name="fill",
         **image_event(settings),
     )
-    reveal_seed(done, last_seed)
-    cancel_btn.click(ctx.cancel, None, None, queue=False, api_visibility="private")  # see run_images
+    forms.finish_run(ctx, done, last_seed, cancel_btn)
     return FillTab(image=editor, prompt=prompt, gallery=gallery, selected=selected, send_row=send_row)

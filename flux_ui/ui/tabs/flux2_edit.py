@@ -6,11 +6,10 @@ from dataclasses import dataclass
 
 import gradio as gr
 
-from flux_ui.core.seeds import SEED_MAX
 from flux_ui.core.variants import FLUX2, SQUARE_AND_WIDE, family_variants, get_variant
 from flux_ui.tasks.flux2_edit import AUTO, DEFAULT_VARIANT, MAX_REFERENCES, SPEC, Flux2EditParams
+from flux_ui.ui import forms
 from flux_ui.ui.common import UiContext, image_event
-from flux_ui.ui.forms import reveal_seed, seed_used_box
 from flux_ui.ui.handoff import track_selection
 
 SIZES = [AUTO, *(f"{w}x{h}" for w, h in SQUARE_AND_WIDE)]
@@ -70,15 +69,10 @@ def build(ctx: UiContext) -> Flux2EditTab:
         raw = Flux2EditParams(
             (image_1, image_2, image_3, image_4), instruction, variant, size, steps, guidance, seed, num_images
         )
-        done = yield from ctx.run_images(SPEC, raw, request, progress, noun="edit")
-        if done is not None:  # None: cancelled, and already shown
-            gallery, result, text = done
-            yield gallery, result.seed, text
+        yield from forms.gallery_seed_info(ctx, SPEC, raw, request, progress, noun="edit")
 
     def on_variant(name: str):
-        v = get_variant(name)
-        guidance = gr.update(value=v.default_guidance, visible=True) if v.uses_guidance else gr.update(visible=False)
-        return gr.update(value=v.default_steps), guidance, variant_note(name)
+        return (*forms.variant_defaults(name), variant_note(name))
 
     with gr.Tab("FLUX.2 edit", id="flux2_edit"), gr.Row():
         with gr.Column(scale=1):
@@ -103,26 +97,18 @@ def build(ctx: UiContext) -> Flux2EditTab:
                 variant = gr.Dropdown(choices, value=DEFAULT_VARIANT, label="Model", elem_id="flux2-variant")
                 size = gr.Dropdown(SIZES, value=AUTO, label="Output size", allow_custom_value=True)
             note = gr.Markdown(variant_note(DEFAULT_VARIANT), elem_id="flux2-variant-note")
-            with gr.Row():
-                steps = gr.Slider(
-                    1, settings.max_steps, value=default.default_steps, step=1, label="Steps", elem_id="flux2-steps"
-                )
-                guidance = gr.Slider(0.0, 10.0, value=4.0, step=0.1, label="Guidance", visible=default.uses_guidance)
-            with gr.Row():
-                seed = gr.Number(value=-1, label=f"Seed (-1 = random, up to {SEED_MAX})", elem_id="flux2-seed")
-                num_images = gr.Slider(1, settings.max_images, value=1, step=1, label="Images")
-            with gr.Row():
-                edit_btn = gr.Button("Edit", variant="primary", elem_id="flux2-edit")
-                cancel_btn = gr.Button("Cancel", variant="stop", elem_id="flux2-cancel")
+            steps, guidance = forms.steps_and_guidance(
+                settings, default.default_steps, 4.0, "flux2-steps", guidance_max=10.0, visible=default.uses_guidance
+            )
+            seed, num_images = forms.seed_and_count(settings, "flux2-seed")
+            edit_btn, cancel_btn = forms.run_and_cancel("Edit", "flux2-edit", "flux2-cancel")
             gr.Markdown(
                 "FLUX.2 reads every reference itself: say which image you mean (“image 1”, “the second image”). "
                 "Each reference is scaled to at most 1 megapixel; more references make each step slower."
             )
         with gr.Column(scale=1):
-            gallery = gr.Gallery(label="Result", columns=2, format="png", interactive=False, elem_id="flux2-gallery")
-            send_row = gr.Row()
-            last_seed = seed_used_box("flux2-seed-used")
-            info = gr.Markdown(elem_id="flux2-info")
+            gallery = forms.result_gallery("Result", "flux2-gallery")
+            send_row, last_seed, info = forms.result_footer("flux2-seed-used", "flux2-info")
         selected = track_selection(gallery)  # inside the tab: a component between tabs confuses the tab bar
 
     run = gr.on(
@@ -133,7 +119,6 @@ def build(ctx: UiContext) -> Flux2EditTab:
         api_name="flux2_edit",
         **image_event(settings),
     )
-    reveal_seed(run, last_seed)
-    cancel_btn.click(ctx.cancel, None, None, queue=False, api_visibility="private")  # see run_images
+    forms.finish_run(ctx, run, last_seed, cancel_btn)
     variant.input(on_variant, variant, [steps, guidance, note], api_visibility="private")
     return Flux2EditTab(image=slots[0], gallery=gallery, selected=selected, send_row=send_row)

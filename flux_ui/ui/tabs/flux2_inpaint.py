@@ -10,13 +10,12 @@ from dataclasses import dataclass
 
 import gradio as gr
 
-from flux_ui.core.seeds import SEED_MAX
 from flux_ui.core.variants import FLUX2, family_variants, get_variant
 from flux_ui.tasks.flux2_edit import DEFAULT_VARIANT
 from flux_ui.tasks.flux2_inpaint import DEFAULT_STRENGTH, SPEC, Flux2InpaintParams
+from flux_ui.ui import forms
 from flux_ui.ui.common import UiContext, image_event
 from flux_ui.ui.editor import mask_editor, split_editor
-from flux_ui.ui.forms import reveal_seed, seed_used_box
 from flux_ui.ui.handoff import track_selection
 
 
@@ -61,15 +60,7 @@ def build(ctx: UiContext) -> Flux2InpaintTab:
             num_images: how many images to make.
         """
         raw = Flux2InpaintParams(image, mask, prompt, variant, strength, steps, guidance, seed, num_images)
-        done = yield from ctx.run_images(SPEC, raw, request, progress)
-        if done is not None:  # None: cancelled, and already shown
-            gallery, result, text = done
-            yield gallery, result.seed, text
-
-    def on_variant(name: str):
-        v = get_variant(name)
-        guidance = gr.update(value=v.default_guidance, visible=True) if v.uses_guidance else gr.update(visible=False)
-        return gr.update(value=v.default_steps), guidance
+        yield from forms.gallery_seed_info(ctx, SPEC, raw, request, progress)
 
     with gr.Tab("FLUX.2 inpaint", id="flux2_inpaint"), gr.Row():
         with gr.Column(scale=1):
@@ -81,33 +72,23 @@ def build(ctx: UiContext) -> Flux2InpaintTab:
                 choices = [(v.label, v.name) for v in family_variants(FLUX2) if v.inpaint_pipeline_class]
                 variant = gr.Dropdown(choices, value=DEFAULT_VARIANT, label="Model", elem_id="flux2-inpaint-variant")
                 strength = gr.Slider(0.01, 1.0, value=DEFAULT_STRENGTH, step=0.01, label="Strength")
-            with gr.Row():
-                steps = gr.Slider(
-                    1,
-                    settings.max_steps,
-                    value=default.default_steps,
-                    step=1,
-                    label="Steps",
-                    elem_id="flux2-inpaint-steps",
-                )
-                guidance = gr.Slider(0.0, 10.0, value=4.0, step=0.1, label="Guidance", visible=default.uses_guidance)
-            with gr.Row():
-                seed = gr.Number(value=-1, label=f"Seed (-1 = random, up to {SEED_MAX})", elem_id="flux2-inpaint-seed")
-                num_images = gr.Slider(1, settings.max_images, value=1, step=1, label="Images")
-            with gr.Row():
-                run_btn = gr.Button("Inpaint", variant="primary", elem_id="flux2-inpaint-run")
-                cancel_btn = gr.Button("Cancel", variant="stop", elem_id="flux2-inpaint-cancel")
+            steps, guidance = forms.steps_and_guidance(
+                settings,
+                default.default_steps,
+                4.0,
+                "flux2-inpaint-steps",
+                guidance_max=10.0,
+                visible=default.uses_guidance,
+            )
+            seed, num_images = forms.seed_and_count(settings, "flux2-inpaint-seed")
+            run_btn, cancel_btn = forms.run_and_cancel("Inpaint", "flux2-inpaint-run", "flux2-inpaint-cancel")
             gr.Markdown(
                 f"[klein] through diffusers' Flux2KleinInpaintPipeline · the result has the picture's size, scaled "
                 f"to at most {settings.max_megapixels:g} MP · [klein] 4B is Apache-2.0, 9B non-commercial"
             )
         with gr.Column(scale=1):
-            gallery = gr.Gallery(
-                label="Images", columns=2, format="png", interactive=False, elem_id="flux2-inpaint-gallery"
-            )
-            send_row = gr.Row()
-            last_seed = seed_used_box("flux2-inpaint-seed-used")
-            info = gr.Markdown(elem_id="flux2-inpaint-info")
+            gallery = forms.result_gallery("Images", "flux2-inpaint-gallery")
+            send_row, last_seed, info = forms.result_footer("flux2-inpaint-seed-used", "flux2-inpaint-info")
         selected = track_selection(gallery)
 
     split = run_btn.click(split_editor, editor, [image, mask], api_visibility="private")
@@ -118,7 +99,6 @@ def build(ctx: UiContext) -> Flux2InpaintTab:
         api_name="flux2_inpaint",
         **image_event(settings),
     )
-    reveal_seed(done, last_seed)
-    cancel_btn.click(ctx.cancel, None, None, queue=False, api_visibility="private")  # see run_images
-    variant.input(on_variant, variant, [steps, guidance], api_visibility="private")
+    forms.finish_run(ctx, done, last_seed, cancel_btn)
+    variant.input(forms.variant_defaults, variant, [steps, guidance], api_visibility="private")
     return Flux2InpaintTab(image=editor, gallery=gallery, selected=selected, send_row=send_row)

@@ -7,15 +7,13 @@ from dataclasses import dataclass
 
 import gradio as gr
 
-from flux_ui.core.seeds import SEED_MAX
-from flux_ui.core.variants import FLUX1, get_variant, variants_for
+from flux_ui.core.variants import get_variant
 from flux_ui.tasks.image_to_image import AUTO, DEFAULT_STRENGTH, SPEC, ImageToImageParams
-from flux_ui.ui import examples, fast_mode
+from flux_ui.ui import examples, fast_mode, forms
 from flux_ui.ui.common import UiContext, image_event
-from flux_ui.ui.forms import PRESETS, reveal_seed, seed_used_box, variant_defaults
 from flux_ui.ui.handoff import track_selection
 
-SIZES = [AUTO, *(f"{w}x{h}" for w, h in PRESETS.values())]
+SIZES = [AUTO, *(f"{w}x{h}" for w, h in forms.PRESETS.values())]
 STRENGTH_NOTE = (
     "**Strength** is how much of the schedule is run again: 0.2-0.4 keeps the composition and changes "
     "details, 0.6-0.8 keeps colours and layout loosely, 1 ignores the input (the text-to-image result of "
@@ -66,10 +64,7 @@ def build(ctx: UiContext) -> ImageToImageTab:
             fast: fast mode: about half the steps computed in full (cache-dit's step cache), softer detail.
         """
         raw = ImageToImageParams(image, prompt, strength, variant, size, steps, guidance, seed, num_images, fast=fast)
-        done = yield from ctx.run_images(SPEC, raw, request, progress)
-        if done is not None:  # None: cancelled, and already shown
-            gallery, result, text = done
-            yield gallery, result.seed, text
+        yield from forms.gallery_seed_info(ctx, SPEC, raw, request, progress)
 
     with gr.Tab("Image to image", id="i2i"), gr.Row():
         with gr.Column(scale=1):
@@ -86,8 +81,7 @@ def build(ctx: UiContext) -> ImageToImageTab:
             examples.offer([image, prompt, strength], examples.IMAGE_TO_IMAGE)
             gr.Markdown(STRENGTH_NOTE)
             with gr.Row():
-                choices = [(v.label, v.name) for v in variants_for("text_to_image", FLUX1)]
-                variant = gr.Dropdown(choices, value="dev", label="Model", elem_id="i2i-variant")
+                variant = forms.flux1_model_menu("i2i-variant")
                 size = gr.Dropdown(
                     SIZES,
                     value=AUTO,
@@ -96,26 +90,16 @@ def build(ctx: UiContext) -> ImageToImageTab:
                     allow_custom_value=True,
                     elem_id="i2i-size",
                 )
-            with gr.Row():
-                steps = gr.Slider(
-                    1, settings.max_steps, value=dev.default_steps, step=1, label="Steps", elem_id="i2i-steps"
-                )
-                guidance = gr.Slider(0.0, 30.0, value=dev.default_guidance, step=0.1, label="Guidance")
-            with gr.Row():
-                seed = gr.Number(value=-1, label=f"Seed (-1 = random, up to {SEED_MAX})", elem_id="i2i-seed")
-                num_images = gr.Slider(1, settings.max_images, value=1, step=1, label="Images")
+            steps, guidance = forms.steps_and_guidance(settings, dev.default_steps, dev.default_guidance, "i2i-steps")
+            seed, num_images = forms.seed_and_count(settings, "i2i-seed")
             fast = fast_mode.checkbox(settings, "i2i-fast")
-            with gr.Row():
-                generate_btn = gr.Button("Generate", variant="primary", elem_id="i2i-generate")
-                cancel_btn = gr.Button("Cancel", variant="stop", elem_id="i2i-cancel")
+            generate_btn, cancel_btn = forms.run_and_cancel("Generate", "i2i-generate", "i2i-cancel")
         with gr.Column(scale=1):
-            gallery = gr.Gallery(label="Images", columns=2, format="png", interactive=False, elem_id="i2i-gallery")
-            send_row = gr.Row()
-            last_seed = seed_used_box("i2i-seed-used")
-            info = gr.Markdown(elem_id="i2i-info")
+            gallery = forms.result_gallery("Images", "i2i-gallery")
+            send_row, last_seed, info = forms.result_footer("i2i-seed-used", "i2i-info")
         selected = track_selection(gallery)  # inside the tab: a component between tabs confuses the tab bar
 
-    variant.input(variant_defaults, variant, [steps, guidance], api_visibility="private")
+    variant.input(forms.variant_defaults, variant, [steps, guidance], api_visibility="private")
     run = gr.on(
         [generate_btn.click, prompt.submit],
         generate,
@@ -125,6 +109,5 @@ def build(ctx: UiContext) -> ImageToImageTab:
         # The image is decoded by the validator (images.load_image), which knows our limits and names the field.
         **image_event(settings),
     )
-    reveal_seed(run, last_seed)
-    cancel_btn.click(ctx.cancel, None, None, queue=False, api_visibility="private")  # see run_images
+    forms.finish_run(ctx, run, last_seed, cancel_btn)
     return ImageToImageTab(image=image, gallery=gallery, selected=selected, send_row=send_row)

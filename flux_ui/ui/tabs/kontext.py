@@ -5,18 +5,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import gradio as gr
-from PIL import Image
 
 from flux_ui.core.errors import InvalidInput
-from flux_ui.core.seeds import SEED_MAX
 from flux_ui.core.variants import get_variant
 from flux_ui.media.images import load_image
-from flux_ui.media.metadata import parse_parameters, read_parameters
-from flux_ui.media.uploads import checked_upload
 from flux_ui.tasks.kontext import AUTO, MAX_REFERENCES, SPEC, KontextParams, context_size, output_size
-from flux_ui.ui import examples, fast_mode
+from flux_ui.ui import examples, fast_mode, forms
 from flux_ui.ui.common import UiContext, image_event
-from flux_ui.ui.forms import reveal_seed, seed_used_box
 from flux_ui.ui.handoff import Receiver, pick, track_selection
 
 VARIANT = get_variant("kontext-dev")
@@ -51,12 +46,7 @@ def _path(value: object) -> str | None:
 
 def _instruction_of(path: str) -> str:
     """The instruction an edit was made with, read back from its PNG (empty if it carries none)."""
-    try:
-        with Image.open(checked_upload(path, "image")) as img:
-            text = read_parameters(img)
-        return parse_parameters(text).get("Prompt", "") if text else ""
-    except (InvalidInput, OSError, ValueError, SyntaxError):  # no instruction to show is no failure
-        return ""
+    return forms.embedded_fields(path).get("Prompt", "")
 
 
 def size_note(image: object, size: object, settings) -> str:
@@ -112,10 +102,7 @@ def build(ctx: UiContext) -> KontextTab:
         raw = KontextParams(
             image, instruction, size, steps, guidance, seed, num_images, (image_2, image_3, image_4), fast=fast
         )
-        done = yield from ctx.run_images(SPEC, raw, request, progress, noun="edit")
-        if done is not None:  # None: cancelled, and already shown
-            gallery, result, text = done
-            yield gallery, result.seed, text
+        yield from forms.gallery_seed_info(ctx, SPEC, raw, request, progress, noun="edit")
 
     def new_chain(image):
         path = _path(image)
@@ -152,18 +139,12 @@ def build(ctx: UiContext) -> KontextTab:
             examples.offer([image, instruction], examples.KONTEXT)
             size = gr.Dropdown(SIZES, value=AUTO, label="Output size", allow_custom_value=True, elem_id="kontext-size")
             note = gr.Markdown(size_note(None, AUTO, settings), elem_id="kontext-size-note")
-            with gr.Row():
-                steps = gr.Slider(
-                    1, settings.max_steps, value=VARIANT.default_steps, step=1, label="Steps", elem_id="kontext-steps"
-                )
-                guidance = gr.Slider(0.0, 10.0, value=VARIANT.default_guidance, step=0.1, label="Guidance")
-            with gr.Row():
-                seed = gr.Number(value=-1, label=f"Seed (-1 = random, up to {SEED_MAX})", elem_id="kontext-seed")
-                num_images = gr.Slider(1, settings.max_images, value=1, step=1, label="Edits")
+            steps, guidance = forms.steps_and_guidance(
+                settings, VARIANT.default_steps, VARIANT.default_guidance, "kontext-steps", guidance_max=10.0
+            )
+            seed, num_images = forms.seed_and_count(settings, "kontext-seed", "Edits")
             fast = fast_mode.checkbox(settings, "kontext-fast")
-            with gr.Row():
-                edit_btn = gr.Button("Edit", variant="primary", elem_id="kontext-edit")
-                cancel_btn = gr.Button("Cancel", variant="stop", elem_id="kontext-cancel")
+            edit_btn, cancel_btn = forms.run_and_cancel("Edit", "kontext-edit", "kontext-cancel")
             more_label = f"+ more references (up to {MAX_REFERENCES - 1})"
             with gr.Accordion(more_label, open=False, elem_id="kontext-more"), gr.Row():
                 more = [
@@ -177,13 +158,11 @@ def build(ctx: UiContext) -> KontextTab:
                 ]
             gr.Markdown(REFERENCES_NOTE, elem_id="kontext-references-note")
         with gr.Column(scale=1):
-            gallery = gr.Gallery(label="Result", columns=2, format="png", interactive=False, elem_id="kontext-gallery")
+            gallery = forms.result_gallery("Result", "kontext-gallery")
             with gr.Row():
                 again_btn = gr.Button("↪ Edit again (result becomes the input)", elem_id="kontext-again")
                 undo_btn = gr.Button("↶ Undo", elem_id="kontext-undo")
-            send_row = gr.Row()
-            last_seed = seed_used_box("kontext-seed-used")
-            info = gr.Markdown(elem_id="kontext-info")
+            send_row, last_seed, info = forms.result_footer("kontext-seed-used", "kontext-info")
             history_gallery = gr.Gallery(
                 label="Edit chain (oldest first)",
                 columns=6,
@@ -207,16 +186,8 @@ def build(ctx: UiContext) -> KontextTab:
         # of our limits and names no field.
         **image_event(settings),
     )
-    reveal_seed(run, last_seed)
-    cancel_btn.click(ctx.cancel, None, None, queue=False, api_visibility="private")  # see run_images
-    gr.on(
-        [image.change, size.change],
-        lambda img, sz: size_note(img, sz, settings),
-        [image, size],
-        note,
-        preprocess=False,
-        api_visibility="private",
-    )
+    forms.finish_run(ctx, run, last_seed, cancel_btn)
+    forms.note_follows(note, lambda img, sz: size_note(img, sz, settings), [image, size])
     image.upload(new_chain, image, [history, history_gallery], preprocess=False, api_visibility="private")
     image.clear(lambda: ([], []), None, [history, history_gallery], api_visibility="private")
     chain = [image, history, history_gallery]

@@ -6,12 +6,10 @@ from dataclasses import dataclass
 
 import gradio as gr
 
-from flux_ui.core.seeds import SEED_MAX
 from flux_ui.core.variants import get_variant
 from flux_ui.tasks.redux import MAX_REFERENCES, MAX_SCALE, SPEC, ReduxParams
-from flux_ui.ui import examples, fast_mode
+from flux_ui.ui import examples, fast_mode, forms
 from flux_ui.ui.common import UiContext, image_event
-from flux_ui.ui.forms import CUSTOM, MAX_SLIDER_SIDE, PRESETS, reveal_seed, seed_used_box
 from flux_ui.ui.handoff import track_selection
 
 VARIANT = get_variant("redux-dev")
@@ -91,13 +89,10 @@ def build(ctx: UiContext) -> ReduxTab:
             num_images=num_images,
             fast=fast,
         )
-        done = yield from ctx.run_images(SPEC, raw, request, progress, noun="variation")
-        if done is not None:  # None: cancelled, and already shown
-            gallery, result, text = done
-            yield gallery, result.seed, text
+        yield from forms.gallery_seed_info(ctx, SPEC, raw, request, progress, noun="variation")
 
     def on_preset(label: str):
-        return PRESETS.get(label, (gr.skip(), gr.skip()))
+        return forms.PRESETS.get(label, (gr.skip(), gr.skip()))
 
     with gr.Tab("Redux variation", id="redux"), gr.Row():
         with gr.Column(scale=1):
@@ -128,30 +123,24 @@ def build(ctx: UiContext) -> ReduxTab:
                 prompt_scale = gr.Slider(0.0, MAX_SCALE, value=1.0, step=0.05, label="Prompt scale")
                 pooled_scale = gr.Slider(0.0, MAX_SCALE, value=1.0, step=0.05, label="Pooled prompt scale")
             gr.Markdown(PROMPT_NOTE)
-            preset = gr.Dropdown([*PRESETS, CUSTOM], value=next(iter(PRESETS)), label="Aspect ratio", min_width=200)
+            preset = gr.Dropdown(
+                [*forms.PRESETS, forms.CUSTOM], value=next(iter(forms.PRESETS)), label="Aspect ratio", min_width=200
+            )
             with gr.Row():
-                width = gr.Slider(64, MAX_SLIDER_SIDE, value=1024, step=16, label="Width", elem_id="redux-width")
-                height = gr.Slider(64, MAX_SLIDER_SIDE, value=1024, step=16, label="Height", elem_id="redux-height")
-            with gr.Row():
-                steps = gr.Slider(
-                    1, settings.max_steps, value=BASE.default_steps, step=1, label="Steps", elem_id="redux-steps"
+                width = gr.Slider(64, forms.MAX_SLIDER_SIDE, value=1024, step=16, label="Width", elem_id="redux-width")
+                height = gr.Slider(
+                    64, forms.MAX_SLIDER_SIDE, value=1024, step=16, label="Height", elem_id="redux-height"
                 )
-                guidance = gr.Slider(0.0, 10.0, value=VARIANT.default_guidance, step=0.1, label="Guidance")
-            with gr.Row():
-                seed = gr.Number(value=-1, label=f"Seed (-1 = random, up to {SEED_MAX})", elem_id="redux-seed")
-                num_images = gr.Slider(1, settings.max_images, value=1, step=1, label="Variations")
+            steps, guidance = forms.steps_and_guidance(
+                settings, BASE.default_steps, VARIANT.default_guidance, "redux-steps", guidance_max=10.0
+            )
+            seed, num_images = forms.seed_and_count(settings, "redux-seed", "Variations")
             fast = fast_mode.checkbox(settings, "redux-fast")
-            with gr.Row():
-                generate_btn = gr.Button("Make variations", variant="primary", elem_id="redux-generate")
-                cancel_btn = gr.Button("Cancel", variant="stop", elem_id="redux-cancel")
+            generate_btn, cancel_btn = forms.run_and_cancel("Make variations", "redux-generate", "redux-cancel")
             gr.Markdown(f"Runs on {BASE.label}'s transformer (`{BASE.repo_id}`) · non-commercial license")
         with gr.Column(scale=1):
-            gallery = gr.Gallery(
-                label="Variations", columns=2, format="png", interactive=False, elem_id="redux-gallery"
-            )
-            send_row = gr.Row()
-            last_seed = seed_used_box("redux-seed-used")
-            info = gr.Markdown(elem_id="redux-info")
+            gallery = forms.result_gallery("Variations", "redux-gallery")
+            send_row, last_seed, info = forms.result_footer("redux-seed-used", "redux-info")
         selected = track_selection(gallery)  # inside the tab: a component between tabs confuses the tab bar
 
     preset.input(on_preset, preset, [width, height], api_visibility="private")
@@ -178,6 +167,5 @@ def build(ctx: UiContext) -> ReduxTab:
         # Images are decoded by the validator (see the Kontext tab).
         **image_event(settings),
     )
-    reveal_seed(run, last_seed)
-    cancel_btn.click(ctx.cancel, None, None, queue=False, api_visibility="private")  # see run_images
+    forms.finish_run(ctx, run, last_seed, cancel_btn)
     return ReduxTab(image=images[0], gallery=gallery, selected=selected, send_row=send_row)

@@ -8,7 +8,6 @@ import gradio as gr
 from PIL import Image
 
 from flux_ui.core.errors import InvalidInput
-from flux_ui.core.seeds import SEED_MAX
 from flux_ui.core.settings import Settings
 from flux_ui.core.variants import Variant, get_variant, variants_for
 from flux_ui.media.foreign_metadata import read_loaded
@@ -16,9 +15,8 @@ from flux_ui.media.uploads import checked_upload
 from flux_ui.models import fast
 from flux_ui.models.loras.library import LoraInfo, tagged_names, with_tags
 from flux_ui.tasks.text_to_image import SPEC, TextToImageParams
-from flux_ui.ui import examples, fast_mode
+from flux_ui.ui import examples, fast_mode, forms
 from flux_ui.ui.common import UiContext, image_event, invalid
-from flux_ui.ui.forms import CUSTOM, MAX_SLIDER_SIDE, PRESETS, reveal_seed, seed_used_box
 from flux_ui.ui.handoff import Receiver, track_selection
 
 
@@ -99,7 +97,7 @@ def form_values(file: str | None, settings: Settings) -> tuple:
         kept(loaded.steps),
         kept(guidance),
         kept(loaded.seed),
-        CUSTOM if loaded.width is not None else gr.skip(),
+        forms.CUSTOM if loaded.width is not None else gr.skip(),
         variant_note(variant.name) if variant is not None else gr.skip(),
         kept(fast_mode_on),
         "\n".join([source, *(f"- {n}" for n in notes)]).strip(),
@@ -154,15 +152,10 @@ def build(ctx: UiContext) -> TextToImageTab:
             fast: fast mode: about half the steps computed in full (cache-dit's step cache), softer detail.
         """
         raw = TextToImageParams(prompt, variant, width, height, steps, guidance, seed, num_images, fast=fast)
-        done = yield from ctx.run_images(SPEC, raw, request, progress)
-        if done is not None:  # None: cancelled, and already shown
-            gallery, result, text = done
-            yield gallery, result.seed, text
+        yield from forms.gallery_seed_info(ctx, SPEC, raw, request, progress)
 
     def on_variant(name: str):
-        v = get_variant(name)
-        guidance = gr.update(value=v.default_guidance, visible=True) if v.uses_guidance else gr.update(visible=False)
-        return gr.update(value=v.default_steps), guidance, variant_note(name)
+        return (*forms.variant_defaults(name), variant_note(name))
 
     def show_guidance(name: str):
         return gr.update(visible=get_variant(name).uses_guidance)
@@ -185,7 +178,7 @@ def build(ctx: UiContext) -> TextToImageTab:
         return int(last)
 
     def on_preset(label: str):
-        return PRESETS.get(label, (gr.skip(), gr.skip()))
+        return forms.PRESETS.get(label, (gr.skip(), gr.skip()))
 
     def check_parameters(file: str | None) -> None:
         form_values(file, settings)  # raises gr.Error naming what is wrong with the file
@@ -234,32 +227,27 @@ def build(ctx: UiContext) -> TextToImageTab:
             with gr.Row():
                 choices = [(v.label, v.name) for v in variants_for("text_to_image")]
                 variant = gr.Dropdown(choices, value="dev", label="Model", elem_id="variant", min_width=200)
-                preset = gr.Dropdown([*PRESETS, CUSTOM], value=next(iter(PRESETS)), label="Aspect ratio", min_width=200)
+                preset = gr.Dropdown(
+                    [*forms.PRESETS, forms.CUSTOM], value=next(iter(forms.PRESETS)), label="Aspect ratio", min_width=200
+                )
             note = gr.Markdown(variant_note("dev"))
             with gr.Row():
-                width = gr.Slider(64, MAX_SLIDER_SIDE, value=1024, step=16, label="Width", elem_id="width")
-                height = gr.Slider(64, MAX_SLIDER_SIDE, value=1024, step=16, label="Height", elem_id="height")
+                width = gr.Slider(64, forms.MAX_SLIDER_SIDE, value=1024, step=16, label="Width", elem_id="width")
+                height = gr.Slider(64, forms.MAX_SLIDER_SIDE, value=1024, step=16, label="Height", elem_id="height")
+            steps, guidance = forms.steps_and_guidance(settings, 28, 3.5, "steps", elem_id="guidance")
             with gr.Row():
-                steps = gr.Slider(1, settings.max_steps, value=28, step=1, label="Steps", elem_id="steps")
-                guidance = gr.Slider(0.0, 30.0, value=3.5, step=0.1, label="Guidance", elem_id="guidance")
-            with gr.Row():
-                # No minimum/maximum here: the validator's message names the field and the fix.
-                seed = gr.Number(value=-1, label=f"Seed (-1 = random, up to {SEED_MAX})", elem_id="seed")
+                seed = forms.seed_box("seed")
                 random_btn = gr.Button("Random", scale=0, min_width=80)  # words: not every system has emoji
                 reuse_btn = gr.Button("Reuse last", scale=0, min_width=80)
                 num_images = gr.Slider(1, settings.max_images, value=1, step=1, label="Images")
             fast = fast_mode.checkbox(settings, "fast")
-            with gr.Row():
-                generate_btn = gr.Button("Generate", variant="primary", elem_id="generate")
-                cancel_btn = gr.Button("Cancel", variant="stop", elem_id="cancel")
+            generate_btn, cancel_btn = forms.run_and_cancel("Generate", "generate", "cancel")
             with gr.Accordion("Load parameters from image", open=False):
                 params_file = gr.File(label="PNG with parameters", file_types=[".png"], elem_id="params-file")
                 params_notes = gr.Markdown(elem_id="params-notes")  # what the image said that the form cannot take
         with gr.Column(scale=1):
-            gallery = gr.Gallery(label="Images", columns=2, format="png", elem_id="gallery", interactive=False)
-            send_row = gr.Row()  # hand-off buttons, added once every tab exists
-            last_seed = seed_used_box("seed-used")
-            info = gr.Markdown(label="info", elem_id="info")
+            gallery = forms.result_gallery("Images", "gallery")
+            send_row, last_seed, info = forms.result_footer("seed-used", "info", label="info")
         selected = track_selection(gallery)  # inside the tab: a component between tabs confuses the tab bar
         gr.api(list_loras, api_name="loras")  # inside the tab for the same reason
 
@@ -282,8 +270,7 @@ def build(ctx: UiContext) -> TextToImageTab:
         api_name="text_to_image",
         **image_event(settings),
     )
-    reveal_seed(run, last_seed)
-    cancel_btn.click(ctx.cancel, None, None, queue=False, api_visibility="private")  # see run_images
+    forms.finish_run(ctx, run, last_seed, cancel_btn)
     form = [*inputs[:-2], preset, note, fast, params_notes]  # the number of images is not a parameter
     # The file is checked first, in an event with no outputs: Gradio marks every output of a failed event
     # with a red "Error" pill that stays until that output changes again; the toast says what is wrong.

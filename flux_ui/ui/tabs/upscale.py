@@ -9,14 +9,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import gradio as gr
-from PIL import Image
 
 from flux_ui.core.errors import InvalidInput
-from flux_ui.core.seeds import SEED_MAX
 from flux_ui.core.variants import FLUX1, get_variant, variants_for
 from flux_ui.media.images import load_image
-from flux_ui.media.metadata import parse_parameters, read_parameters
-from flux_ui.media.uploads import checked_upload
 from flux_ui.models import upscalers
 from flux_ui.tasks.upscale import (
     AUTO,
@@ -32,9 +28,8 @@ from flux_ui.tasks.upscale import (
     UpscaleParams,
     target_size,
 )
-from flux_ui.ui import examples
+from flux_ui.ui import examples, forms
 from flux_ui.ui.common import UiContext, image_event
-from flux_ui.ui.forms import reveal_seed, seed_used_box, variant_defaults
 from flux_ui.ui.handoff import Receiver, track_selection
 
 NOTE = (
@@ -63,12 +58,7 @@ def parameters_of(path: str) -> tuple[str, str | None]:
     """(prompt, variant) read from a PNG's parameters, when a text-to-image model made it (image to image
     and earlier upscales included); ("", None) otherwise: a Kontext instruction or a Fill prompt does not
     describe the whole picture, which is what the refine pass needs."""
-    try:
-        with Image.open(checked_upload(path, "image")) as img:
-            text = read_parameters(img)
-        fields = parse_parameters(text) if text else {}
-    except (InvalidInput, OSError, ValueError, SyntaxError):  # no prompt to bring along is no failure
-        return "", None
+    fields = forms.embedded_fields(path)
     name = fields.get("Variant")
     if name not in {v.name for v in variants_for("text_to_image", FLUX1)}:
         return "", None
@@ -134,10 +124,7 @@ def build(ctx: UiContext) -> UpscaleTab:
             tiling: the refine pass in tiles: auto (above 1.5 MP), on or off.
         """
         raw = UpscaleParams(image, prompt, scale, upscaler, strength, variant, steps, guidance, seed, tiling)
-        done = yield from ctx.run_images(SPEC, raw, request, progress)
-        if done is not None:  # None: cancelled, and already shown
-            gallery, result, text = done
-            yield gallery, result.seed, text
+        yield from forms.gallery_seed_info(ctx, SPEC, raw, request, progress)
 
     def receive(path: str):
         text, name = parameters_of(path)
@@ -165,27 +152,20 @@ def build(ctx: UiContext) -> UpscaleTab:
                 elem_id="upscale-strength",
             )  # fmt: skip
             with gr.Row():
-                choices = [(v.label, v.name) for v in variants_for("text_to_image", FLUX1)]
-                variant = gr.Dropdown(choices, value="dev", label="Model", elem_id="upscale-variant")
+                variant = forms.flux1_model_menu("upscale-variant")
                 tiling = gr.Dropdown(list(TILINGS), value="auto", label="Tiles", elem_id="upscale-tiling")
-            with gr.Row():
-                steps = gr.Slider(
-                    1, settings.max_steps, value=dev.default_steps, step=1, label="Steps", elem_id="upscale-steps"
-                )
-                guidance = gr.Slider(0.0, 30.0, value=dev.default_guidance, step=0.1, label="Guidance")
-            seed = gr.Number(value=-1, label=f"Seed (-1 = random, up to {SEED_MAX})", elem_id="upscale-seed")
-            with gr.Row():
-                run_btn = gr.Button("Upscale", variant="primary", elem_id="upscale-run")
-                cancel_btn = gr.Button("Cancel", variant="stop", elem_id="upscale-cancel")
+            steps, guidance = forms.steps_and_guidance(
+                settings, dev.default_steps, dev.default_guidance, "upscale-steps"
+            )
+            seed = forms.seed_box("upscale-seed")
+            run_btn, cancel_btn = forms.run_and_cancel("Upscale", "upscale-run", "upscale-cancel")
             gr.Markdown(NOTE)
         with gr.Column(scale=1):
-            gallery = gr.Gallery(label="Result", columns=1, format="png", interactive=False, elem_id="upscale-gallery")
-            send_row = gr.Row()
-            last_seed = seed_used_box("upscale-seed-used")
-            info = gr.Markdown(elem_id="upscale-info")
+            gallery = forms.result_gallery("Result", "upscale-gallery", columns=1)
+            send_row, last_seed, info = forms.result_footer("upscale-seed-used", "upscale-info")
         selected = track_selection(gallery)  # inside the tab: a component between tabs confuses the tab bar
 
-    variant.input(variant_defaults, variant, [steps, guidance], api_visibility="private")
+    variant.input(forms.variant_defaults, variant, [steps, guidance], api_visibility="private")
     run = gr.on(
         [run_btn.click, prompt.submit],
         upscale_image,
@@ -195,16 +175,8 @@ def build(ctx: UiContext) -> UpscaleTab:
         # The image is decoded by the validator (images.load_image), which knows our limits and names the field.
         **image_event(settings),
     )
-    reveal_seed(run, last_seed)
-    cancel_btn.click(ctx.cancel, None, None, queue=False, api_visibility="private")  # see run_images
-    gr.on(
-        [image.change, scale.change],
-        lambda img, sc: size_note(img, sc, settings),
-        [image, scale],
-        note,
-        preprocess=False,
-        api_visibility="private",
-    )
+    forms.finish_run(ctx, run, last_seed, cancel_btn)
+    forms.note_follows(note, lambda img, sc: size_note(img, sc, settings), [image, scale])
     return UpscaleTab(
         receive=Receiver([image, prompt, variant], receive),
         upscaler=upscaler,
