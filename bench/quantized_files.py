@@ -21,6 +21,7 @@ speed with no bf16 copy. Files are written and deleted one at a time; JSON is wr
 from __future__ import annotations
 
 import argparse
+import ctypes
 import gc
 import json
 import os
@@ -48,6 +49,13 @@ class RamPeak:
     def __enter__(self):
         import psutil
 
+        # Memory freed before (the written file's tensors) stays in glibc's free lists, resident, and a load
+        # that reuses it looked cheaper than it is: run 32's GGUF Q4_K row, after the Q8_0 one, added 7.7 GiB
+        # for a 6.8 GB file, where the same reader in a fresh process added twice a Q4_K file's size. Hand it
+        # back to the system first.
+        gc.collect()
+        if sys.platform == "linux":
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
         self.proc, self.peak, self.done = psutil.Process(), 0, False
         self.base = self.proc.memory_info().rss
         self.thread = threading.Thread(target=self._sample, daemon=True)

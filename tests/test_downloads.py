@@ -1,12 +1,14 @@
 """Downloads from the hub show their progress: a real local hub (an HTTP server answering the endpoints the hub
 client calls) serves the tiny models' folders; a Registry with no model root downloads [dev] from it through
 `snapshot_download`/`hf_hub_download`, the progress record sees every file, the image equals the one from
-the local folders, and a second load downloads nothing."""
+the local folders, and a second load downloads nothing. Auxiliary models and hub LoRAs come down the same
+way."""
 
 from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import threading
 import time
 from dataclasses import replace
@@ -16,9 +18,12 @@ from urllib.parse import unquote, urlparse
 
 import numpy as np
 import pytest
+from PIL import Image
+from transformers.utils import hub as transformers_hub
 
 from flux_ui.models import downloads, sources
 from flux_ui.models.registry import Registry
+from flux_ui.tasks.control import depth_estimator
 from flux_ui.tasks.text_to_image import TextToImageParams, text_to_image, validate_text_to_image
 
 CHUNK = 16 * 1024
@@ -29,6 +34,7 @@ class Hub:
 
     def __init__(self, root: Path) -> None:
         self.root = root
+        self.repos: dict[str, Path] = {}  # more repos (org/name -> folder), beside those below root
         self.slow_s = 0.0  # sleep between chunks of a file's body
         self.gets: list[str] = []  # files whose bodies were sent
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
@@ -39,8 +45,11 @@ class Hub:
     def commit(repo: str) -> str:
         return hashlib.sha1(repo.encode()).hexdigest()
 
+    def folder(self, repo: str) -> Path:
+        return self.repos.get(repo, self.root / repo)
+
     def files(self, repo: str) -> list[Path]:
-        folder = self.root / repo
+        folder = self.folder(repo)
         return sorted(p for p in folder.rglob("*") if p.is_file()) if folder.is_dir() else []
 
     def _handler(self):
@@ -68,7 +77,7 @@ class Hub:
                     files = hub.files(repo)
                     if not files:
                         return self.reply(404, b"{}", {"X-Error-Code": "RepoNotFound"})
-                    names = [p.relative_to(hub.root / repo).as_posix() for p in files]
+                    names = [p.relative_to(hub.folder(repo)).as_posix() for p in files]
                     if kind == "revision":
                         info = {"id": repo, "sha": hub.commit(repo), "siblings": [{"rfilename": n} for n in names]}
                     else:  # tree/{rev}: the recursive file listing, one page
@@ -78,7 +87,8 @@ class Hub:
                         ]
                     return self.reply(200, json.dumps(info).encode(), {"Content-Type": "application/json"})
                 if len(parts) >= 5 and parts[2] == "resolve":
-                    repo, path = "/".join(parts[:2]), hub.root.joinpath(*parts[:2], *parts[4:])
+                    repo = "/".join(parts[:2])
+                    path = hub.folder(repo).joinpath(*parts[4:])
                     if not path.is_file():
                         return self.reply(404, b"", {"X-Error-Code": "EntryNotFound"})
                     body = path.read_bytes()
@@ -119,8 +129,11 @@ def hub(tiny_dir, tmp_path, monkeypatch):
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
     monkeypatch.setattr(constants, "DOWNLOAD_CHUNK_SIZE", CHUNK)  # the client reports per chunk it reads (10 MB)
     monkeypatch.setattr(downloads, "progress", downloads.Downloads())
+    # transformers keeps one HfApi, its endpoint read when first made: a fresh one for this hub.
+    monkeypatch.setattr(transformers_hub, "_hf_api", None)
     yield hub
     hub.server.shutdown()
+    hub.server.server_close()  # a client still pointed here fails at once instead of waiting
 
 
 def image(registry: Registry) -> np.ndarray:
@@ -205,3 +218,50 @@ def test_no_download_when_the_hub_is_off(hub, settings, monkeypatch):
         "FLUX.1 [dev] transformer", "black-forest-labs/FLUX.1-dev", "--x", lambda: calls.append(1), "transformer"
     )
     assert calls == [1] and hub.gets == [] and downloads.progress.snapshot()["fetched"] == []
+
+
+def test_an_auxiliary_model_and_a_hub_lora_download_with_progress(hub, settings, tiny_dir, tiny_lora_dir, tmp_path):
+    """The depth estimator (a transformers model, its repo read whole) and a hub LoRA's file come down
+    through the same record as FLUX's parts: the line above the tabs names the model and the file while
+    it downloads, and every file is recorded with its bytes done equal to its size."""
+    depth_repo, lora_repo, lora_file = "LiheYoung/depth-anything-small-hf", "flux-ui-tests/tiny-fox", "fox.safetensors"
+    hub.repos[lora_repo] = tmp_path / "tiny-fox"
+    hub.repos[lora_repo].mkdir()
+    shutil.copy(tiny_lora_dir / "kohya-fox.safetensors", hub.repos[lora_repo] / lora_file)
+    (hub.repos[lora_repo] / "README.md").write_text("A tiny LoRA.\n")  # not fetched: only the LoRA's file is
+    spec = f"{lora_repo}/{lora_file}"
+    registry = Registry(replace(settings, tiny=False, model_root=None, hub_loras=(spec,)))
+    hub.slow_s = 0.05  # 16 kB a chunk: the LoRA's file is 3 chunks, the depth model's 35
+    seen: list[str] = []
+    done = threading.Event()
+
+    def watch():
+        while not done.is_set():
+            if line := registry.downloads.line():
+                seen.append(line)
+            time.sleep(0.02)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    image = Image.new("RGB", (64, 48), (200, 120, 40))
+    try:
+        with depth_estimator(registry) as estimator:
+            got = np.asarray(estimator(image, image.size))
+        lora = registry.loras.fetch(spec)
+    finally:
+        done.set()
+        watcher.join()
+
+    folder = tiny_dir / depth_repo
+    wanted = {f"{depth_repo}/{p.relative_to(folder).as_posix()}" for p in folder.rglob("*") if p.is_file()} | {spec}
+    fetched = registry.downloads.snapshot()["fetched"]
+    assert {f"{f['repo']}/{f['file']}" for f in fetched} == wanted
+    assert sorted(hub.gets) == sorted(wanted)  # each body sent once; the LoRA repo's README not at all
+    assert all(f["done"] == f["total"] > 0 for f in fetched), fetched
+    assert any(s.startswith(f"**Downloading** Depth estimator from {depth_repo}: model.safetensors ") for s in seen)
+    assert any(s.startswith(f"**Downloading** LoRA {spec!r} from {lora_repo}: {lora_file} ") for s in seen), seen
+    assert registry.downloads.line() == ""
+
+    assert lora.path.read_bytes() == (tiny_lora_dir / "kohya-fox.safetensors").read_bytes()
+    with depth_estimator(Registry(settings)) as local:  # the same model as the local folder's
+        np.testing.assert_array_equal(got, np.asarray(local(image, image.size)))

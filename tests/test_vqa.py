@@ -148,7 +148,7 @@ def test_missing_model_is_explained(settings, tmp_path):
     registry = Registry(replace(settings, vqa_model=str(tmp_path / "nowhere")))
     with pytest.raises(ModelUnavailableError) as err:
         answer_question(registry, ask(registry))
-    assert "VQA processor" in str(err.value) and "nowhere" in str(err.value) and "--vqa-model" in str(err.value)
+    assert "VQA model" in str(err.value) and "nowhere" in str(err.value) and "--vqa-model" in str(err.value)
     assert registry.status()["aux"] == {}
 
 

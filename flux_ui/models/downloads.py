@@ -1,6 +1,7 @@
-"""Downloads from the hub, made visible: a model part that is not fully in the hub cache is fetched here,
-file by file, before its loader runs, and the progress (file, bytes of bytes, rate) is recorded for the
-UI's start-up line, `/status` and the log.
+"""Downloads from the hub, made visible: a model part that is not fully in the hub cache (a FLUX part, an
+auxiliary model such as the VQA model, Redux's image encoder, the depth estimator or the safety classifier,
+or a hub LoRA's file) is fetched here, file by file, before its loader runs, and the progress (file, bytes
+of bytes, rate) is recorded for the UI's start-up line, `/status` and the log.
 
 Left to diffusers' and transformers' `from_pretrained`, a download shows only the hub client's tqdm bars on
 the console. `snapshot_download(tqdm_class=...)` is no cure on its own: it reports one sum of bytes over
@@ -12,6 +13,7 @@ start sees the part complete without asking the hub.
 
 from __future__ import annotations
 
+import glob
 import logging
 import threading
 import time
@@ -22,7 +24,8 @@ from tqdm.std import tqdm
 log = logging.getLogger(__name__)
 
 LOG_EVERY_S = 10.0  # how often a running download is logged on the console
-# Weight formats the loaders never read when safetensors are there: not fetched.
+WHOLE_REPO = ""  # `fetch`'s subfolder for a repo its loader reads whole
+# Weight formats the loaders never read when safetensors are there: not fetched (unless named as the file).
 IGNORED = ["*.bin", "*.pt", "*.pth", "*.ckpt", "*.msgpack", "*.h5", "*.onnx", "*.onnx_data", "*.gguf"]
 
 
@@ -147,14 +150,20 @@ class _Bar(tqdm):
         progress.advance(n or 0)
 
 
-def fetch(what: str, repo: str, subfolder: str) -> None:
-    """Download `repo`'s `subfolder` (what its loader reads) into the hub cache, recording the progress,
-    unless it is all there already. Errors are the hub client's (the caller explains them)."""
+def fetch(what: str, repo: str, subfolder: str = WHOLE_REPO, filename: str | None = None) -> None:
+    """Download what a loader reads of `repo` into the hub cache, recording the progress, unless it is all
+    there already: its `subfolder` (a diffusers part; WHOLE_REPO for a model read whole, as transformers'
+    models are), or only its file `filename` (a LoRA). Errors are the hub client's (the caller explains them)."""
     from huggingface_hub import hf_hub_download, snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
 
-    if cached(repo, subfolder):
-        return
-    patterns = {"allow_patterns": [f"{subfolder}/*"], "ignore_patterns": IGNORED}
+    allow = [glob.escape(filename)] if filename else [f"{subfolder}/*"] if subfolder else None
+    patterns = {"allow_patterns": allow, "ignore_patterns": None if filename else IGNORED}
+    try:
+        snapshot_download(repo, local_files_only=True, **patterns)
+        return  # complete in the cache (checked against the file listing cached with it)
+    except LocalEntryNotFoundError:
+        pass
     todo = [f for f in snapshot_download(repo, dry_run=True, tqdm_class=_Bar, **patterns) if f.will_download]
     if todo:
         progress.begin(what, repo, [(f.filename, f.file_size or 0) for f in todo])

@@ -86,7 +86,7 @@ def transformer(settings: Settings, variant: Variant, source: str) -> torch.nn.M
 
     def load():
         if gguf:  # kept quantised: diffusers' GGUF layers dequantise each weight as it is used
-            state = quantized.gguf_tensors(path, prefix)
+            state = quantized.gguf_tensors(path, prefix, settings.dtype)
             extra = {"quantization_config": quantized.gguf_config(settings.dtype)}
         else:
             state, extra = files.read_tensors(path, prefix), {}

@@ -5,8 +5,9 @@ diffusers converts BFL files itself (`convert_flux_transformer_checkpoint_to_dif
 `FluxTransformer2DModel.from_single_file`), and every FLUX.1 file goes through that converter. It splits
 the single blocks' fused `linear1` at FLUX.1's fixed width of 3072, so a file of any other width (the tiny
 test models, 32 wide) cannot pass through it; `bfl_to_diffusers` is the same mapping with the width read
-from the file, used only for such files. `diffusers_to_bfl` is its inverse, for writing test files; the
-tests check both against diffusers' converter at FLUX.1's width.
+from the file, used for such files and for GGUF files (it splits the fused projections as views, where
+diffusers' converter copies them). `diffusers_to_bfl` is its inverse, for writing test files; the tests
+check both against diffusers' converter at FLUX.1's width.
 
 Below them, the header probes for the other parts a FLUX.1 file can hold (the VAE, CLIP-L, T5-XXL), which
 `files.classify` asks.

@@ -38,6 +38,7 @@ class Part:
     source: str  # a repo id, a folder in hub layout, or a single file
     setting: str  # the option that changes the source
     load: Callable[[], object]
+    subfolder: str | None = None  # what `load` reads of a hub repo, downloaded first (None: a file or folder)
 
 
 def config_folder(settings: Settings) -> Path:
@@ -89,6 +90,7 @@ def prior_parts(settings: Settings, variant: Variant, redux_source: str) -> dict
             enc,
             enc_setting,
             (lambda: image_encoder(settings, enc)) if enc_file else encoder_from_folder,
+            "image_encoder",
         ),
         # The PIL backend: it needs no torchvision and matches the processor the model was trained with.
         "feature_extractor": Part(
@@ -96,12 +98,14 @@ def prior_parts(settings: Settings, variant: Variant, redux_source: str) -> dict
             processor_from,
             enc_setting,
             lambda: SiglipImageProcessorPil.from_pretrained(processor_from, subfolder="feature_extractor"),
+            "feature_extractor",
         ),
         "image_embedder": Part(
             "image embedder",
             redux_source,
             setting,
             (lambda: image_embedder(settings, redux_source)) if redux_file else embedder_from_folder,
+            "image_embedder",
         ),
     }
 

@@ -131,7 +131,9 @@ class Registry(Placement):
         from a folder or repo in hub layout or from a single file (see `redux_files`)."""
         parts = redux_files.prior_parts(self.settings, variant, self._source(variant.name, variant.repo_id))
         return {
-            name: self.aux(f"{variant.name}:{name}", f"{variant.label} {p.what}", p.source, p.setting, p.load)
+            name: self.aux(
+                f"{variant.name}:{name}", f"{variant.label} {p.what}", p.source, p.setting, p.load, p.subfolder
+            )
             for name, p in parts.items()
         }
 
@@ -230,19 +232,30 @@ class Registry(Placement):
             log.warning("file hashes for the images' metadata: %s", err)
             return "", ()
 
-    def aux(self, key: str, what: str, source: str, setting: str, loader: Callable[[], object]) -> object:
+    def aux(
+        self,
+        key: str,
+        what: str,
+        source: str,
+        setting: str,
+        loader: Callable[[], object],
+        subfolder: str | None = downloads.WHOLE_REPO,
+        filename: str | None = None,
+    ) -> object:
         """A model other than FLUX's own (the Redux image encoder, the VQA model, a depth estimator...),
         loaded once through `sources.load` and kept; torch modules are placed on the device.
 
         `key` identifies the entry ("vqa", "redux-encoder"), `what`, `source` and `setting` go into the
-        error message if loading fails. Under memory pressure these go first: see `evict_aux`.
+        error message if loading fails. Under memory pressure these go first: see `evict_aux`. A hub repo's
+        files are downloaded first, with their progress shown: the whole repo, or its `subfolder` or file
+        `filename` where the loader reads only that (see `sources.load`).
         """
         with self._lock:
             if key in self._aux:
                 self._aux.move_to_end(key)
             else:
                 self.load_counts[key] += 1
-                self._aux[key] = sources.load(what, source, setting, loader)
+                self._aux[key] = sources.load(what, source, setting, loader, subfolder, filename)
             model = self._aux[key]
             if isinstance(model, torch.nn.Module) and not self._on_device(model):
                 self.make_room(module_bytes(model) + WORKSPACE_BYTES, keep=(key,))
@@ -251,11 +264,12 @@ class Registry(Placement):
 
     @contextmanager
     def lend_aux(
-        self, key: str, what: str, source: str, setting: str, loader: Callable[[], object]
+        self, key: str, what: str, source: str, setting: str, loader: Callable[[], object], **fetch: str | None
     ) -> Iterator[object]:
-        """`aux(...)`, holding the lock while the caller runs the model, so no other request moves it meanwhile."""
+        """`aux(...)`, holding the lock while the caller runs the model, so no other request moves it meanwhile;
+        `fetch`: aux's `subfolder` or `filename`."""
         with self._lock:
-            model = self.aux(key, what, source, setting, loader)
+            model = self.aux(key, what, source, setting, loader, **fetch)
             self._lock.publish()
             yield model
 

@@ -105,7 +105,7 @@ def transformer(settings: Settings, variant: Variant, source: str) -> torch.nn.M
         if nf4_file.wanted(settings, found):  # 4-bit weights kept in 4 bits on CUDA (see nf4_file)
             return nf4_file.transformer(path, found, config, settings.dtype)
         if gguf:  # kept quantised: diffusers' GGUF layers dequantise each weight as it is used
-            state = quantized.gguf_tensors(path, found.parts["transformer"])
+            state = quantized.gguf_tensors(path, found.parts["transformer"], settings.dtype)
             extra = {"quantization_config": quantized.gguf_config(settings.dtype)}
         else:
             # Where the policy keeps models whole on the GPU, the file is read, converted and placed there, as
@@ -113,8 +113,11 @@ def transformer(settings: Settings, variant: Variant, source: str) -> torch.nn.M
             # made a bf16 file 2.3 s slower than the same weights as a folder (run 21).
             extra = {"device": settings.device} if sources.direct_to(settings) else {}
             state = files.read_tensors(path, found.parts["transformer"], device=extra.get("device", "cpu"))
-        if found.layout == "bfl" and state["img_in.weight"].shape[0] != layouts.FLUX1_WIDTH:
-            state = layouts.bfl_to_diffusers(state)  # diffusers' converter handles FLUX.1's width only
+        if found.layout == "bfl" and (gguf or state["img_in.weight"].shape[0] != layouts.FLUX1_WIDTH):
+            # diffusers' converter handles FLUX.1's width only, and copies every projection it splits out of a
+            # fused one (`torch.cat([q])`), the last blocks' originals held until it returns; ours splits them
+            # as views: a GGUF file's tensors are in RAM already, and its load then holds them once.
+            state = layouts.bfl_to_diffusers(state)
         if found.layout == "diffusers":
             # Keys already diffusers': with one missing, diffusers would run its BFL converter on them and
             # fail with an IndexError, so name the missing tensor here.

@@ -239,19 +239,26 @@ def _explain(err: BaseException, what: str, source: str, setting: str, down: boo
     return ModelUnavailableError(what, source, str(err), f"Check the repo id and HF_TOKEN, {local_fix}.")
 
 
-def load(what: str, source: str, setting: str, loader: Callable[[], T], subfolder: str | None = None) -> T:
+def load(
+    what: str,
+    source: str,
+    setting: str,
+    loader: Callable[[], T],
+    subfolder: str | None = None,
+    filename: str | None = None,
+) -> T:
     """Run `loader()` and translate any loading failure into a ModelUnavailableError.
 
     `what` names the model for the message ("FLUX.1 [dev] transformer"), `setting` names the option the
-    user can change to fix it ("--model dev=..."). With `subfolder`, a hub repo's subfolder that is not
-    fully in the hub cache is downloaded first, its progress shown (`downloads`); the loader then reads it
-    from the cache.
+    user can change to fix it ("--model dev=..."). With `subfolder` (downloads.WHOLE_REPO: the whole repo)
+    or `filename`, what the loader reads of a hub repo is downloaded first unless it is all in the hub
+    cache, its progress shown (`downloads`); the loader then reads it from the cache.
     """
     log.info("loading %s from %s", what, source)
     down = hub_down(source)
     try:
-        if subfolder is not None and downloads_on(source) and not down:
-            downloads.fetch(what, source, subfolder)
+        if (subfolder is not None or filename is not None) and downloads_on(source) and not down:
+            downloads.fetch(what, source, subfolder or downloads.WHOLE_REPO, filename)
         with offline() if down else nullcontext():
             return loader()
     except (OSError, ValueError, ImportError, HfHubHTTPError, ConnectionError, TimeoutError) as err:

@@ -38,11 +38,11 @@ def nsfw_scores(registry: Registry, images: list[Image.Image]) -> list[float]:
     def load_model():
         return AutoModelForImageClassification.from_pretrained(src).eval().requires_grad_(False)
 
-    with (
+    with (  # the model first: its entry downloads the repo (`Registry.aux`), and the progress names it
+        registry.lend_aux(MODEL_KEY, "safety classifier", src, "--safety-model", load_model) as model,
         registry.lend_aux(
             PROCESSOR_KEY, "safety processor", src, "--safety-model", lambda: AutoImageProcessor.from_pretrained(src)
         ) as processor,
-        registry.lend_aux(MODEL_KEY, "safety classifier", src, "--safety-model", load_model) as model,
     ):
         labels = {v.lower(): int(k) for k, v in model.config.id2label.items()}
         if FLAGGED_LABEL not in labels:

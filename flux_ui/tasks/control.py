@@ -181,7 +181,7 @@ def control_lora_pipeline(registry: Registry, mode: str) -> Iterator[object]:
         return control_lora.read(src, lora.weight_name)
 
     with (
-        registry.lend_aux(f"lora:{lora.name}", lora.label, src, setting, read) as state_dict,
+        registry.lend_aux(f"lora:{lora.name}", lora.label, src, setting, read, filename=lora.weight_name) as state_dict,
         registry.pipeline(lora.base, pipeline_class="FluxControlPipeline") as pipe,
     ):
         before = control_lora.snapshot(pipe.transformer, lora.name)

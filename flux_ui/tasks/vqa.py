@@ -224,9 +224,9 @@ def answer_question(
     start = time.perf_counter()
     src, setting, load_processor, load_model = _load_parts(registry)
     name = registry.settings.vqa_model
-    with (
-        registry.lend_aux(PROCESSOR_KEY, f"VQA processor ({name})", src, setting, load_processor) as processor,
+    with (  # the model first: its entry downloads the repo (`Registry.aux`), and the progress names it
         registry.lend_aux(MODEL_KEY, f"VQA model ({name})", src, setting, load_model) as model,
+        registry.lend_aux(PROCESSOR_KEY, f"VQA processor ({name})", src, setting, load_processor) as processor,
     ):
         loaded = time.perf_counter()
         inputs = processor.apply_chat_template(

@@ -324,7 +324,8 @@ class LoraLibrary:
             raise _refuse_pickle(info.name, filename)
         if not filename.endswith(SAFE_SUFFIX):
             raise InvalidInput("prompt", f"LoRA {info.name!r}: {filename} is not a .safetensors file")
-        path = Path(sources.load(what, f"{repo_id}/{filename}", setting, lambda: hf_hub_download(repo_id, filename)))
+        # Downloaded by `sources.load` first (the progress shown), then found in the cache.
+        path = Path(sources.load(what, repo_id, setting, lambda: hf_hub_download(repo_id, filename), filename=filename))
         with self._lock:  # the header is readable now: show its trigger words from here on
             if self._entries is not None and info.name in self._entries:
                 self._entries[info.name] = replace(info, path=path, trigger_words=self._triggers(path))
